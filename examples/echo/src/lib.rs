@@ -1,0 +1,67 @@
+//! Example plugin `echo`: the smallest useful plugin, and the one the tests
+//! and benchmarks drive.
+//!
+//! - RPC `echo` answers its data unchanged (never parsed: it passes through).
+//! - RPC `version` answers `{"plugin":"echo","version":"<crate version>"}`.
+//! - RPC `fail` answers the error `EchoFailure`.
+//! - RPC `crash` panics inside the plugin, to show that a fault costs one call.
+//! - RPC `broadcast` `{channel, data}` publishes `data` on `channel`.
+//! - Transmit `ping` transmits `pong` with the same data back to the sender.
+
+use serde::Deserialize;
+use serde_json::json;
+use wasmcluster_sdk::{Error, Manifest, Payload, Plugin, Socket, export, host};
+
+struct Echo;
+
+/// The data of RPC `broadcast`.
+#[derive(Deserialize)]
+struct Broadcast {
+    channel: String,
+    data: serde_json::Value,
+}
+
+impl Plugin for Echo {
+    fn describe() -> Manifest {
+        Manifest::new("echo", env!("CARGO_PKG_VERSION"))
+            .rpc(["echo", "version", "fail", "crash", "broadcast"])
+            .transmit(["ping"])
+    }
+
+    fn init(_config: Payload) -> Result<Self, String> {
+        Ok(Echo)
+    }
+
+    fn on_invoke(
+        &mut self,
+        _socket: &Socket,
+        event: &str,
+        data: Payload,
+    ) -> Result<Payload, Error> {
+        match event {
+            "echo" => Ok(data),
+            "version" => Ok(Payload::json(&json!({
+                "plugin": "echo",
+                "version": env!("CARGO_PKG_VERSION"),
+            }))),
+            "fail" => Err(Error::new("EchoFailure", "echo failed on purpose")),
+            "crash" => panic!("echo crashed on purpose"),
+            "broadcast" => {
+                let Broadcast { channel, data } = data.parse()?;
+                host::publish(&channel, &data)?;
+                Ok(Payload::none())
+            }
+            other => Err(Error::unknown_event(other)),
+        }
+    }
+
+    fn on_transmit(&mut self, socket: &Socket, event: &str, data: Payload) {
+        if event == "ping"
+            && let Err(error) = host::transmit(&socket.id, "pong", &data)
+        {
+            host::warn(&format!("could not answer ping of {}: {error}", socket.id));
+        }
+    }
+}
+
+export!(Echo);

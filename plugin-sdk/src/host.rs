@@ -1,0 +1,79 @@
+//! Functions the host provides: publish, transmit, logging, time, timers and
+//! socket control.
+
+use crate::bindings::wasmcluster::plugin::host as wit;
+use crate::{HostError, LogLevel, Payload};
+use serde::Serialize;
+
+/// Publish `data` on `channel` to every subscriber, on every worker and host.
+pub fn publish(channel: &str, data: &impl Serialize) -> Result<(), HostError> {
+    publish_payload(channel, Payload::json(data))
+}
+
+/// Publish a [`Payload`] as it is (no data publishes `null`).
+pub fn publish_payload(channel: &str, data: Payload) -> Result<(), HostError> {
+    let json = data.into_json_text().unwrap_or_else(|| "null".to_owned());
+    wit::publish(channel, &json)
+}
+
+/// Send event `event` to one socket; the client's `receiver(event)` gets it.
+pub fn transmit(socket_id: &str, event: &str, data: &Payload) -> Result<(), HostError> {
+    wit::transmit(socket_id, event, data.as_json())
+}
+
+/// Give a socket a signed auth token carrying `claims` (a JSON object).
+pub fn set_auth_token(socket_id: &str, claims: &impl Serialize) -> Result<(), HostError> {
+    let claims = Payload::json(claims).into_json_text().unwrap_or_default();
+    wit::set_auth_token(socket_id, &claims)
+}
+
+/// Remove a socket's auth token.
+pub fn deauthenticate(socket_id: &str) -> Result<(), HostError> {
+    wit::deauthenticate(socket_id)
+}
+
+/// Close a socket with a WebSocket close code and a reason.
+pub fn disconnect(socket_id: &str, code: u16, reason: &str) -> Result<(), HostError> {
+    wit::disconnect(socket_id, code, reason)
+}
+
+/// Unsubscribe a socket from a channel and tell the client (`#kickOut`).
+pub fn kick_out(socket_id: &str, channel: &str, message: &Payload) -> Result<(), HostError> {
+    wit::kick_out(socket_id, channel, message.as_json())
+}
+
+/// The channels a socket is subscribed to.
+pub fn subscriptions(socket_id: &str) -> Result<Vec<String>, HostError> {
+    wit::subscriptions(socket_id)
+}
+
+/// Call [`Plugin::on_timer`](crate::Plugin::on_timer) with `id` after
+/// `delay_ms`, and every `delay_ms` after that when `repeat` is set.
+pub fn set_timer(id: &str, delay_ms: u64, repeat: bool) -> Result<(), HostError> {
+    wit::set_timer(id, delay_ms, repeat)
+}
+
+/// Milliseconds since the Unix epoch, from the host clock.
+pub fn now_ms() -> u64 {
+    wit::now_ms()
+}
+
+/// Write a line to the host log at `level`, tagged with the plugin's name.
+pub fn log(level: LogLevel, message: &str) {
+    wit::log(level, message)
+}
+
+/// Write an info line to the host log.
+pub fn info(message: &str) {
+    log(LogLevel::Info, message)
+}
+
+/// Write a warning to the host log.
+pub fn warn(message: &str) {
+    log(LogLevel::Warn, message)
+}
+
+/// Write an error line to the host log.
+pub fn error(message: &str) {
+    log(LogLevel::Error, message)
+}
