@@ -1,0 +1,253 @@
+//! Server configuration: command-line flags (each with a `WASMCLUSTER_*`
+//! environment variable) and their checked form, [`ServerConfig`].
+
+use crate::plugins::PluginLimits;
+use crate::protocol::PingProtocol;
+use crate::session::{PingMode, SessionSettings};
+use std::path::PathBuf;
+use std::time::Duration;
+use thiserror::Error;
+
+/// Heartbeat protocol choice on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PingProtocolArg {
+    /// Detect per connection: serves v1 and v2 clients on one port.
+    Auto,
+    /// SocketCluster protocol v1 (`#1`/`#2`), for clients of SocketCluster 14 and older.
+    #[value(name = "1")]
+    V1,
+    /// SocketCluster protocol v2 (empty frames), the current client's default.
+    #[value(name = "2")]
+    V2,
+}
+
+/// Flags of `wasmcluster serve`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "WASMCLUSTER_HOST", default_value = "127.0.0.1")]
+    pub host: String,
+
+    /// TCP port to listen on (0 picks a free one).
+    #[arg(long, short, env = "WASMCLUSTER_PORT", default_value_t = 8000)]
+    pub port: u16,
+
+    /// Directory whose `*.wasm` plugin components are loaded.
+    #[arg(long, env = "WASMCLUSTER_PLUGINS", default_value = "plugins")]
+    pub plugins: PathBuf,
+
+    /// Worker threads; each owns a share of the connections and one instance
+    /// of every plugin. Default: the number of CPU cores.
+    #[arg(long, short, env = "WASMCLUSTER_WORKERS")]
+    pub workers: Option<usize>,
+
+    /// URL path of the WebSocket endpoint (SocketCluster's `path`).
+    #[arg(long, env = "WASMCLUSTER_PATH", default_value = "/socketcluster/")]
+    pub path: String,
+
+    /// Refuse `#publish` from clients (SocketCluster's `allowClientPublish: false`);
+    /// plugins can still publish.
+    #[arg(long, env = "WASMCLUSTER_NO_CLIENT_PUBLISH")]
+    pub no_client_publish: bool,
+
+    /// Milliseconds between two server pings.
+    #[arg(long, env = "WASMCLUSTER_PING_INTERVAL_MS", default_value_t = 8_000)]
+    pub ping_interval_ms: u64,
+
+    /// Milliseconds without a frame from a client before it is closed with
+    /// 4001; also told to clients, which close with 4000 when no ping comes
+    /// in that time.
+    #[arg(long, env = "WASMCLUSTER_PING_TIMEOUT_MS", default_value_t = 30_000)]
+    pub ping_timeout_ms: u64,
+
+    /// Milliseconds a client has after the upgrade to send `#handshake`
+    /// (else it is closed with 4005).
+    #[arg(
+        long,
+        env = "WASMCLUSTER_HANDSHAKE_TIMEOUT_MS",
+        default_value_t = 10_000
+    )]
+    pub handshake_timeout_ms: u64,
+
+    /// Heartbeat protocol: `auto` detects it per connection.
+    #[arg(
+        long,
+        env = "WASMCLUSTER_PING_PROTOCOL",
+        value_enum,
+        default_value = "auto"
+    )]
+    pub ping_protocol: PingProtocolArg,
+
+    /// Largest WebSocket message accepted, in bytes; a larger one closes the
+    /// connection with 1009.
+    #[arg(long, env = "WASMCLUSTER_MAX_PAYLOAD_BYTES", default_value_t = 1024 * 1024)]
+    pub max_payload_bytes: usize,
+
+    /// Milliseconds one plugin call may run before it is interrupted.
+    #[arg(long, env = "WASMCLUSTER_PLUGIN_DEADLINE_MS", default_value_t = 100)]
+    pub plugin_deadline_ms: u64,
+
+    /// Linear memory cap of one plugin instance, in MiB.
+    #[arg(long, env = "WASMCLUSTER_PLUGIN_MEMORY_MIB", default_value_t = 64)]
+    pub plugin_memory_mib: usize,
+
+    /// Cache compiled plugins in this directory, so restarts skip compiling.
+    #[arg(long, env = "WASMCLUSTER_CACHE_DIR")]
+    pub cache_dir: Option<PathBuf>,
+
+    /// Seconds to wait for connections to close on SIGTERM/SIGINT.
+    #[arg(long, env = "WASMCLUSTER_SHUTDOWN_TIMEOUT_SECS", default_value_t = 10)]
+    pub shutdown_timeout_secs: u64,
+}
+
+/// A flag value that cannot work.
+#[derive(Debug, Error, PartialEq)]
+#[error("invalid --{flag}: {reason}")]
+pub struct ConfigError {
+    /// The flag, without dashes.
+    pub flag: &'static str,
+    /// Why the value is refused.
+    pub reason: String,
+}
+
+fn invalid(flag: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError {
+        flag,
+        reason: reason.into(),
+    }
+}
+
+/// Everything the server needs, checked.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// `host:port` to listen on.
+    pub listen: String,
+    /// Directory of plugin components.
+    pub plugins_dir: PathBuf,
+    /// Number of worker threads.
+    pub workers: usize,
+    /// WebSocket endpoint path.
+    pub path: String,
+    /// Protocol settings of every session.
+    pub session: SessionSettings,
+    /// Largest accepted message.
+    pub max_payload_bytes: usize,
+    /// Deadline and memory cap of plugin calls.
+    pub plugin_limits: PluginLimits,
+    /// Compiled-module cache directory.
+    pub cache_dir: Option<PathBuf>,
+    /// How long shutdown waits for connections to close.
+    pub shutdown_timeout: Duration,
+}
+
+impl ServeArgs {
+    /// Check the flags and build the configuration.
+    pub fn into_config(self) -> Result<ServerConfig, ConfigError> {
+        let workers = match self.workers {
+            Some(0) => return Err(invalid("workers", "must be at least 1")),
+            Some(n) => n,
+            None => std::thread::available_parallelism().map_or(1, usize::from),
+        };
+        if !self.path.starts_with('/') {
+            return Err(invalid(
+                "path",
+                format!("'{}' must start with '/'", self.path),
+            ));
+        }
+        if self.ping_interval_ms == 0 {
+            return Err(invalid("ping-interval-ms", "must be more than 0"));
+        }
+        if self.ping_interval_ms >= self.ping_timeout_ms {
+            return Err(invalid(
+                "ping-interval-ms",
+                format!(
+                    "{} must be less than --ping-timeout-ms ({}): clients close the connection \
+                     when no ping arrives within the ping timeout",
+                    self.ping_interval_ms, self.ping_timeout_ms
+                ),
+            ));
+        }
+        if self.max_payload_bytes < 1024 {
+            return Err(invalid("max-payload-bytes", "must be at least 1024"));
+        }
+        if self.plugin_deadline_ms == 0 {
+            return Err(invalid("plugin-deadline-ms", "must be more than 0"));
+        }
+        if self.plugin_memory_mib == 0 || self.plugin_memory_mib > 4096 {
+            return Err(invalid("plugin-memory-mib", "must be between 1 and 4096"));
+        }
+        let ping_mode = match self.ping_protocol {
+            PingProtocolArg::Auto => PingMode::Auto,
+            PingProtocolArg::V1 => PingMode::Fixed(PingProtocol::V1),
+            PingProtocolArg::V2 => PingMode::Fixed(PingProtocol::V2),
+        };
+        Ok(ServerConfig {
+            listen: format!("{}:{}", self.host, self.port),
+            plugins_dir: self.plugins,
+            workers,
+            path: self.path,
+            session: SessionSettings {
+                ping_interval: Duration::from_millis(self.ping_interval_ms),
+                ping_timeout: Duration::from_millis(self.ping_timeout_ms),
+                handshake_timeout: Duration::from_millis(self.handshake_timeout_ms),
+                ping_mode,
+                allow_client_publish: !self.no_client_publish,
+            },
+            max_payload_bytes: self.max_payload_bytes,
+            plugin_limits: PluginLimits {
+                deadline: Duration::from_millis(self.plugin_deadline_ms),
+                memory_bytes: self.plugin_memory_mib * 1024 * 1024,
+            },
+            cache_dir: self.cache_dir,
+            shutdown_timeout: Duration::from_secs(self.shutdown_timeout_secs),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: ServeArgs,
+    }
+
+    fn config(flags: &[&str]) -> Result<ServerConfig, ConfigError> {
+        let argv = std::iter::once("serve").chain(flags.iter().copied());
+        Cli::try_parse_from(argv).unwrap().args.into_config()
+    }
+
+    #[test]
+    fn defaults_match_socketcluster() {
+        let config = config(&[]).unwrap();
+        assert_eq!(config.path, "/socketcluster/");
+        assert_eq!(config.session.ping_interval, Duration::from_secs(8));
+        assert_eq!(config.session.ping_timeout, Duration::from_secs(30));
+        assert_eq!(config.session.handshake_timeout, Duration::from_secs(10));
+        assert!(config.session.allow_client_publish);
+        assert!(config.workers >= 1);
+    }
+
+    #[test]
+    fn bad_values_name_their_flag() {
+        assert_eq!(config(&["-w", "0"]).unwrap_err().flag, "workers");
+        assert_eq!(config(&["--path", "x"]).unwrap_err().flag, "path");
+        let error =
+            config(&["--ping-interval-ms", "5000", "--ping-timeout-ms", "5000"]).unwrap_err();
+        assert_eq!(error.flag, "ping-interval-ms");
+        assert!(
+            error
+                .to_string()
+                .starts_with("invalid --ping-interval-ms: 5000 must be less")
+        );
+    }
+
+    #[test]
+    fn ping_protocol_values() {
+        let v1 = config(&["--ping-protocol", "1"]).unwrap();
+        assert_eq!(v1.session.ping_mode, PingMode::Fixed(PingProtocol::V1));
+    }
+}

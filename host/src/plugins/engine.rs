@@ -1,0 +1,107 @@
+//! The one wasmtime engine of the process and the linker holding every host
+//! import.
+
+use super::bindings::Plugin;
+use super::host_api::HostState;
+use std::path::Path;
+use std::time::Duration;
+use thiserror::Error;
+use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::{Cache, CacheConfig, Config, Engine, OptLevel};
+
+/// How often the epoch advances. A call's deadline is a number of ticks, so
+/// deadlines are kept to within one tick.
+pub const EPOCH_TICK: Duration = Duration::from_millis(5);
+
+/// Why the engine could not be set up.
+#[derive(Debug, Error)]
+pub enum EngineError {
+    /// wasmtime refused the configuration.
+    #[error("could not configure the wasm engine: {0:#}")]
+    Config(wasmtime::Error),
+    /// The compiled-module cache directory could not be used.
+    #[error("could not use the module cache directory {dir}: {source:#}")]
+    Cache {
+        /// The directory given with `--cache-dir`.
+        dir: String,
+        /// What went wrong.
+        source: wasmtime::Error,
+    },
+    /// The host imports could not be added to the linker.
+    #[error("could not link the host functions: {0:#}")]
+    Link(wasmtime::Error),
+    /// The thread that enforces call deadlines could not be started.
+    #[error("could not start the epoch ticker thread: {0}")]
+    Ticker(std::io::Error),
+}
+
+/// The wasmtime engine with its linker: compiles components and links them
+/// against WASI and the wasmcluster host functions.
+pub struct PluginEngine {
+    engine: Engine,
+    linker: Linker<HostState>,
+}
+
+impl PluginEngine {
+    /// An engine with epoch interruption (call deadlines), plus a thread that
+    /// advances the epoch. With `cache_dir`, compiled modules are cached
+    /// there, which makes restarts fast.
+    pub fn new(cache_dir: Option<&Path>) -> Result<Self, EngineError> {
+        let mut config = Config::new();
+        config
+            .wasm_component_model(true)
+            .epoch_interruption(true)
+            .cranelift_opt_level(OptLevel::Speed);
+        if let Some(dir) = cache_dir {
+            let mut cache_config = CacheConfig::new();
+            cache_config.with_directory(dir);
+            let cache = Cache::new(cache_config).map_err(|source| EngineError::Cache {
+                dir: dir.display().to_string(),
+                source,
+            })?;
+            config.cache(Some(cache));
+        }
+        let engine = Engine::new(&config).map_err(EngineError::Config)?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(EngineError::Link)?;
+        Plugin::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |state| state)
+            .map_err(EngineError::Link)?;
+        start_epoch_ticker(&engine).map_err(EngineError::Ticker)?;
+        Ok(PluginEngine { engine, linker })
+    }
+
+    /// The wasmtime engine.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// The linker with WASI and the host functions.
+    pub fn linker(&self) -> &Linker<HostState> {
+        &self.linker
+    }
+
+    /// Compile a component from its bytes.
+    pub fn compile(&self, bytes: &[u8]) -> wasmtime::Result<Component> {
+        Component::new(&self.engine, bytes)
+    }
+}
+
+/// Advance the engine's epoch every [`EPOCH_TICK`] until the engine is gone.
+fn start_epoch_ticker(engine: &Engine) -> std::io::Result<()> {
+    let weak = engine.weak();
+    std::thread::Builder::new()
+        .name("epoch-ticker".into())
+        .spawn(move || {
+            while let Some(engine) = weak.upgrade() {
+                engine.increment_epoch();
+                drop(engine);
+                std::thread::sleep(EPOCH_TICK);
+            }
+        })
+        .map(drop)
+}
+
+/// The number of epoch ticks that covers `deadline`.
+pub fn deadline_ticks(deadline: Duration) -> u64 {
+    (deadline.as_micros() / EPOCH_TICK.as_micros()).max(1) as u64 + 1
+}

@@ -1,0 +1,189 @@
+//! The host functions plugins import (`interface host` in the WIT), and the
+//! per-store state they work on.
+
+use super::bindings::wasmcluster::plugin::host::Host;
+use super::bindings::wasmcluster::plugin::types::{self, HostError, LogLevel};
+use super::guest_log::{GuestLog, GuestStream};
+use super::kv::KvStore;
+use crate::broker::Broker;
+use crate::protocol;
+use crate::session::SocketRegistry;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+use wasmtime::component::ResourceTable;
+use wasmtime::{StoreLimits, StoreLimitsBuilder};
+use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+/// What host functions act on: shared by every plugin instance on every
+/// worker.
+#[derive(Debug, Default)]
+pub struct HostServices {
+    /// Channel subscriptions and publication delivery.
+    pub broker: Broker,
+    /// Connected sockets by id, for `transmit`.
+    pub sockets: SocketRegistry,
+    /// The plugins' key-value store.
+    pub kv: KvStore,
+}
+
+/// The data of one plugin instance's `Store`.
+pub struct HostState {
+    /// The plugin's name: its KV namespace and its tag in logs.
+    plugin: Arc<str>,
+    /// The host side of every import.
+    services: Arc<HostServices>,
+    /// WASI with no filesystem, network or environment; stdout and stderr go
+    /// to the host log.
+    wasi: WasiCtx,
+    /// WASI resources (streams) owned by the guest.
+    table: ResourceTable,
+    /// Memory, table and instance caps for this instance.
+    limits: StoreLimits,
+}
+
+impl HostState {
+    /// State for a new instance of `plugin`, capped at `memory_bytes` of
+    /// linear memory.
+    pub fn new(plugin: Arc<str>, services: Arc<HostServices>, memory_bytes: usize) -> Self {
+        let wasi = WasiCtxBuilder::new()
+            .stdout(GuestLog::new(plugin.clone(), GuestStream::Stdout))
+            .stderr(GuestLog::new(plugin.clone(), GuestStream::Stderr))
+            .build();
+        let limits = StoreLimitsBuilder::new()
+            .memory_size(memory_bytes)
+            .instances(16)
+            .tables(16)
+            .memories(4)
+            .trap_on_grow_failure(true)
+            .build();
+        HostState {
+            plugin,
+            services,
+            wasi,
+            table: ResourceTable::new(),
+            limits,
+        }
+    }
+
+    /// The resource limiter wasmtime consults on every memory or table growth.
+    pub fn limits(&mut self) -> &mut StoreLimits {
+        &mut self.limits
+    }
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl types::Host for HostState {}
+
+fn check_json(what: &str, text: &str) -> Result<(), HostError> {
+    protocol::validate_json(text)
+        .map_err(|error| HostError::InvalidArgument(format!("{what} is not valid JSON: {error}")))
+}
+
+fn unsupported(function: &str) -> Result<(), HostError> {
+    Err(HostError::Unsupported(format!(
+        "{function} is not supported by this version of wasmcluster yet"
+    )))
+}
+
+impl Host for HostState {
+    fn publish(&mut self, channel: String, data: String) -> Result<(), HostError> {
+        check_json("publish data", &data)?;
+        self.services.broker.publish(&channel, Some(&data));
+        Ok(())
+    }
+
+    fn transmit(
+        &mut self,
+        socket_id: String,
+        event: String,
+        data: Option<String>,
+    ) -> Result<(), HostError> {
+        if let Some(data) = &data {
+            check_json("transmit data", data)?;
+        }
+        let frame = protocol::event(&event, data.as_deref());
+        self.services
+            .sockets
+            .send(&socket_id, frame)
+            .map_err(|_| HostError::UnknownSocket(socket_id))
+    }
+
+    fn set_auth_token(&mut self, _socket_id: String, _claims: String) -> Result<(), HostError> {
+        unsupported("set-auth-token")
+    }
+
+    fn deauthenticate(&mut self, _socket_id: String) -> Result<(), HostError> {
+        unsupported("deauthenticate")
+    }
+
+    fn disconnect(
+        &mut self,
+        _socket_id: String,
+        _code: u16,
+        _reason: String,
+    ) -> Result<(), HostError> {
+        unsupported("disconnect")
+    }
+
+    fn kick_out(
+        &mut self,
+        _socket_id: String,
+        _channel: String,
+        _message: Option<String>,
+    ) -> Result<(), HostError> {
+        unsupported("kick-out")
+    }
+
+    fn subscriptions(&mut self, _socket_id: String) -> Result<Vec<String>, HostError> {
+        unsupported("subscriptions").map(|()| Vec::new())
+    }
+
+    fn kv_get(&mut self, key: String) -> Result<Option<String>, HostError> {
+        Ok(self.services.kv.get(&self.plugin, &key))
+    }
+
+    fn kv_set(&mut self, key: String, value: String) -> Result<(), HostError> {
+        self.services.kv.set(&self.plugin, key, value);
+        Ok(())
+    }
+
+    fn kv_delete(&mut self, key: String) -> Result<bool, HostError> {
+        Ok(self.services.kv.delete(&self.plugin, &key))
+    }
+
+    fn kv_incr(&mut self, key: String, delta: i64) -> Result<i64, HostError> {
+        self.services
+            .kv
+            .incr(&self.plugin, &key, delta)
+            .map_err(|error| HostError::InvalidArgument(error.to_string()))
+    }
+
+    fn log(&mut self, level: LogLevel, message: String) {
+        let plugin = &*self.plugin;
+        match level {
+            LogLevel::Trace => tracing::trace!(plugin, "{message}"),
+            LogLevel::Debug => tracing::debug!(plugin, "{message}"),
+            LogLevel::Info => tracing::info!(plugin, "{message}"),
+            LogLevel::Warn => tracing::warn!(plugin, "{message}"),
+            LogLevel::Error => tracing::error!(plugin, "{message}"),
+        }
+    }
+
+    fn now_ms(&mut self) -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |since| since.as_millis() as u64)
+    }
+
+    fn set_timer(&mut self, _id: String, _delay_ms: u64, _repeat: bool) -> Result<(), HostError> {
+        unsupported("set-timer")
+    }
+}

@@ -1,0 +1,418 @@
+//! Loading plugins: compile each `*.wasm` of the plugins directory, check it
+//! in a trial instance, and route every event to the one plugin that
+//! declares it.
+
+use super::bindings::wasmcluster::plugin::types::{Hook, Manifest};
+use super::bindings::{Plugin, PluginPre};
+use super::engine::{PluginEngine, deadline_ticks};
+use super::host_api::{HostServices, HostState};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use thiserror::Error;
+use wasmtime::Store;
+
+/// The hooks this host runs. A plugin that declares another hook is refused:
+/// ignoring a middleware hook would let through what the plugin means to
+/// deny.
+const SUPPORTED_HOOKS: [Hook; 2] = [Hook::Connect, Hook::Disconnect];
+
+/// Limits every call of a plugin runs under.
+#[derive(Debug, Clone, Copy)]
+pub struct PluginLimits {
+    /// How long one call may run before it is interrupted.
+    pub deadline: Duration,
+    /// The most linear memory one instance may have.
+    pub memory_bytes: usize,
+}
+
+/// Why a plugin was not loaded, or why the set of plugins cannot start.
+#[derive(Debug, Error)]
+pub enum LoadError {
+    /// The plugins directory could not be listed.
+    #[error("cannot read the plugins directory {dir}: {source}")]
+    Directory {
+        /// The directory.
+        dir: PathBuf,
+        /// What went wrong.
+        source: std::io::Error,
+    },
+    /// A plugin file could not be read.
+    #[error("{path}: cannot read the file: {source}")]
+    Read {
+        /// The plugin file.
+        path: PathBuf,
+        /// What went wrong.
+        source: std::io::Error,
+    },
+    /// The file is not a valid WebAssembly component.
+    #[error("{path}: not a valid WebAssembly component: {source:#}")]
+    Compile {
+        /// The plugin file.
+        path: PathBuf,
+        /// What wasmtime said.
+        source: wasmtime::Error,
+    },
+    /// The component imports something this host does not provide, or does
+    /// not export the `wasmcluster:plugin` world.
+    #[error("{path}: does not fit this host's plugin world (wasmcluster:plugin@0.1.0): {source:#}")]
+    Link {
+        /// The plugin file.
+        path: PathBuf,
+        /// What wasmtime said.
+        source: wasmtime::Error,
+    },
+    /// Instantiating, `describe` or `init` trapped or failed.
+    #[error("{path}: {stage} failed: {reason}")]
+    Start {
+        /// The plugin file.
+        path: PathBuf,
+        /// `instantiate`, `describe` or `init`.
+        stage: &'static str,
+        /// The trap or the plugin's error.
+        reason: String,
+    },
+    /// The manifest returned by `describe` is not acceptable.
+    #[error("{path}: invalid manifest: {reason}")]
+    Manifest {
+        /// The plugin file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// Two plugins declare the same event.
+    #[error("{kind} event '{event}' is declared by both {first} and {second}")]
+    EventConflict {
+        /// `RPC` or `transmit`.
+        kind: &'static str,
+        /// The event.
+        event: String,
+        /// The first file declaring it.
+        first: PathBuf,
+        /// The second file declaring it.
+        second: PathBuf,
+    },
+    /// Two plugins have the same name (and so the same KV namespace).
+    #[error("plugin name '{name}' is used by both {first} and {second}")]
+    DuplicateName {
+        /// The name.
+        name: String,
+        /// The first file.
+        first: PathBuf,
+        /// The second file.
+        second: PathBuf,
+    },
+}
+
+/// A compiled, checked plugin, ready to be instantiated on every worker.
+pub struct LoadedPlugin {
+    /// The name from the manifest; also the KV namespace.
+    pub name: Arc<str>,
+    /// The file it was loaded from.
+    pub path: PathBuf,
+    /// What `describe` returned.
+    pub manifest: Manifest,
+    /// Whether the manifest lists the `connect` hook.
+    pub on_connect: bool,
+    /// Whether the manifest lists the `disconnect` hook.
+    pub on_disconnect: bool,
+    /// The limits its calls run under.
+    pub limits: PluginLimits,
+    /// Linked and type-checked, so an instance is a cheap step away.
+    pre: PluginPre<HostState>,
+    /// The config passed to `init`.
+    config: String,
+}
+
+/// A live instance of a plugin with its store.
+pub struct Instance {
+    /// The store holding the instance's memory and host state.
+    pub store: Store<HostState>,
+    /// Typed access to the exports.
+    pub exports: Plugin,
+}
+
+/// Create a store and instantiate `pre` in it.
+async fn instantiate(
+    pre: &PluginPre<HostState>,
+    name: Arc<str>,
+    services: Arc<HostServices>,
+    limits: PluginLimits,
+) -> wasmtime::Result<Instance> {
+    let mut store = Store::new(
+        pre.engine(),
+        HostState::new(name, services, limits.memory_bytes),
+    );
+    store.limiter(|state| state.limits());
+    store.set_epoch_deadline(deadline_ticks(limits.deadline));
+    let exports = pre.instantiate_async(&mut store).await?;
+    Ok(Instance { store, exports })
+}
+
+impl LoadedPlugin {
+    /// A fresh, initialized instance: used by each worker at start and after
+    /// every fault.
+    pub async fn instantiate(&self, services: Arc<HostServices>) -> Result<Instance, LoadError> {
+        let mut instance = instantiate(&self.pre, self.name.clone(), services, self.limits)
+            .await
+            .map_err(|error| self.start_error("instantiate", format!("{error:#}")))?;
+        run_init(&mut instance, &self.config, self.limits)
+            .await
+            .map_err(|reason| self.start_error("init", reason))?;
+        Ok(instance)
+    }
+
+    fn start_error(&self, stage: &'static str, reason: String) -> LoadError {
+        LoadError::Start {
+            path: self.path.clone(),
+            stage,
+            reason,
+        }
+    }
+}
+
+async fn run_init(
+    instance: &mut Instance,
+    config: &String,
+    limits: PluginLimits,
+) -> Result<(), String> {
+    instance
+        .store
+        .set_epoch_deadline(deadline_ticks(limits.deadline));
+    match instance
+        .exports
+        .call_init(&mut instance.store, config)
+        .await
+    {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(reason)) => Err(format!("the plugin refused to start: {reason}")),
+        Err(trap) => Err(format!("{trap:#}")),
+    }
+}
+
+/// Every loaded plugin and which one handles each event.
+pub struct PluginSet {
+    /// The plugins, in load order (sorted by file name).
+    pub plugins: Vec<Arc<LoadedPlugin>>,
+    /// RPC event to the index of its plugin.
+    rpc_routes: HashMap<String, usize>,
+    /// Transmit event to the index of its plugin.
+    transmit_routes: HashMap<String, usize>,
+}
+
+impl PluginSet {
+    /// The plugin answering RPC `event`.
+    pub fn rpc_route(&self, event: &str) -> Option<usize> {
+        self.rpc_routes.get(event).copied()
+    }
+
+    /// The plugin receiving transmit `event`.
+    pub fn transmit_route(&self, event: &str) -> Option<usize> {
+        self.transmit_routes.get(event).copied()
+    }
+
+    /// Route every event to its plugin; two plugins declaring the same event
+    /// or sharing a name is an error naming both files.
+    fn new(plugins: Vec<Arc<LoadedPlugin>>) -> Result<Self, LoadError> {
+        let mut names: HashMap<&str, usize> = HashMap::new();
+        let mut rpc_routes: HashMap<String, usize> = HashMap::new();
+        let mut transmit_routes: HashMap<String, usize> = HashMap::new();
+        for (index, plugin) in plugins.iter().enumerate() {
+            if let Some(&first) = names.get(&*plugin.name) {
+                return Err(LoadError::DuplicateName {
+                    name: plugin.name.to_string(),
+                    first: plugins[first].path.clone(),
+                    second: plugin.path.clone(),
+                });
+            }
+            names.insert(&plugin.name, index);
+            for (kind, events, routes) in [
+                ("RPC", &plugin.manifest.rpc_events, &mut rpc_routes),
+                (
+                    "transmit",
+                    &plugin.manifest.transmit_events,
+                    &mut transmit_routes,
+                ),
+            ] {
+                for event in events {
+                    if let Some(&first) = routes.get(event) {
+                        return Err(LoadError::EventConflict {
+                            kind,
+                            event: event.clone(),
+                            first: plugins[first].path.clone(),
+                            second: plugin.path.clone(),
+                        });
+                    }
+                    routes.insert(event.clone(), index);
+                }
+            }
+        }
+        Ok(PluginSet {
+            plugins,
+            rpc_routes,
+            transmit_routes,
+        })
+    }
+}
+
+/// Load every `*.wasm` in `dir`, in file-name order.
+///
+/// A file that fails to compile, link, describe itself or `init` is logged
+/// with its path and the reason and skipped; the others are served. Two
+/// plugins declaring the same event is an error: which one should answer is
+/// not something to guess.
+pub async fn load_dir(
+    engine: &PluginEngine,
+    dir: &Path,
+    limits: PluginLimits,
+    services: &Arc<HostServices>,
+) -> Result<PluginSet, LoadError> {
+    let entries = std::fs::read_dir(dir).map_err(|source| LoadError::Directory {
+        dir: dir.to_owned(),
+        source,
+    })?;
+    let mut paths: Vec<PathBuf> = entries
+        .filter_map(Result::ok)
+        .map(|entry| entry.path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "wasm") && path.is_file())
+        .collect();
+    paths.sort();
+
+    let mut plugins = Vec::new();
+    for path in paths {
+        match load_file(engine, &path, limits, services).await {
+            Ok(plugin) => {
+                tracing::info!(
+                    plugin = &*plugin.name,
+                    version = plugin.manifest.version,
+                    path = %plugin.path.display(),
+                    rpc = ?plugin.manifest.rpc_events,
+                    transmit = ?plugin.manifest.transmit_events,
+                    "plugin loaded"
+                );
+                plugins.push(Arc::new(plugin));
+            }
+            Err(error) => tracing::error!("plugin skipped: {error}"),
+        }
+    }
+    PluginSet::new(plugins)
+}
+
+/// Compile, link and check one plugin file in a trial instance.
+pub async fn load_file(
+    engine: &PluginEngine,
+    path: &Path,
+    limits: PluginLimits,
+    services: &Arc<HostServices>,
+) -> Result<LoadedPlugin, LoadError> {
+    let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    let component = engine
+        .compile(&bytes)
+        .map_err(|source| LoadError::Compile {
+            path: path.to_owned(),
+            source,
+        })?;
+    let link_error = |source| LoadError::Link {
+        path: path.to_owned(),
+        source,
+    };
+    let pre = engine
+        .linker()
+        .instantiate_pre(&component)
+        .map_err(link_error)?;
+    let pre = PluginPre::new(pre).map_err(link_error)?;
+
+    let start_error = |stage, reason| LoadError::Start {
+        path: path.to_owned(),
+        stage,
+        reason,
+    };
+    let file_name: Arc<str> = path
+        .file_stem()
+        .map_or("plugin".into(), |s| s.to_string_lossy().into());
+    let mut trial = instantiate(&pre, file_name, services.clone(), limits)
+        .await
+        .map_err(|error| start_error("instantiate", format!("{error:#}")))?;
+    let manifest = trial
+        .exports
+        .call_describe(&mut trial.store)
+        .await
+        .map_err(|error| start_error("describe", format!("{error:#}")))?;
+    check_manifest(&manifest).map_err(|reason| LoadError::Manifest {
+        path: path.to_owned(),
+        reason,
+    })?;
+    let config = "{}".to_owned();
+    run_init(&mut trial, &config, limits)
+        .await
+        .map_err(|reason| start_error("init", reason))?;
+
+    Ok(LoadedPlugin {
+        name: manifest.name.as_str().into(),
+        path: path.to_owned(),
+        on_connect: manifest.hooks.contains(&Hook::Connect),
+        on_disconnect: manifest.hooks.contains(&Hook::Disconnect),
+        manifest,
+        limits,
+        pre,
+        config,
+    })
+}
+
+/// Check what a plugin says about itself.
+fn check_manifest(manifest: &Manifest) -> Result<(), String> {
+    let name = &manifest.name;
+    if name.is_empty()
+        || name.len() > 64
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        return Err(format!(
+            "name '{name}' must be 1 to 64 letters, digits, '-' or '_'"
+        ));
+    }
+    if manifest.version.trim().is_empty() {
+        return Err("version is empty".into());
+    }
+    for (kind, events) in [
+        ("RPC", &manifest.rpc_events),
+        ("transmit", &manifest.transmit_events),
+    ] {
+        let mut seen = std::collections::HashSet::new();
+        for event in events {
+            if event.is_empty() || event.starts_with('#') {
+                return Err(format!(
+                    "{kind} event '{event}' is empty or starts with '#', which SocketCluster reserves"
+                ));
+            }
+            if !seen.insert(event) {
+                return Err(format!("{kind} event '{event}' is listed twice"));
+            }
+        }
+    }
+    if let Some(event) = manifest
+        .public_rpc_events
+        .iter()
+        .find(|event| !manifest.rpc_events.contains(event))
+    {
+        return Err(format!(
+            "public event '{event}' is not one of its RPC events"
+        ));
+    }
+    if let Some(hook) = manifest
+        .hooks
+        .iter()
+        .find(|hook| !SUPPORTED_HOOKS.contains(hook))
+    {
+        return Err(format!(
+            "hook {hook:?} is not supported by this version of wasmcluster yet \
+             (supported: connect, disconnect); the plugin would not be enforced as written"
+        ));
+    }
+    Ok(())
+}

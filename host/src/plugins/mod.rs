@@ -1,0 +1,36 @@
+//! Plugins: the wasmtime engine, loading components from the plugins
+//! directory, and the per-worker instances that serve events.
+//!
+//! One [`PluginEngine`] compiles every component. [`load_dir`] compiles the
+//! `*.wasm` files of a directory, checks each in a trial instance
+//! (`describe`, `init`) and builds the routing of events to plugins, a
+//! [`PluginSet`]. Each worker then builds its own [`WorkerPlugins`]: one
+//! `Store` and instance per plugin, called directly from that worker's
+//! connections. A call that traps, overruns its deadline or exceeds its
+//! memory fails alone; the instance is rebuilt from its `InstancePre` for
+//! the next event.
+
+mod engine;
+mod guest_log;
+mod host_api;
+mod instance;
+mod kv;
+mod loader;
+
+pub use engine::{EngineError, PluginEngine};
+pub use host_api::HostServices;
+pub use instance::WorkerPlugins;
+pub use loader::{LoadError, LoadedPlugin, PluginLimits, PluginSet, load_dir};
+
+/// Bindings generated from `wit/plugin.wit`.
+#[allow(missing_docs, clippy::all)]
+mod bindings {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "plugin",
+        exports: { default: async },
+    });
+}
+
+/// A client connection as plugins see it (the WIT `socket` record).
+pub use bindings::wasmcluster::plugin::types::Socket;

@@ -1,0 +1,88 @@
+//! One accepted TCP connection: its HTTP request, then either a WebSocket
+//! session or a plain answer.
+
+use super::Shared;
+use super::http::{self, ReadError, Response};
+use crate::session::{self, SessionContext};
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+
+/// Bytes of the WebSocket read buffer; small, since most frames are small
+/// and every idle connection holds one.
+const READ_BUFFER: usize = 4 * 1024;
+/// Bytes buffered before a write reaches the socket; frames are flushed
+/// after every batch anyway.
+const WRITE_BUFFER: usize = 16 * 1024;
+
+/// Serve one connection to the end.
+pub async fn handle(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    ctx: Rc<SessionContext>,
+    shared: Arc<Shared>,
+) {
+    let _ = stream.set_nodelay(true);
+    let config = &shared.config;
+    let (request, early) =
+        match http::read_request(&mut stream, config.session.handshake_timeout).await {
+            Ok(request) => request,
+            Err(ReadError::Gone) => return,
+            Err(ReadError::Reject(response)) => {
+                let _ = response.send(&mut stream).await;
+                return;
+            }
+        };
+    let response = if request.path == config.path {
+        if !request.wants_websocket() {
+            Response::text(
+                426,
+                "Upgrade Required",
+                "This endpoint speaks the SocketCluster protocol over WebSocket\n",
+            )
+            .with_header("Upgrade", "websocket")
+        } else {
+            match request.websocket_accept() {
+                Ok(accept) => {
+                    if stream.write_all(accept.as_bytes()).await.is_err() {
+                        return;
+                    }
+                    let ws_config = WebSocketConfig::default()
+                        .read_buffer_size(READ_BUFFER)
+                        .write_buffer_size(WRITE_BUFFER)
+                        .max_message_size(Some(config.max_payload_bytes))
+                        .max_frame_size(Some(config.max_payload_bytes));
+                    let ws = WebSocketStream::from_partially_read(
+                        stream,
+                        early.to_vec(),
+                        Role::Server,
+                        Some(ws_config),
+                    )
+                    .await;
+                    session::run(ws, peer, ctx).await;
+                    return;
+                }
+                Err(response) => response,
+            }
+        }
+    } else if request.wants_websocket() {
+        // What SocketCluster (ws) answers for an upgrade on another path.
+        Response::text(
+            400,
+            "Bad Request",
+            &format!(
+                "No WebSocket endpoint at {}; SocketCluster is served at {}\n",
+                request.path, config.path
+            ),
+        )
+    } else if request.path == "/healthz" && request.method == "GET" {
+        Response::json(200, "OK", shared.health_json())
+    } else {
+        Response::text(404, "Not Found", "Not found\n")
+    };
+    let _ = response.send(&mut stream).await;
+}

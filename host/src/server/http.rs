@@ -1,0 +1,295 @@
+//! The HTTP side of a connection: read the request head, then either upgrade
+//! to a WebSocket on the SocketCluster path or answer a plain request
+//! (`/healthz`).
+
+use bytes::BytesMut;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+
+/// The largest request head accepted; a larger one gets 431.
+const MAX_HEAD: usize = 16 * 1024;
+/// The most headers accepted.
+const MAX_HEADERS: usize = 64;
+
+/// A parsed request head.
+#[derive(Debug, PartialEq)]
+pub struct Request {
+    /// `GET`, `POST`, ...
+    pub method: String,
+    /// The path without the query string.
+    pub path: String,
+    /// The path with the query string, as sent.
+    pub target: String,
+    /// Header names (lower case) and values.
+    pub headers: Vec<(String, String)>,
+}
+
+impl Request {
+    /// The first value of header `name` (lower case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value.as_str())
+    }
+
+    /// Whether the client asks for a WebSocket upgrade.
+    pub fn wants_websocket(&self) -> bool {
+        self.header("upgrade")
+            .is_some_and(|value| value.eq_ignore_ascii_case("websocket"))
+    }
+
+    /// The `101 Switching Protocols` answer for a valid WebSocket upgrade, or
+    /// the error response explaining what is wrong with it.
+    pub fn websocket_accept(&self) -> Result<String, Response> {
+        if self.method != "GET" {
+            return Err(Response::text(
+                400,
+                "Bad Request",
+                "A WebSocket upgrade must use GET\n",
+            ));
+        }
+        let has_upgrade_token = self.header("connection").is_some_and(|value| {
+            value
+                .split(',')
+                .any(|token| token.trim().eq_ignore_ascii_case("upgrade"))
+        });
+        if !has_upgrade_token {
+            return Err(Response::text(
+                400,
+                "Bad Request",
+                "A WebSocket upgrade needs the header Connection: Upgrade\n",
+            ));
+        }
+        if self.header("sec-websocket-version") != Some("13") {
+            return Err(Response::text(
+                426,
+                "Upgrade Required",
+                "Only WebSocket version 13 is supported\n",
+            )
+            .with_header("Sec-WebSocket-Version", "13"));
+        }
+        let Some(key) = self.header("sec-websocket-key") else {
+            return Err(Response::text(
+                400,
+                "Bad Request",
+                "A WebSocket upgrade needs a Sec-WebSocket-Key header\n",
+            ));
+        };
+        Ok(format!(
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
+            derive_accept_key(key.as_bytes())
+        ))
+    }
+}
+
+/// A complete plain HTTP response.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Response {
+    status: u16,
+    reason: &'static str,
+    content_type: &'static str,
+    headers: Vec<(&'static str, String)>,
+    body: String,
+}
+
+impl Response {
+    /// A `text/plain` response.
+    pub fn text(status: u16, reason: &'static str, body: &str) -> Self {
+        Response {
+            status,
+            reason,
+            content_type: "text/plain; charset=utf-8",
+            headers: Vec::new(),
+            body: body.to_owned(),
+        }
+    }
+
+    /// An `application/json` response.
+    pub fn json(status: u16, reason: &'static str, body: String) -> Self {
+        Response {
+            status,
+            reason,
+            content_type: "application/json",
+            headers: Vec::new(),
+            body,
+        }
+    }
+
+    /// Add a header.
+    pub fn with_header(mut self, name: &'static str, value: &str) -> Self {
+        self.headers.push((name, value.to_owned()));
+        self
+    }
+
+    /// The status code.
+    #[cfg(test)]
+    pub fn status(&self) -> u16 {
+        self.status
+    }
+
+    /// The bytes on the wire; the connection closes after it.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut head = format!(
+            "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n",
+            self.status,
+            self.reason,
+            self.content_type,
+            self.body.len()
+        );
+        for (name, value) in &self.headers {
+            head.push_str(&format!("{name}: {value}\r\n"));
+        }
+        head.push_str("\r\n");
+        let mut bytes = head.into_bytes();
+        bytes.extend_from_slice(self.body.as_bytes());
+        bytes
+    }
+
+    /// Write the response and shut the connection down.
+    pub async fn send<S: AsyncWrite + Unpin>(&self, stream: &mut S) -> std::io::Result<()> {
+        stream.write_all(&self.to_bytes()).await?;
+        stream.shutdown().await
+    }
+}
+
+/// Why no request could be read.
+#[derive(Debug)]
+pub enum ReadError {
+    /// The peer closed, failed, or was too slow; nothing to answer.
+    Gone,
+    /// The request is malformed or too large; answer with this.
+    Reject(Response),
+}
+
+/// Read a request head. Returns the request and the bytes that followed the
+/// head (the start of the WebSocket stream, if the client sent it early).
+pub async fn read_request<S>(
+    stream: &mut S,
+    timeout: Duration,
+) -> Result<(Request, BytesMut), ReadError>
+where
+    S: AsyncRead + Unpin,
+{
+    tokio::time::timeout(timeout, read_head(stream))
+        .await
+        .unwrap_or(Err(ReadError::Gone))
+}
+
+async fn read_head<S: AsyncRead + Unpin>(stream: &mut S) -> Result<(Request, BytesMut), ReadError> {
+    let mut buffer = BytesMut::with_capacity(1024);
+    loop {
+        if stream
+            .read_buf(&mut buffer)
+            .await
+            .map_err(|_| ReadError::Gone)?
+            == 0
+        {
+            return Err(ReadError::Gone);
+        }
+        match parse_head(&buffer)? {
+            Some((request, head_len)) => {
+                let rest = buffer.split_off(head_len);
+                return Ok((request, rest));
+            }
+            None if buffer.len() >= MAX_HEAD => {
+                return Err(ReadError::Reject(Response::text(
+                    431,
+                    "Request Header Fields Too Large",
+                    "Request head too large\n",
+                )));
+            }
+            None => {}
+        }
+    }
+}
+
+/// Parse a complete head from `bytes`; `None` while it is incomplete.
+fn parse_head(bytes: &[u8]) -> Result<Option<(Request, usize)>, ReadError> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut parsed = httparse::Request::new(&mut headers);
+    let head_len = match parsed.parse(bytes) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(error) => {
+            return Err(ReadError::Reject(Response::text(
+                400,
+                "Bad Request",
+                &format!("Malformed HTTP request: {error}\n"),
+            )));
+        }
+    };
+    let target = parsed.path.unwrap_or("/").to_owned();
+    let path = target.split('?').next().unwrap_or("/").to_owned();
+    let headers = parsed
+        .headers
+        .iter()
+        .map(|header| {
+            (
+                header.name.to_ascii_lowercase(),
+                String::from_utf8_lossy(header.value).trim().to_owned(),
+            )
+        })
+        .collect();
+    let request = Request {
+        method: parsed.method.unwrap_or("GET").to_owned(),
+        path,
+        target,
+        headers,
+    };
+    Ok(Some((request, head_len)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Request {
+        match parse_head(text.as_bytes()) {
+            Ok(Some((request, _))) => request,
+            _ => panic!("did not parse"),
+        }
+    }
+
+    const UPGRADE: &str = "GET /socketcluster/?foo=bar HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: keep-alive, Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
+
+    #[test]
+    fn upgrade_is_accepted_with_the_rfc_accept_key() {
+        let request = parse(UPGRADE);
+        assert_eq!(request.path, "/socketcluster/");
+        assert_eq!(request.target, "/socketcluster/?foo=bar");
+        assert!(request.wants_websocket());
+        let accept = request.websocket_accept().unwrap();
+        assert!(accept.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"));
+    }
+
+    #[test]
+    fn upgrade_without_key_or_version_is_refused() {
+        let no_key = parse(&UPGRADE.replace("Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n", ""));
+        assert_eq!(no_key.websocket_accept().unwrap_err().status(), 400);
+        let old = parse(&UPGRADE.replace("Version: 13", "Version: 8"));
+        assert_eq!(old.websocket_accept().unwrap_err().status(), 426);
+    }
+
+    #[test]
+    fn partial_and_malformed_heads() {
+        assert!(matches!(parse_head(b"GET / HTTP/1.1\r\nHost"), Ok(None)));
+        assert!(matches!(
+            parse_head(b"\x01\x02 nonsense\r\n\r\n"),
+            Err(ReadError::Reject(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn bytes_after_the_head_are_kept() {
+        let mut input = format!("{UPGRADE}early").into_bytes();
+        let mut reader = &input[..];
+        let (_, rest) = read_request(&mut reader, Duration::from_secs(1))
+            .await
+            .ok()
+            .unwrap();
+        assert_eq!(&rest[..], b"early");
+        input.clear();
+    }
+}

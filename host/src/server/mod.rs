@@ -1,0 +1,201 @@
+//! The listener and the worker threads.
+//!
+//! One accept loop hands connections round-robin to `N` worker threads. Each
+//! worker runs a single-threaded tokio runtime with its own instance of
+//! every plugin, reads the HTTP request of its connections, upgrades them to
+//! WebSocket sessions and serves them until they close.
+
+mod connection;
+mod http;
+mod worker;
+
+use crate::config::ServerConfig;
+use crate::plugins::{EngineError, HostServices, LoadError, PluginEngine, PluginSet, load_dir};
+use crate::session::SessionStats;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use thiserror::Error;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use worker::Worker;
+
+/// Why the server could not start or run.
+#[derive(Debug, Error)]
+pub enum ServerError {
+    /// The wasm engine could not be set up.
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    /// The plugins could not be loaded together.
+    #[error(transparent)]
+    Plugins(#[from] LoadError),
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address from the config.
+        addr: String,
+        /// What went wrong.
+        source: std::io::Error,
+    },
+    /// A worker thread could not be started.
+    #[error("cannot start worker {index}: {source}")]
+    Worker {
+        /// The worker's index.
+        index: usize,
+        /// What went wrong.
+        source: std::io::Error,
+    },
+}
+
+/// What every worker shares.
+pub struct Shared {
+    /// The server configuration.
+    pub config: ServerConfig,
+    /// Loaded plugins and event routing.
+    pub plugins: Arc<PluginSet>,
+    /// Broker, socket registry, KV.
+    pub services: Arc<HostServices>,
+    /// Counters.
+    pub stats: Arc<SessionStats>,
+    /// `/healthz` body parts that do not change: the plugin list.
+    plugins_json: String,
+}
+
+impl Shared {
+    /// The `/healthz` body.
+    pub fn health_json(&self) -> String {
+        format!(
+            "{{\"status\":\"ok\",\"workers\":{},\"connections\":{},\"channels\":{},\"plugins\":{}}}",
+            self.config.workers,
+            self.services.sockets.len(),
+            self.services.broker.channel_count(),
+            self.plugins_json
+        )
+    }
+}
+
+fn plugins_json(plugins: &PluginSet) -> String {
+    let list: Vec<_> = plugins
+        .plugins
+        .iter()
+        .map(|plugin| {
+            serde_json::json!({
+                "name": &*plugin.name,
+                "version": plugin.manifest.version,
+                "file": plugin.path.file_name().map(|name| name.to_string_lossy()),
+            })
+        })
+        .collect();
+    serde_json::Value::Array(list).to_string()
+}
+
+/// A started server: plugins loaded, workers running, port bound.
+pub struct Server {
+    listener: TcpListener,
+    workers: Vec<Worker>,
+    shutdown: watch::Sender<bool>,
+    shared: Arc<Shared>,
+}
+
+impl Server {
+    /// Load the plugins, start the workers (each instantiates every plugin)
+    /// and bind the listener. Connections are accepted by [`Server::run`].
+    pub async fn start(config: ServerConfig) -> Result<Server, ServerError> {
+        let engine = PluginEngine::new(config.cache_dir.as_deref())?;
+        let services = Arc::new(HostServices::default());
+        let plugins = Arc::new(
+            load_dir(
+                &engine,
+                &config.plugins_dir,
+                config.plugin_limits,
+                &services,
+            )
+            .await?,
+        );
+        if plugins.plugins.is_empty() {
+            tracing::warn!(dir = %config.plugins_dir.display(), "no plugins loaded: only pub/sub is served");
+        }
+        let listener =
+            TcpListener::bind(&config.listen)
+                .await
+                .map_err(|source| ServerError::Bind {
+                    addr: config.listen.clone(),
+                    source,
+                })?;
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let shared = Arc::new(Shared {
+            plugins_json: plugins_json(&plugins),
+            config,
+            plugins,
+            services,
+            stats: Arc::default(),
+        });
+        let mut workers = Vec::with_capacity(shared.config.workers);
+        for index in 0..shared.config.workers {
+            let worker = Worker::spawn(index, shared.clone(), shutdown_rx.clone())
+                .map_err(|source| ServerError::Worker { index, source })?;
+            workers.push(worker);
+        }
+        for worker in &mut workers {
+            worker.ready().await;
+        }
+        Ok(Server {
+            listener,
+            workers,
+            shutdown,
+            shared,
+        })
+    }
+
+    /// The address the server listens on (useful with port 0).
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Accept connections until `shutdown` resolves, then close every
+    /// socket with 1001 and wait (up to the configured time) for the
+    /// workers to finish.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        tracing::info!(
+            addr = %self.local_addr().map_or_else(|e| e.to_string(), |a| a.to_string()),
+            workers = self.workers.len(),
+            plugins = self.shared.plugins.plugins.len(),
+            "serving"
+        );
+        tokio::pin!(shutdown);
+        let mut next = 0usize;
+        let mut backoff = MIN_ACCEPT_BACKOFF;
+        loop {
+            tokio::select! {
+                accepted = self.listener.accept() => match accepted {
+                    Ok((stream, peer)) => {
+                        backoff = MIN_ACCEPT_BACKOFF;
+                        self.workers[next % self.workers.len()].hand_over(stream, peer);
+                        next = next.wrapping_add(1);
+                    }
+                    Err(error) => {
+                        // Out of file descriptors, most often: the pending
+                        // connection waits in the backlog while we back off.
+                        tracing::warn!("accept failed: {error}; retrying in {backoff:?}");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(MAX_ACCEPT_BACKOFF);
+                    }
+                },
+                () = &mut shutdown => break,
+            }
+        }
+        tracing::info!("shutting down: closing every socket with 1001");
+        drop(self.listener);
+        let _ = self.shutdown.send(true);
+        for worker in self.workers {
+            worker.join().await;
+        }
+        tracing::info!("stopped");
+    }
+}
+
+/// First pause after a failed `accept`.
+const MIN_ACCEPT_BACKOFF: Duration = Duration::from_millis(5);
+/// Longest pause after repeated failed `accept`s.
+const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);

@@ -1,0 +1,125 @@
+//! A worker thread: a single-threaded tokio runtime serving a share of the
+//! connections with its own instance of every plugin.
+
+use super::{Shared, connection};
+use crate::plugins::WorkerPlugins;
+use crate::session::SessionContext;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::{JoinSet, LocalSet};
+
+/// The accept loop's handle on a worker thread.
+pub struct Worker {
+    index: usize,
+    /// New connections for this worker.
+    connections: mpsc::UnboundedSender<(std::net::TcpStream, SocketAddr)>,
+    /// Resolves once the worker's plugin instances are up.
+    ready: Option<oneshot::Receiver<()>>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Worker {
+    /// Start worker `index`.
+    pub fn spawn(
+        index: usize,
+        shared: Arc<Shared>,
+        shutdown: watch::Receiver<bool>,
+    ) -> std::io::Result<Worker> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let (connections, incoming) = mpsc::unbounded_channel();
+        let (ready_tx, ready) = oneshot::channel();
+        let thread = std::thread::Builder::new()
+            .name(format!("worker-{index}"))
+            .spawn(move || {
+                LocalSet::new().block_on(&runtime, serve(shared, shutdown, incoming, ready_tx));
+            })?;
+        Ok(Worker {
+            index,
+            connections,
+            ready: Some(ready),
+            thread,
+        })
+    }
+
+    /// Wait until the worker has built its plugin instances.
+    pub async fn ready(&mut self) {
+        if let Some(ready) = self.ready.take() {
+            let _ = ready.await;
+        }
+    }
+
+    /// Give the worker a new connection.
+    pub fn hand_over(&self, stream: TcpStream, peer: SocketAddr) {
+        match stream.into_std() {
+            Ok(stream) => {
+                if self.connections.send((stream, peer)).is_err() {
+                    tracing::error!(
+                        worker = self.index,
+                        "worker is gone; connection from {peer} dropped"
+                    );
+                }
+            }
+            Err(error) => tracing::warn!("could not hand over the connection from {peer}: {error}"),
+        }
+    }
+
+    /// Stop handing connections over and wait for the thread to finish its
+    /// sessions.
+    pub async fn join(self) {
+        drop(self.connections);
+        let index = self.index;
+        let thread = self.thread;
+        if tokio::task::spawn_blocking(move || thread.join())
+            .await
+            .is_err()
+        {
+            tracing::error!(worker = index, "worker thread panicked");
+        }
+    }
+}
+
+/// The worker's event loop: start the plugins, then serve connections until
+/// the accept loop stops, then let the sessions close.
+async fn serve(
+    shared: Arc<Shared>,
+    shutdown: watch::Receiver<bool>,
+    mut incoming: mpsc::UnboundedReceiver<(std::net::TcpStream, SocketAddr)>,
+    ready: oneshot::Sender<()>,
+) {
+    let plugins = WorkerPlugins::start(shared.plugins.clone(), shared.services.clone()).await;
+    let ctx = Rc::new(SessionContext {
+        plugins,
+        services: shared.services.clone(),
+        settings: shared.config.session.clone(),
+        stats: shared.stats.clone(),
+        shutdown,
+    });
+    let _ = ready.send(());
+    let mut sessions = JoinSet::new();
+    loop {
+        tokio::select! {
+            next = incoming.recv() => match next {
+                Some((stream, peer)) => match TcpStream::from_std(stream) {
+                    Ok(stream) => {
+                        sessions.spawn_local(connection::handle(stream, peer, ctx.clone(), shared.clone()));
+                    }
+                    Err(error) => tracing::warn!("could not register the connection from {peer}: {error}"),
+                },
+                None => break,
+            },
+            Some(_) = sessions.join_next() => {}
+        }
+    }
+    let drained = async { while sessions.join_next().await.is_some() {} };
+    if tokio::time::timeout(shared.config.shutdown_timeout, drained)
+        .await
+        .is_err()
+    {
+        tracing::warn!("shutdown timeout reached with connections still open");
+    }
+}

@@ -1,0 +1,566 @@
+//! One client connection after the WebSocket upgrade: the SocketCluster
+//! state machine (handshake, heartbeat, RPCs, transmits, pub/sub) from the
+//! first frame to the close code.
+//!
+//! A session runs as one task on its worker. It reads frames, answers them
+//! (calling plugins directly on the worker's thread), writes what other
+//! sessions and plugins queue for it, and sends pings. Inbound packets of
+//! one socket are handled in order, as SocketCluster does.
+
+mod registry;
+
+pub use registry::{SocketRegistry, UnknownSocket};
+
+use crate::plugins::{HostServices, Socket, WorkerPlugins};
+use crate::protocol::{self, ChannelRequest, ErrorObject, Frame, Packet, PingProtocol, close_code};
+use base64::Engine as _;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::value::RawValue;
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::{mpsc, watch};
+use tokio::time::{Instant, MissedTickBehavior, interval_at, sleep_until};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes, error::CapacityError};
+
+/// Identifies a session inside the process (the broker's subscriber key).
+pub type SessionKey = u64;
+
+/// A session's queue of outbound frames, filled by the broker and by
+/// plugins on any worker, drained by the session's task.
+pub type Outbox = mpsc::UnboundedSender<Utf8Bytes>;
+
+/// Which heartbeat a server uses with its clients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PingMode {
+    /// Ping with both `""` and `#1` until the client answers one of them,
+    /// then only with that one: serves v1 and v2 clients on one port.
+    Auto,
+    /// Always this protocol, as a SocketCluster server configured with
+    /// `protocolVersion` does.
+    Fixed(PingProtocol),
+}
+
+/// Protocol settings shared by every session.
+#[derive(Debug, Clone)]
+pub struct SessionSettings {
+    /// Time between two server pings.
+    pub ping_interval: Duration,
+    /// Time without any frame from the client before it is closed with 4001;
+    /// also sent to the client in the handshake reply.
+    pub ping_timeout: Duration,
+    /// Time allowed between the upgrade and `#handshake` (else 4005).
+    pub handshake_timeout: Duration,
+    /// Heartbeat protocol selection.
+    pub ping_mode: PingMode,
+    /// Whether clients may `#publish`.
+    pub allow_client_publish: bool,
+}
+
+/// Counters shared by every session, for health output and metrics.
+#[derive(Debug, Default)]
+pub struct SessionStats {
+    /// Transmits dropped because no plugin declares their event.
+    pub unknown_transmits: AtomicU64,
+}
+
+/// What a session needs from its worker.
+pub struct SessionContext {
+    /// The worker's plugin instances.
+    pub plugins: WorkerPlugins,
+    /// Broker, socket registry and KV.
+    pub services: Arc<HostServices>,
+    /// Protocol settings.
+    pub settings: SessionSettings,
+    /// Shared counters.
+    pub stats: Arc<SessionStats>,
+    /// Flips to `true` when the server shuts down.
+    pub shutdown: watch::Receiver<bool>,
+}
+
+/// Where a session is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Upgraded, waiting for `#handshake`.
+    Connecting,
+    /// Handshake done.
+    Open,
+}
+
+/// Why a session ends: the close code and reason plugins are told, and
+/// whether the server still has to send a close frame.
+#[derive(Debug)]
+struct Ending {
+    code: u16,
+    reason: String,
+    send_close: bool,
+}
+
+impl Ending {
+    /// The server closes with `code`.
+    fn close(code: u16, reason: &str) -> Self {
+        Ending {
+            code,
+            reason: reason.to_owned(),
+            send_close: true,
+        }
+    }
+
+    /// The client closed, or the connection was lost.
+    fn closed_by_peer(code: u16, reason: String) -> Self {
+        Ending {
+            code,
+            reason,
+            send_close: false,
+        }
+    }
+
+    fn lost() -> Self {
+        Ending::closed_by_peer(1006, "connection lost".to_owned())
+    }
+}
+
+/// A new socket id in the style of SocketCluster's base64id: 20 URL-safe
+/// characters.
+fn new_socket_id() -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(rand::random::<[u8; 15]>())
+}
+
+fn next_session_key() -> SessionKey {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+/// One connection's state.
+struct Session<S> {
+    ws: WebSocketStream<S>,
+    ctx: Rc<SessionContext>,
+    key: SessionKey,
+    socket: Socket,
+    state: State,
+    /// The heartbeat the client answered, once known.
+    ping_protocol: Option<PingProtocol>,
+    /// When the client must have sent something by.
+    pong_deadline: Instant,
+    /// Channels this socket is subscribed to.
+    subscriptions: HashSet<String>,
+    /// A sender to this session's own queue, handed to the broker.
+    outbox: Outbox,
+    /// Frames queued for this socket by the broker and by plugins.
+    inbox: mpsc::UnboundedReceiver<Utf8Bytes>,
+}
+
+/// Run a session on an upgraded connection until it closes.
+pub async fn run<S>(ws: WebSocketStream<S>, peer: SocketAddr, ctx: Rc<SessionContext>)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let (outbox, inbox) = mpsc::unbounded_channel();
+    let ping_protocol = match ctx.settings.ping_mode {
+        PingMode::Auto => None,
+        PingMode::Fixed(protocol) => Some(protocol),
+    };
+    let mut session = Session {
+        ws,
+        pong_deadline: Instant::now() + ctx.settings.ping_timeout,
+        ctx,
+        key: next_session_key(),
+        socket: Socket {
+            id: new_socket_id(),
+            auth_token: None,
+            remote_address: peer.to_string(),
+        },
+        state: State::Connecting,
+        ping_protocol,
+        subscriptions: HashSet::new(),
+        outbox,
+        inbox,
+    };
+    let ending = session.serve().await;
+    session.finish(ending).await;
+}
+
+impl<S> Session<S>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    /// The event loop: frames in, queued frames out, pings, deadlines.
+    async fn serve(&mut self) -> Ending {
+        let settings = self.ctx.settings.clone();
+        let mut shutdown = self.ctx.shutdown.clone();
+        let handshake_deadline = Instant::now() + settings.handshake_timeout;
+        let mut pings = interval_at(
+            Instant::now() + settings.ping_interval,
+            settings.ping_interval,
+        );
+        pings.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            let step = tokio::select! {
+                frame = self.ws.next() => self.on_frame(frame).await,
+                Some(frame) = self.inbox.recv() => self.write_queued(frame).await,
+                _ = pings.tick() => self.ping().await,
+                () = sleep_until(self.pong_deadline) => Err(Ending::close(close_code::PONG_TIMEOUT, "")),
+                () = sleep_until(handshake_deadline), if self.state == State::Connecting => {
+                    Err(Ending::close(close_code::HANDSHAKE_TIMEOUT, ""))
+                }
+                _ = shutdown.wait_for(|&stop| stop) => Err(Ending::close(close_code::GOING_AWAY, "Server is shutting down")),
+            };
+            if let Err(ending) = step {
+                return ending;
+            }
+        }
+    }
+
+    /// Handle what the WebSocket produced.
+    async fn on_frame(&mut self, frame: Option<Result<Message, WsError>>) -> Result<(), Ending> {
+        let message = match frame {
+            None => return Err(Ending::lost()),
+            Some(Ok(message)) => message,
+            Some(Err(WsError::Capacity(CapacityError::MessageTooLong { size, max_size }))) => {
+                tracing::info!(
+                    socket = self.socket.id,
+                    size,
+                    max_size,
+                    "frame over the maximum payload; closing with 1009"
+                );
+                return Err(Ending::close(
+                    close_code::MESSAGE_TOO_BIG,
+                    &format!(
+                        "Message of {size} bytes exceeds the maximum payload of {max_size} bytes"
+                    ),
+                ));
+            }
+            Some(Err(error)) => {
+                tracing::debug!(socket = self.socket.id, "connection error: {error}");
+                return Err(Ending::lost());
+            }
+        };
+        self.pong_deadline = Instant::now() + self.ctx.settings.ping_timeout;
+        match message {
+            Message::Text(text) => self.on_text(&text).await?,
+            Message::Binary(bytes) => match std::str::from_utf8(&bytes) {
+                Ok(text) => self.on_text(text).await?,
+                Err(_) if self.state == State::Connecting => {
+                    return Err(Ending::close(close_code::MESSAGE_BEFORE_HANDSHAKE, ""));
+                }
+                Err(_) => tracing::debug!(
+                    socket = self.socket.id,
+                    "ignored a binary frame that is not UTF-8"
+                ),
+            },
+            Message::Close(frame) => {
+                let (code, reason) = frame.map_or((1005, String::new()), |f| {
+                    (f.code.into(), f.reason.to_string())
+                });
+                // Send tungstenite's close reply before the task ends.
+                let _ = self.ws.flush().await;
+                return Err(Ending::closed_by_peer(code, reason));
+            }
+            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
+        }
+        self.flush().await
+    }
+
+    /// Handle one text frame: a pong, a packet or a batch of packets.
+    async fn on_text(&mut self, text: &str) -> Result<(), Ending> {
+        match protocol::parse_frame(text) {
+            Frame::Pong(_) if self.state == State::Connecting => {
+                Err(Ending::close(close_code::MESSAGE_BEFORE_HANDSHAKE, ""))
+            }
+            Frame::Pong(protocol) => {
+                self.ping_protocol.get_or_insert(protocol);
+                Ok(())
+            }
+            Frame::Unparsable if self.state == State::Connecting => {
+                Err(Ending::close(close_code::MESSAGE_BEFORE_HANDSHAKE, ""))
+            }
+            Frame::Unparsable => {
+                tracing::debug!(
+                    socket = self.socket.id,
+                    "ignored a frame that is not a SocketCluster packet"
+                );
+                Ok(())
+            }
+            Frame::Packets(packets) => {
+                for packet in packets {
+                    self.on_packet(packet).await?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Handle one packet, in the order SocketCluster's `_processInboundPacket` does.
+    async fn on_packet(&mut self, packet: Packet<'_>) -> Result<(), Ending> {
+        let Packet::Event { event, data, cid } = packet else {
+            // Responses to server invokes and other values: nothing to do.
+            return if self.state == State::Connecting {
+                Err(Ending::close(close_code::MESSAGE_BEFORE_HANDSHAKE, ""))
+            } else {
+                Ok(())
+            };
+        };
+        match &*event {
+            "#handshake" => self.on_handshake(cid).await,
+            _ if self.state == State::Connecting => {
+                Err(Ending::close(close_code::MESSAGE_BEFORE_HANDSHAKE, ""))
+            }
+            "#authenticate" => self.on_authenticate(cid).await,
+            "#removeAuthToken" => Ok(()),
+            "#subscribe" => self.on_subscribe(data, cid).await,
+            "#unsubscribe" => self.on_unsubscribe(data, cid).await,
+            "#publish" => self.on_publish(data, cid).await,
+            _ => match cid {
+                Some(cid) => self.on_invoke(&event, data, cid).await,
+                None => {
+                    self.on_transmit(&event, data).await;
+                    Ok(())
+                }
+            },
+        }
+    }
+
+    async fn on_handshake(&mut self, cid: Option<&RawValue>) -> Result<(), Ending> {
+        let Some(cid) = cid else {
+            tracing::debug!("handshake without a numeric cid; closing with 4008");
+            return Err(Ending::close(close_code::HANDSHAKE_REJECTED, ""));
+        };
+        let reply = protocol::handshake_reply(
+            cid,
+            &self.socket.id,
+            self.ctx.settings.ping_timeout.as_millis() as u64,
+            false,
+        );
+        self.send(reply).await?;
+        if self.state == State::Connecting {
+            self.state = State::Open;
+            self.ctx
+                .services
+                .sockets
+                .register(&self.socket.id, self.outbox.clone());
+            self.ctx.plugins.connected(&self.socket).await;
+        }
+        Ok(())
+    }
+
+    /// `#authenticate`: JWT authentication is not in this version; say so
+    /// rather than pretend.
+    async fn on_authenticate(&mut self, cid: Option<&RawValue>) -> Result<(), Ending> {
+        let Some(cid) = cid else {
+            return Err(Ending::close(close_code::HANDSHAKE_REJECTED, ""));
+        };
+        let error = ErrorObject::new(
+            "AuthNotSupportedError",
+            "This server does not support authentication yet",
+        );
+        self.send(protocol::error_response(cid, &error)).await
+    }
+
+    async fn on_subscribe(
+        &mut self,
+        data: Option<&RawValue>,
+        cid: Option<&RawValue>,
+    ) -> Result<(), Ending> {
+        // SocketCluster performs a subscription only when it is an RPC.
+        let Some(cid) = cid else {
+            return Ok(());
+        };
+        let Some(request) = ChannelRequest::parse(data) else {
+            let error = ErrorObject::invalid_action("Subscribe channel name was malformatted");
+            return self.send(protocol::error_response(cid, &error)).await;
+        };
+        if self.subscriptions.insert(request.channel.to_string()) {
+            self.ctx
+                .services
+                .broker
+                .subscribe(&request.channel, self.key, &self.outbox);
+        }
+        self.send(protocol::ok_response(cid, None)).await
+    }
+
+    async fn on_unsubscribe(
+        &mut self,
+        data: Option<&RawValue>,
+        cid: Option<&RawValue>,
+    ) -> Result<(), Ending> {
+        let error = match protocol::unsubscribe_channel(data) {
+            None => Some(ErrorObject::invalid_action(
+                "Unsubscribe channel name was malformatted",
+            )),
+            Some(channel) if !self.subscriptions.remove(&*channel) => Some(ErrorObject::new(
+                "BrokerError",
+                format!(
+                    "Failed to unsubscribe socket from the {channel} channel - InvalidActionError: \
+                     Socket {} tried to unsubscribe from a channel which it is not subscribed to",
+                    self.socket.id
+                ),
+            )),
+            Some(channel) => {
+                self.ctx.services.broker.unsubscribe(&channel, self.key);
+                None
+            }
+        };
+        self.answer(cid, error).await
+    }
+
+    async fn on_publish(
+        &mut self,
+        data: Option<&RawValue>,
+        cid: Option<&RawValue>,
+    ) -> Result<(), Ending> {
+        let error = if !self.ctx.settings.allow_client_publish {
+            Some(ErrorObject::invalid_action(
+                "Client publish feature is disabled",
+            ))
+        } else if let Some(request) = ChannelRequest::parse(data) {
+            let data = request.data.map(RawValue::get);
+            self.ctx.services.broker.publish(&request.channel, data);
+            None
+        } else {
+            Some(ErrorObject::invalid_action(
+                "Publish channel name was malformatted",
+            ))
+        };
+        self.answer(cid, error).await
+    }
+
+    /// Answer a reserved event when it was an RPC: `{"rid"}` or the error.
+    async fn answer(
+        &mut self,
+        cid: Option<&RawValue>,
+        error: Option<ErrorObject>,
+    ) -> Result<(), Ending> {
+        let Some(cid) = cid else {
+            if let Some(error) = error {
+                tracing::debug!(socket = self.socket.id, "{}: {}", error.name, error.message);
+            }
+            return Ok(());
+        };
+        let frame = match error {
+            None => protocol::ok_response(cid, None),
+            Some(error) => protocol::error_response(cid, &error),
+        };
+        self.send(frame).await
+    }
+
+    async fn on_invoke(
+        &mut self,
+        event: &str,
+        data: Option<&RawValue>,
+        cid: &RawValue,
+    ) -> Result<(), Ending> {
+        let plugins = &self.ctx.plugins;
+        let reply = match plugins.set().rpc_route(event) {
+            None => protocol::error_response(cid, &ErrorObject::unknown_event(event)),
+            Some(index) => match plugins
+                .invoke(index, &self.socket, event, data.map(RawValue::get))
+                .await
+            {
+                Ok(data) => protocol::ok_response(cid, data.as_deref()),
+                Err(error) => protocol::error_response(cid, &error),
+            },
+        };
+        self.send(reply).await
+    }
+
+    async fn on_transmit(&mut self, event: &str, data: Option<&RawValue>) {
+        let plugins = &self.ctx.plugins;
+        match plugins.set().transmit_route(event) {
+            Some(index) => {
+                plugins
+                    .transmit(index, &self.socket, event, data.map(RawValue::get))
+                    .await
+            }
+            None => {
+                self.ctx
+                    .stats
+                    .unknown_transmits
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(
+                    socket = self.socket.id,
+                    event,
+                    "dropped a transmit that no plugin declares"
+                );
+            }
+        }
+    }
+
+    /// Send the heartbeat; both kinds until the client has answered one.
+    async fn ping(&mut self) -> Result<(), Ending> {
+        match self.ping_protocol {
+            Some(protocol) => self.send_now(protocol.ping()).await,
+            None => {
+                self.send_now(PingProtocol::V2.ping()).await?;
+                self.send_now(PingProtocol::V1.ping()).await
+            }
+        }
+    }
+
+    async fn send_now(&mut self, text: &'static str) -> Result<(), Ending> {
+        self.send(text.to_owned()).await?;
+        self.flush().await
+    }
+
+    /// Write a frame this session produced, after everything already queued
+    /// for it, so that a publication fanned out before an RPC answer reaches
+    /// the client first.
+    async fn send(&mut self, frame: String) -> Result<(), Ending> {
+        while let Ok(queued) = self.inbox.try_recv() {
+            self.feed(queued).await?;
+        }
+        self.feed(Utf8Bytes::from(frame)).await
+    }
+
+    /// Write frames queued by the broker or plugins, in one flush.
+    async fn write_queued(&mut self, first: Utf8Bytes) -> Result<(), Ending> {
+        self.feed(first).await?;
+        while let Ok(queued) = self.inbox.try_recv() {
+            self.feed(queued).await?;
+        }
+        self.flush().await
+    }
+
+    async fn feed(&mut self, frame: Utf8Bytes) -> Result<(), Ending> {
+        self.ws
+            .feed(Message::Text(frame))
+            .await
+            .map_err(|_| Ending::lost())
+    }
+
+    async fn flush(&mut self) -> Result<(), Ending> {
+        self.ws.flush().await.map_err(|_| Ending::lost())
+    }
+
+    /// Close the connection if the server ends it, release the socket's
+    /// subscriptions, and tell plugins.
+    async fn finish(mut self, ending: Ending) {
+        if ending.send_close {
+            let frame = CloseFrame {
+                code: ending.code.into(),
+                reason: Utf8Bytes::from(ending.reason.clone()),
+            };
+            if self.ws.close(Some(frame)).await.is_ok() {
+                // Let the client's close reply arrive so the TCP close is clean.
+                let drain = async { while let Some(Ok(_)) = self.ws.next().await {} };
+                let _ = tokio::time::timeout(Duration::from_secs(2), drain).await;
+            }
+        }
+        for channel in self.subscriptions.drain() {
+            self.ctx.services.broker.unsubscribe(&channel, self.key);
+        }
+        if self.state == State::Open {
+            self.ctx.services.sockets.remove(&self.socket.id);
+            tracing::debug!(socket = self.socket.id, code = ending.code, "socket closed");
+            self.ctx
+                .plugins
+                .disconnected(&self.socket, ending.code, &ending.reason)
+                .await;
+        }
+    }
+}

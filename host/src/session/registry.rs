@@ -1,0 +1,52 @@
+//! Open sockets by id, so that a plugin on any worker can reach any socket.
+
+use super::Outbox;
+use std::collections::HashMap;
+use std::sync::RwLock;
+use thiserror::Error;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+/// No open socket has the id.
+#[derive(Debug, Error, PartialEq)]
+#[error("no open socket has id {0}")]
+pub struct UnknownSocket(pub String);
+
+/// The outboxes of every socket that completed its handshake.
+#[derive(Debug, Default)]
+pub struct SocketRegistry {
+    /// Socket id to the socket's outbound queue.
+    sockets: RwLock<HashMap<String, Outbox>>,
+}
+
+impl SocketRegistry {
+    /// Make a socket reachable by id.
+    pub fn register(&self, id: &str, outbox: Outbox) {
+        let mut sockets = self.sockets.write().unwrap_or_else(|e| e.into_inner());
+        sockets.insert(id.to_owned(), outbox);
+    }
+
+    /// Forget a socket that closed.
+    pub fn remove(&self, id: &str) {
+        let mut sockets = self.sockets.write().unwrap_or_else(|e| e.into_inner());
+        sockets.remove(id);
+    }
+
+    /// Queue a frame for one socket.
+    pub fn send(&self, id: &str, frame: String) -> Result<(), UnknownSocket> {
+        let sockets = self.sockets.read().unwrap_or_else(|e| e.into_inner());
+        sockets
+            .get(id)
+            .and_then(|outbox| outbox.send(Utf8Bytes::from(frame)).ok())
+            .ok_or_else(|| UnknownSocket(id.to_owned()))
+    }
+
+    /// How many sockets are open.
+    pub fn len(&self) -> usize {
+        self.sockets.read().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// Whether no socket is open.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
