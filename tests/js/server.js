@@ -1,0 +1,83 @@
+// Start the real wasmcluster binary on a free port for a test, and connect
+// official socketcluster-client sockets to it.
+'use strict';
+
+const { spawn } = require('node:child_process');
+const path = require('node:path');
+const fs = require('node:fs');
+const os = require('node:os');
+const readline = require('node:readline');
+const socketClusterClient = require('socketcluster-client');
+
+const repoRoot = path.resolve(__dirname, '..', '..');
+const targetDir = process.env.CARGO_TARGET_DIR || path.join(repoRoot, 'target');
+const binary = process.env.WASMCLUSTER_BIN || path.join(targetDir, 'release', 'wasmcluster');
+
+/** A plugins directory with copies of the named example plugins. */
+function pluginsDir(names) {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'wasmcluster-js-'));
+  for (const name of names) {
+    const source = path.join(repoRoot, 'plugins', `${name}.wasm`);
+    if (!fs.existsSync(source)) {
+      throw new Error(`${source} is missing: run \`make plugins\` first (make test does)`);
+    }
+    fs.copyFileSync(source, path.join(dir, `${name}.wasm`));
+  }
+  return dir;
+}
+
+/** Start the server with the given plugins and extra flags. */
+async function startServer({ plugins = ['echo', 'chat'], args = [] } = {}) {
+  const dir = pluginsDir(plugins);
+  let log = '';
+  const child = spawn(
+    binary,
+    ['serve', '--host', '127.0.0.1', '--port', '0', '-w', '2', '--plugins', dir,
+      '--cache-dir', path.join(targetDir, 'wasm-cache-tests'), ...args],
+    { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, RUST_LOG: 'info' } },
+  );
+  child.stderr.on('data', (chunk) => { log += chunk; });
+  const lines = readline.createInterface({ input: child.stdout });
+  const port = await new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`server did not start:\n${log}`)), 30000);
+    child.on('exit', (code) => reject(new Error(`server exited with ${code}:\n${log}`)));
+    lines.once('line', (line) => {
+      clearTimeout(timer);
+      const match = /^wasmcluster listening on 127\.0\.0\.1:(\d+)$/.exec(line);
+      if (match) resolve(Number(match[1])); else reject(new Error(`unexpected line: ${line}`));
+    });
+  });
+  const sockets = [];
+  return {
+    port,
+    log: () => log,
+    /** A connected official client socket. */
+    async connect(options = {}) {
+      const socket = socketClusterClient.create({
+        hostname: '127.0.0.1', port, autoReconnect: false, ackTimeout: 5000, ...options,
+      });
+      sockets.push(socket);
+      await socket.listener('connect').once(5000);
+      return socket;
+    },
+    async stop() {
+      for (const socket of sockets) socket.disconnect();
+      child.kill('SIGKILL');
+      fs.rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}
+
+/** The next value of an async iterable consumer, or a timeout error. */
+async function next(stream, ms = 5000) {
+  const consumer = stream.createConsumer(ms);
+  try {
+    const { value, done } = await consumer.next();
+    if (done) throw new Error('stream ended');
+    return value;
+  } finally {
+    consumer.return();
+  }
+}
+
+module.exports = { startServer, next };

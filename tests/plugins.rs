@@ -1,0 +1,166 @@
+//! Plugin loading and the example plugins, through the real binary.
+
+mod support;
+
+use serde_json::json;
+use std::time::Duration;
+use support::{Closed, TestServer, example_plugin, plugins_dir};
+
+#[tokio::test]
+async fn a_broken_file_is_skipped_and_the_rest_is_served() {
+    let dir = plugins_dir(&["echo"]);
+    std::fs::write(dir.path().join("garbage.wasm"), b"this is not wasm").unwrap();
+    // A valid core module is still not a component.
+    std::fs::write(dir.path().join("core.wasm"), b"\0asm\x01\0\0\0").unwrap();
+    std::fs::write(dir.path().join("notes.txt"), b"ignored").unwrap();
+    let server = TestServer::start(dir.path(), &[]);
+    let mut client = server.client().await;
+    assert_eq!(client.call("echo", json!("served")).await, json!("served"));
+
+    let log = server.log();
+    for file in ["garbage.wasm", "core.wasm"] {
+        let line = log
+            .lines()
+            .find(|line| line.contains("plugin skipped") && line.contains(file))
+            .unwrap_or_else(|| panic!("no log line names {file}:\n{log}"));
+        assert!(line.contains("not a valid WebAssembly component"), "{line}");
+    }
+    assert!(!log.contains("notes.txt"));
+}
+
+#[tokio::test]
+async fn two_plugins_declaring_one_event_is_a_startup_error_naming_both() {
+    let dir = plugins_dir(&["echo"]);
+    std::fs::copy(example_plugin("echo"), dir.path().join("echo-copy.wasm")).unwrap();
+    let log = match TestServer::try_start(dir.path(), &[]) {
+        Ok(_) => panic!("the server started with a conflict"),
+        Err(log) => log,
+    };
+    assert!(
+        log.contains("echo.wasm") && log.contains("echo-copy.wasm"),
+        "{log}"
+    );
+    assert!(
+        log.contains("declared by both") || log.contains("used by both"),
+        "{log}"
+    );
+}
+
+#[tokio::test]
+async fn a_missing_plugins_directory_is_a_clear_startup_error() {
+    let missing = std::env::temp_dir().join("wasmcluster-no-such-dir");
+    let log = TestServer::try_start(&missing, &[])
+        .err()
+        .expect("started without plugins dir");
+    assert!(
+        log.contains("cannot read the plugins directory")
+            && log.contains("wasmcluster-no-such-dir"),
+        "{log}"
+    );
+}
+
+#[tokio::test]
+async fn bad_flags_are_refused_naming_the_flag() {
+    let dir = plugins_dir(&[]);
+    let log = TestServer::try_start(
+        dir.path(),
+        &["--ping-interval-ms", "9000", "--ping-timeout-ms", "3000"],
+    )
+    .err()
+    .expect("started with a bad config");
+    assert!(log.contains("invalid --ping-interval-ms"), "{log}");
+}
+
+#[tokio::test]
+async fn without_plugins_pub_sub_still_works() {
+    let dir = plugins_dir(&[]);
+    let server = TestServer::start(dir.path(), &[]);
+    let mut client = server.client().await;
+    client.subscribe("c").await;
+    client
+        .invoke("#publish", json!({"channel": "c", "data": 1}))
+        .await;
+    assert_eq!(client.publication().await, ("c".into(), json!(1)));
+    assert_eq!(
+        client.invoke("echo", json!(1)).await["error"]["name"],
+        "UnknownEventError"
+    );
+}
+
+#[tokio::test]
+async fn chat_rooms_across_workers_with_leave_on_disconnect() {
+    let dir = plugins_dir(&["echo", "chat"]);
+    let server = TestServer::start(dir.path(), &[]);
+    let mut alice = server.client().await;
+    let mut bob = server.client().await; // on the other worker
+    bob.subscribe("room:lobby").await;
+
+    let joined = alice
+        .call("join", json!({"room": "lobby", "nick": "alice"}))
+        .await;
+    assert_eq!(joined, json!({"room": "lobby", "nick": "alice"}));
+    assert_eq!(
+        bob.publication().await,
+        (
+            "room:lobby".into(),
+            json!({"type": "join", "nick": "alice"})
+        )
+    );
+
+    alice
+        .call("say", json!({"room": "lobby", "text": "hello"}))
+        .await;
+    assert_eq!(
+        bob.publication().await,
+        (
+            "room:lobby".into(),
+            json!({"type": "say", "nick": "alice", "text": "hello"})
+        )
+    );
+
+    // A fault in another plugin leaves chat's KV state alone.
+    assert_eq!(
+        alice.invoke("crash", json!(null)).await["error"]["name"],
+        "PluginError"
+    );
+    alice
+        .call("say", json!({"room": "lobby", "text": "still me"}))
+        .await;
+    assert_eq!(
+        bob.publication().await,
+        (
+            "room:lobby".into(),
+            json!({"type": "say", "nick": "alice", "text": "still me"})
+        )
+    );
+
+    let refused = bob
+        .invoke("say", json!({"room": "lobby", "text": "x"}))
+        .await;
+    assert_eq!(refused["error"]["name"], "NotJoinedError");
+    let invalid = bob.invoke("join", json!({"room": 5})).await;
+    assert_eq!(invalid["error"]["name"], "InvalidDataError");
+
+    alice.close(1000).await;
+    assert_eq!(
+        bob.publication().await,
+        (
+            "room:lobby".into(),
+            json!({"type": "leave", "nick": "alice"})
+        )
+    );
+}
+
+#[tokio::test]
+async fn sigterm_closes_every_socket_with_1001_and_exits_cleanly() {
+    let dir = plugins_dir(&["echo", "chat"]);
+    let mut server = TestServer::start(dir.path(), &[]);
+    let mut a = server.client().await;
+    let mut b = server.client().await;
+    a.call("join", json!({"room": "r", "nick": "a"})).await;
+    server.signal("TERM");
+    assert_eq!(a.closed().await, Closed::Code(1001));
+    assert_eq!(b.closed().await, Closed::Code(1001));
+    assert_eq!(server.wait(Duration::from_secs(10)), Some(0));
+    assert!(server.log().contains("stopped"));
+}
