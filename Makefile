@@ -1,0 +1,55 @@
+# wasmcluster: the two commands of the README, and the steps they are made of.
+#
+#   make run    build the host and the example plugins, serve them on 127.0.0.1:$(PORT)
+#   make test   every check: fmt, clippy, unit, end-to-end (Rust and JS) tests
+
+PORT ?= 8000
+WORKERS ?=
+CARGO ?= cargo
+WASM_TARGET := wasm32-wasip2
+export CARGO_TARGET_DIR ?= $(CURDIR)/target
+EXAMPLES := echo chat
+BIN := $(CARGO_TARGET_DIR)/release/wasmcluster
+
+.PHONY: run test setup plugins build lint test-rust test-js js-deps clean
+
+## Install what is missing: the wasm32-wasip2 Rust target.
+setup:
+	@rustup target list --installed | grep -qx $(WASM_TARGET) || rustup target add $(WASM_TARGET)
+
+## Build the example plugins into plugins/.
+plugins: setup
+	$(CARGO) build --release --target $(WASM_TARGET) $(addprefix -p ,$(EXAMPLES))
+	@mkdir -p plugins
+	@for p in $(EXAMPLES); do cp $(CARGO_TARGET_DIR)/$(WASM_TARGET)/release/$$p.wasm plugins/$$p.wasm; done
+	@echo "plugins: $$(ls plugins)"
+
+## Build the server.
+build:
+	$(CARGO) build --release -p wasmcluster
+
+## Serve the example plugins on 127.0.0.1:$(PORT).
+run: plugins build
+	$(BIN) serve --host 127.0.0.1 --port $(PORT) --plugins plugins $(if $(WORKERS),-w $(WORKERS)) --cache-dir $(CARGO_TARGET_DIR)/wasm-cache
+
+## Formatting and lints, for the host and for the plugins.
+lint: setup
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --release --all-targets -- -D warnings
+	$(CARGO) clippy --release --target $(WASM_TARGET) $(addprefix -p ,$(EXAMPLES)) -- -D warnings
+
+test-rust: plugins build
+	$(CARGO) test --release
+
+js-deps:
+	cd tests/js && npm ci --no-audit --no-fund
+
+test-js: plugins build js-deps
+	cd tests/js && WASMCLUSTER_BIN=$(BIN) npm test
+
+## Every test.
+test: lint test-rust test-js
+
+clean:
+	rm -rf plugins tests/js/node_modules
+	$(CARGO) clean
