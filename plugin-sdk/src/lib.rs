@@ -319,7 +319,7 @@ macro_rules! export {
                     channel: ::std::string::String,
                     data: ::std::option::Option<::std::string::String>,
                 ) -> __wit::PublishDecision {
-            __wc::publish_decision(__wc::with(&STATE, |p| {
+                    __wc::publish_decision(__wc::with(&STATE, |p| {
                         $crate::Plugin::on_publish_in(
                             p,
                             &socket,
@@ -345,7 +345,7 @@ macro_rules! export {
                 }
             }
 
-            $crate::bindings::export_plugin_world!(Exports with_types_in $crate::bindings);
+    $crate::bindings::export_plugin_world!(Exports with_types_in $crate::bindings);
         };
     };
 }
