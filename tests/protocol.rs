@@ -107,9 +107,12 @@ async fn transmit_reaches_the_plugin_which_transmits_back() {
         json!({"event": "pong", "data": {"n": 7}})
     );
 
-    // An unknown transmit is dropped; the connection keeps working.
+    // An unknown transmit is dropped and counted; the connection keeps working.
     client.transmit("nobodyListens", json!(1)).await;
     assert_eq!(client.call("echo", json!(2)).await, json!(2));
+    let (_, body) = server.http_get("/healthz", "").await;
+    let health: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(health["unknownTransmits"], 1);
 }
 
 #[tokio::test]

@@ -15,6 +15,7 @@ use crate::session::SessionStats;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 use thiserror::Error;
 use tokio::net::TcpListener;
@@ -66,10 +67,11 @@ impl Shared {
     /// The `/healthz` body.
     pub fn health_json(&self) -> String {
         format!(
-            "{{\"status\":\"ok\",\"workers\":{},\"connections\":{},\"channels\":{},\"plugins\":{}}}",
+            "{{\"status\":\"ok\",\"workers\":{},\"connections\":{},\"channels\":{},\"unknownTransmits\":{},\"plugins\":{}}}",
             self.config.workers,
             self.services.sockets.len(),
             self.services.broker.channel_count(),
+            self.stats.unknown_transmits.load(Ordering::Relaxed),
             self.plugins_json
         )
     }
