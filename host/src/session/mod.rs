@@ -14,7 +14,7 @@ pub use registry::{SocketRegistry, UnknownSocket};
 use crate::plugins::{HostServices, Socket, WorkerPlugins};
 use crate::protocol::{self, ChannelRequest, ErrorObject, Frame, Packet, PingProtocol, close_code};
 use base64::Engine as _;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use serde_json::value::RawValue;
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -28,6 +28,10 @@ use tokio::time::{Instant, MissedTickBehavior, interval_at, sleep_until};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes, error::CapacityError};
+
+/// The most frames handled before their answers are flushed, so that a
+/// client streaming without pause still gets its answers regularly.
+const MAX_FRAMES_PER_FLUSH: usize = 64;
 
 /// Identifies a session inside the process (the broker's subscriber key).
 pub type SessionKey = u64;
@@ -202,7 +206,7 @@ where
         pings.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
             let step = tokio::select! {
-                frame = self.ws.next() => self.on_frame(frame).await,
+                frame = self.ws.next() => self.on_frames(frame).await,
                 Some(frame) = self.inbox.recv() => self.write_queued(frame).await,
                 _ = pings.tick() => self.ping().await,
                 () = sleep_until(self.pong_deadline) => Err(Ending::close(close_code::PONG_TIMEOUT, "")),
@@ -217,7 +221,21 @@ where
         }
     }
 
-    /// Handle what the WebSocket produced.
+    /// Handle a frame and every frame already received after it, then write
+    /// all the answers in one flush: a pipelining client gets one write per
+    /// burst rather than one per request.
+    async fn on_frames(&mut self, first: Option<Result<Message, WsError>>) -> Result<(), Ending> {
+        self.on_frame(first).await?;
+        for _ in 0..MAX_FRAMES_PER_FLUSH {
+            match self.ws.next().now_or_never() {
+                Some(frame) => self.on_frame(frame).await?,
+                None => break,
+            }
+        }
+        self.flush().await
+    }
+
+    /// Handle what the WebSocket produced; answers are buffered, not flushed.
     async fn on_frame(&mut self, frame: Option<Result<Message, WsError>>) -> Result<(), Ending> {
         let message = match frame {
             None => return Err(Ending::lost()),
@@ -264,7 +282,7 @@ where
             }
             Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
         }
-        self.flush().await
+        Ok(())
     }
 
     /// Handle one text frame: a pong, a packet or a batch of packets.
