@@ -1,0 +1,290 @@
+//! `loadgen report`: the median (with min and max) of every headline figure
+//! for each server, side by side, with the ratio and the target.
+
+use anyhow::{Context, Result};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::path::Path;
+
+/// One row of the table.
+struct Metric {
+    /// The `case` of the result lines (`rpc`, `fanout-rate`, ...).
+    case: &'static str,
+    /// The field of the result lines.
+    field: &'static str,
+    /// What the row says.
+    title: &'static str,
+    /// Whether more is better.
+    higher_is_better: bool,
+    /// How many times better than SocketCluster wasmcluster must be, if a
+    /// target is set.
+    target: Option<f64>,
+}
+
+const fn metric(
+    case: &'static str,
+    field: &'static str,
+    title: &'static str,
+    higher_is_better: bool,
+    target: Option<f64>,
+) -> Metric {
+    Metric {
+        case,
+        field,
+        title,
+        higher_is_better,
+        target,
+    }
+}
+
+const METRICS: &[Metric] = &[
+    metric("rpc", "ops_per_s", "rpc: ops/s", true, Some(10.0)),
+    metric(
+        "rpc",
+        "ops_per_server_cpu_s",
+        "rpc: ops per server CPU-second",
+        true,
+        Some(10.0),
+    ),
+    metric("rpc", "p50_ms", "rpc: latency p50 (ms)", false, None),
+    metric("rpc", "p99_ms", "rpc: latency p99 (ms)", false, None),
+    metric("rpc", "p999_ms", "rpc: latency p99.9 (ms)", false, None),
+    metric(
+        "rpc",
+        "loadgen_cpu_s",
+        "rpc: load generator CPU (s)",
+        false,
+        None,
+    ),
+    metric("transmit", "ops_per_s", "transmit: events/s", true, None),
+    metric(
+        "transmit",
+        "ops_per_server_cpu_s",
+        "transmit: events per server CPU-second",
+        true,
+        None,
+    ),
+    metric(
+        "fanout",
+        "deliveries_per_s",
+        "fanout (full speed): deliveries/s",
+        true,
+        Some(10.0),
+    ),
+    metric(
+        "fanout",
+        "deliveries_per_server_cpu_s",
+        "fanout (full speed): deliveries per server CPU-second",
+        true,
+        None,
+    ),
+    metric(
+        "fanout",
+        "p99_ms",
+        "fanout (full speed): end-to-end p99 (ms)",
+        false,
+        None,
+    ),
+    metric(
+        "fanout",
+        "lost",
+        "fanout (full speed): publications not delivered",
+        false,
+        None,
+    ),
+    metric(
+        "fanout-rate",
+        "p50_ms",
+        "fanout (fixed rate): end-to-end p50 (ms)",
+        false,
+        None,
+    ),
+    metric(
+        "fanout-rate",
+        "p99_ms",
+        "fanout (fixed rate): end-to-end p99 (ms)",
+        false,
+        Some(5.0),
+    ),
+    metric(
+        "idle",
+        "bytes_per_connection",
+        "idle: server memory per connection (bytes)",
+        false,
+        Some(5.0),
+    ),
+    metric(
+        "connect",
+        "connects_per_s",
+        "connect: handshakes/s",
+        true,
+        None,
+    ),
+    metric(
+        "connect",
+        "p99_ms",
+        "connect: handshake p99 (ms)",
+        false,
+        None,
+    ),
+];
+
+/// Median, min and max of a set of runs.
+struct Summary {
+    median: f64,
+    min: f64,
+    max: f64,
+    runs: usize,
+}
+
+fn summarize(mut values: Vec<f64>) -> Option<Summary> {
+    if values.is_empty() {
+        return None;
+    }
+    values.sort_by(f64::total_cmp);
+    let middle = values.len() / 2;
+    let median = if values.len() % 2 == 1 {
+        values[middle]
+    } else {
+        (values[middle - 1] + values[middle]) / 2.0
+    };
+    Some(Summary {
+        median,
+        min: values[0],
+        max: values[values.len() - 1],
+        runs: values.len(),
+    })
+}
+
+fn format_number(value: f64) -> String {
+    if value.abs() >= 100.0 {
+        format!("{value:.0}")
+    } else if value.abs() >= 1.0 {
+        format!("{value:.2}")
+    } else {
+        format!("{value:.3}")
+    }
+}
+
+fn cell(summary: Option<&Summary>) -> String {
+    match summary {
+        None => "—".into(),
+        Some(s) if s.runs == 1 => format_number(s.median),
+        Some(s) => format!(
+            "{} ({}–{})",
+            format_number(s.median),
+            format_number(s.min),
+            format_number(s.max)
+        ),
+    }
+}
+
+/// Read the result lines and print the markdown report.
+pub fn run(input: &Path, preamble: Option<&Path>) -> Result<()> {
+    let text =
+        std::fs::read_to_string(input).with_context(|| format!("reading {}", input.display()))?;
+    // (case, target, field) -> values of every run
+    let mut values: BTreeMap<(String, String, String), Vec<f64>> = BTreeMap::new();
+    for (number, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, line)| !line.trim().is_empty())
+    {
+        let result: Value = serde_json::from_str(line)
+            .with_context(|| format!("{}:{}", input.display(), number + 1))?;
+        let case = result["case"]
+            .as_str()
+            .or(result["scenario"].as_str())
+            .unwrap_or("?")
+            .to_owned();
+        let target = result["target"].as_str().unwrap_or("?").to_owned();
+        if let Value::Object(fields) = &result {
+            for (field, value) in fields {
+                if let Some(number) = value.as_f64() {
+                    values
+                        .entry((case.clone(), target.clone(), field.clone()))
+                        .or_default()
+                        .push(number);
+                }
+            }
+        }
+    }
+    let get = |case: &str, target: &str, field: &str| {
+        values
+            .get(&(case.to_owned(), target.to_owned(), field.to_owned()))
+            .and_then(|v| summarize(v.clone()))
+    };
+
+    let mut out = String::new();
+    if let Some(preamble) = preamble {
+        out.push_str(&std::fs::read_to_string(preamble)?);
+        out.push('\n');
+    }
+    out.push_str(
+        "| figure | SocketCluster | wasmcluster | wasmcluster vs SocketCluster | target | met |\n",
+    );
+    out.push_str("|---|---|---|---|---|---|\n");
+    for metric in METRICS {
+        let sc = get(metric.case, "socketcluster", metric.field);
+        let wc = get(metric.case, "wasmcluster", metric.field);
+        if sc.is_none() && wc.is_none() {
+            continue;
+        }
+        let ratio = match (&sc, &wc) {
+            (Some(sc), Some(wc)) if metric.higher_is_better && sc.median > 0.0 => {
+                Some(wc.median / sc.median)
+            }
+            (Some(sc), Some(wc)) if !metric.higher_is_better && wc.median > 0.0 => {
+                Some(sc.median / wc.median)
+            }
+            _ => None,
+        };
+        let ratio_text = ratio.map_or("—".into(), |r| {
+            format!(
+                "{}x {}",
+                format_number(r),
+                if metric.higher_is_better {
+                    "more"
+                } else {
+                    "less"
+                }
+            )
+        });
+        let (target_text, met) = match (metric.target, ratio) {
+            (Some(target), Some(ratio)) => (
+                format!("≥ {target}x"),
+                if ratio >= target { "yes" } else { "**no**" },
+            ),
+            (Some(target), None) => (format!("≥ {target}x"), "—"),
+            (None, _) => (String::new(), ""),
+        };
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} | {} |",
+            metric.title,
+            cell(sc.as_ref()),
+            cell(wc.as_ref()),
+            ratio_text,
+            target_text,
+            met
+        );
+    }
+    out.push_str("\nEach cell: median of the runs (min–max).\n");
+    std::io::stdout().write_all(out.as_bytes())?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_min_max() {
+        let s = summarize(vec![3.0, 1.0, 2.0]).unwrap();
+        assert_eq!((s.median, s.min, s.max, s.runs), (2.0, 1.0, 3.0, 3));
+        assert_eq!(summarize(vec![1.0, 4.0]).unwrap().median, 2.5);
+        assert!(summarize(vec![]).is_none());
+    }
+}

@@ -1,0 +1,251 @@
+//! `fanout`: many subscribers on one channel, publishers at full speed (a
+//! window of acked publishes each) or at a fixed total rate. Every payload
+//! carries its send time, so subscribers measure end-to-end latency.
+
+use super::{Common, GRACE, close_all, histogram, latency_fields, open_many};
+use crate::client::{Connection, Incoming, integer_field, reply_id};
+use crate::proc_stats::CpuMeter;
+use anyhow::{Result, bail};
+use hdrhistogram::Histogram;
+use serde_json::{Value, json};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+use tokio::time::{Instant, MissedTickBehavior};
+
+/// The channel every subscriber listens on.
+const CHANNEL: &str = "bench";
+
+/// Parameters of the fan-out scenario.
+#[derive(Debug, Clone, clap::Args)]
+pub struct FanoutArgs {
+    /// Subscribed connections.
+    #[arg(long, default_value_t = 1000)]
+    pub subscribers: usize,
+    /// Publishing connections.
+    #[arg(long, default_value_t = 1)]
+    pub publishers: usize,
+    /// Publications per second over all publishers; 0 publishes at full speed.
+    #[arg(long, default_value_t = 0)]
+    pub rate: u64,
+    /// Acked publishes in flight per publisher at full speed.
+    #[arg(long, default_value_t = 4)]
+    pub window: usize,
+    /// Approximate size of each publication's data.
+    #[arg(long, default_value_t = 64)]
+    pub payload_bytes: usize,
+}
+
+/// State shared by publishers and subscribers.
+struct Shared {
+    /// Send times are microseconds since this instant.
+    base: Instant,
+    /// Publications sent so far.
+    published: AtomicU64,
+    /// Set when every publisher has stopped.
+    publishing_done: AtomicBool,
+    pad: String,
+}
+
+/// Run the scenario and return its figures.
+pub async fn run(common: &Common, args: &FanoutArgs) -> Result<Value> {
+    let mut subscribers = open_many(common, args.subscribers).await?;
+    for subscriber in &mut subscribers {
+        subscribe(subscriber).await?;
+    }
+    let publishers = open_many(common, args.publishers).await?;
+    let shared = Arc::new(Shared {
+        base: Instant::now(),
+        published: AtomicU64::new(0),
+        publishing_done: AtomicBool::new(false),
+        pad: "x".repeat(args.payload_bytes.saturating_sub(24)),
+    });
+    let meter = CpuMeter::start(common.server_pid)?;
+    let end = Instant::now() + common.duration;
+    let readers: Vec<_> = subscribers
+        .into_iter()
+        .map(|subscriber| tokio::spawn(receive(subscriber, shared.clone(), end)))
+        .collect();
+    let per_publisher_rate = (args.rate > 0).then(|| args.rate as f64 / args.publishers as f64);
+    let writers: Vec<_> = publishers
+        .into_iter()
+        .map(|publisher| {
+            tokio::spawn(publish(
+                publisher,
+                shared.clone(),
+                per_publisher_rate,
+                args.window,
+                end,
+            ))
+        })
+        .collect();
+    let mut open = Vec::new();
+    for writer in writers {
+        open.push(writer.await??);
+    }
+    shared.publishing_done.store(true, Ordering::Release);
+    let mut delivered = 0;
+    let mut latency = histogram();
+    for reader in readers {
+        let (subscriber, count, histogram) = reader.await??;
+        delivered += count;
+        latency.add(&histogram)?;
+        open.push(subscriber);
+    }
+    let cpu = meter.stop()?;
+    close_all(open).await;
+
+    let published = shared.published.load(Ordering::Acquire);
+    let expected = published * args.subscribers as u64;
+    let seconds = common.duration.as_secs_f64();
+    let mut figures = json!({
+        "subscribers": args.subscribers,
+        "publishers": args.publishers,
+        "rate": args.rate,
+        "payload_bytes": args.payload_bytes,
+        "published": published,
+        "delivered": delivered,
+        "lost": expected.saturating_sub(delivered),
+        "deliveries_per_s": delivered as f64 / seconds,
+        "loadgen_cpu_s": cpu.loadgen,
+    });
+    let object = figures.as_object_mut().expect("an object");
+    object.extend(latency_fields("", &latency));
+    if let Some(server) = cpu.server {
+        object.insert("server_cpu_s".into(), json!(server));
+        object.insert(
+            "deliveries_per_server_cpu_s".into(),
+            json!(delivered as f64 / server.max(0.001)),
+        );
+    }
+    Ok(figures)
+}
+
+async fn subscribe(connection: &mut Connection) -> Result<()> {
+    connection
+        .send(format!(
+            "{{\"event\":\"#subscribe\",\"data\":{{\"channel\":\"{CHANNEL}\"}},\"cid\":2}}"
+        ))
+        .await?;
+    loop {
+        match connection.next().await? {
+            Incoming::Packet(text) if reply_id(&text) == Some(2) => return Ok(()),
+            Incoming::Packet(_) => {}
+            Incoming::Closed => bail!("closed while subscribing"),
+        }
+    }
+}
+
+/// Publish until `end`: with a rate, on a timer; without, keeping `window`
+/// acked publishes in flight.
+async fn publish(
+    mut connection: Connection,
+    shared: Arc<Shared>,
+    rate: Option<f64>,
+    window: usize,
+    end: Instant,
+) -> Result<Connection> {
+    let mut cid = 2u64;
+    let frame = |cid: u64| {
+        let t = shared.base.elapsed().as_micros();
+        format!(
+            "{{\"event\":\"#publish\",\"data\":{{\"channel\":\"{CHANNEL}\",\"data\":{{\"t\":{t},\"pad\":\"{}\"}}}},\"cid\":{cid}}}",
+            shared.pad
+        )
+    };
+    let mut in_flight = 0usize;
+    if let Some(rate) = rate {
+        let mut ticks = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
+        ticks.set_missed_tick_behavior(MissedTickBehavior::Burst);
+        loop {
+            tokio::select! {
+                _ = ticks.tick() => {
+                    if Instant::now() >= end { break; }
+                    connection.send(frame(cid)).await?;
+                    shared.published.fetch_add(1, Ordering::Relaxed);
+                    cid += 1;
+                    in_flight += 1;
+                }
+                incoming = connection.next() => {
+                    if let Incoming::Packet(text) = incoming? && reply_id(&text).is_some() {
+                        in_flight = in_flight.saturating_sub(1);
+                    }
+                }
+            }
+        }
+    } else {
+        for _ in 0..window {
+            connection.send(frame(cid)).await?;
+            shared.published.fetch_add(1, Ordering::Relaxed);
+            cid += 1;
+            in_flight += 1;
+        }
+        while in_flight > 0 {
+            let Ok(incoming) = tokio::time::timeout_at(end + GRACE, connection.next()).await else {
+                break;
+            };
+            if let Incoming::Packet(text) = incoming?
+                && reply_id(&text).is_some()
+            {
+                in_flight -= 1;
+                if Instant::now() < end {
+                    connection.send(frame(cid)).await?;
+                    shared.published.fetch_add(1, Ordering::Relaxed);
+                    cid += 1;
+                    in_flight += 1;
+                }
+            }
+        }
+    }
+    // Wait for the last acks so that every publication has been fanned out.
+    while in_flight > 0 {
+        let Ok(incoming) = tokio::time::timeout_at(end + GRACE, connection.next()).await else {
+            break;
+        };
+        if let Incoming::Packet(text) = incoming?
+            && reply_id(&text).is_some()
+        {
+            in_flight -= 1;
+        }
+    }
+    Ok(connection)
+}
+
+/// Count publications and their latency until everything published has
+/// arrived or the grace period is over.
+async fn receive(
+    mut connection: Connection,
+    shared: Arc<Shared>,
+    end: Instant,
+) -> Result<(Connection, u64, Histogram<u64>)> {
+    let mut latency = histogram();
+    let mut received = 0u64;
+    let deadline = end + GRACE;
+    loop {
+        let done = shared.publishing_done.load(Ordering::Acquire);
+        if done && received >= shared.published.load(Ordering::Acquire) {
+            break;
+        }
+        let wait = if done {
+            Duration::from_millis(200)
+        } else {
+            Duration::from_millis(500)
+        };
+        let until = (Instant::now() + wait).min(deadline);
+        match tokio::time::timeout_at(until, connection.next()).await {
+            Ok(incoming) => match incoming? {
+                Incoming::Packet(text) => {
+                    if let Some(sent) = integer_field(&text, "t") {
+                        received += 1;
+                        let now = shared.base.elapsed().as_micros() as u64;
+                        latency.saturating_record(now.saturating_sub(sent).max(1));
+                    }
+                }
+                Incoming::Closed => bail!("the server closed a subscriber"),
+            },
+            Err(_) if Instant::now() >= deadline => break,
+            Err(_) => {}
+        }
+    }
+    Ok((connection, received, latency))
+}

@@ -1,0 +1,82 @@
+//! The benchmark scenarios. Each opens its connections first, then measures
+//! a bounded window of time, and returns one JSON object of figures.
+
+pub mod connect;
+pub mod fanout;
+pub mod idle;
+pub mod requests;
+
+use crate::client::{Connection, Target};
+use anyhow::Result;
+use futures_util::{StreamExt, stream};
+use hdrhistogram::Histogram;
+use serde_json::{Map, Value, json};
+use std::net::IpAddr;
+use std::time::Duration;
+
+/// Settings shared by every scenario.
+#[derive(Debug, Clone)]
+pub struct Common {
+    /// The server.
+    pub target: Target,
+    /// How long the measured window lasts.
+    pub duration: Duration,
+    /// The server's pid, to measure its CPU and memory.
+    pub server_pid: Option<u32>,
+    /// Local addresses connections are made from, in turn (each gives about
+    /// 28,000 ports).
+    pub sources: Vec<IpAddr>,
+}
+
+/// How many connections are opened at once while setting up.
+const OPEN_CONCURRENCY: usize = 64;
+
+/// After the measured window, how long outstanding replies are waited for.
+pub const GRACE: Duration = Duration::from_secs(3);
+
+/// Open `count` handshaken connections, spread over the source addresses.
+pub async fn open_many(common: &Common, count: usize) -> Result<Vec<Connection>> {
+    let opens = (0..count).map(|index| {
+        let source =
+            (!common.sources.is_empty()).then(|| common.sources[index % common.sources.len()]);
+        let target = common.target.clone();
+        async move { Connection::open(&target, source).await }
+    });
+    stream::iter(opens)
+        .buffer_unordered(OPEN_CONCURRENCY)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect()
+}
+
+/// A latency histogram in microseconds, 1 µs to 60 s.
+pub fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
+}
+
+/// Percentiles of a histogram as JSON fields with `prefix`.
+pub fn latency_fields(prefix: &str, histogram: &Histogram<u64>) -> Map<String, Value> {
+    let mut fields = Map::new();
+    for (name, quantile) in [("p50", 0.5), ("p99", 0.99), ("p999", 0.999)] {
+        let micros = histogram.value_at_quantile(quantile);
+        fields.insert(format!("{prefix}{name}_ms"), json!(micros as f64 / 1000.0));
+    }
+    fields
+}
+
+/// A JSON payload of roughly `bytes` bytes: `{"n":..,"pad":"xxx"}`.
+pub fn payload(bytes: usize) -> String {
+    format!(
+        "{{\"n\":1,\"pad\":\"{}\"}}",
+        "x".repeat(bytes.saturating_sub(16))
+    )
+}
+
+/// Close every connection, without waiting long for any.
+pub async fn close_all(connections: Vec<Connection>) {
+    stream::iter(connections.into_iter().map(Connection::close))
+        .buffer_unordered(OPEN_CONCURRENCY)
+        .collect::<Vec<()>>()
+        .await;
+}

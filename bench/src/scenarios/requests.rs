@@ -1,0 +1,156 @@
+//! `rpc` and `transmit`: every connection keeps a window of requests in
+//! flight. An RPC is `echo` with a cid, answered with its `rid`; a transmit is
+//! `ping` without cid, answered by the plugin (or handler) with a `pong`
+//! transmit. Replies arrive in order on each connection.
+
+use super::{Common, GRACE, close_all, histogram, latency_fields, open_many, payload};
+use crate::client::{Connection, Incoming, is_error_reply, reply_id};
+use crate::proc_stats::CpuMeter;
+use anyhow::{Result, bail};
+use hdrhistogram::Histogram;
+use serde_json::{Value, json};
+use std::collections::VecDeque;
+use std::sync::Arc;
+use tokio::time::Instant;
+
+/// Which kind of request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// `invoke('echo', data)`.
+    Rpc,
+    /// `transmit('ping', data)`, answered by a `pong` transmit.
+    Transmit,
+}
+
+/// Parameters of the request scenarios.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RequestArgs {
+    /// Connections.
+    #[arg(long, default_value_t = 100)]
+    pub connections: usize,
+    /// Requests in flight per connection.
+    #[arg(long, default_value_t = 10)]
+    pub window: usize,
+    /// Approximate size of the JSON data of each request.
+    #[arg(long, default_value_t = 64)]
+    pub payload_bytes: usize,
+}
+
+/// What one connection counted.
+struct Tally {
+    ops: u64,
+    errors: u64,
+    latency: Histogram<u64>,
+}
+
+/// Run the scenario and return its figures.
+pub async fn run(common: &Common, kind: Kind, args: &RequestArgs) -> Result<Value> {
+    let connections = open_many(common, args.connections).await?;
+    let data: Arc<str> = payload(args.payload_bytes).into();
+    let meter = CpuMeter::start(common.server_pid)?;
+    let end = Instant::now() + common.duration;
+    let tasks: Vec<_> = connections
+        .into_iter()
+        .map(|connection| tokio::spawn(drive(connection, kind, args.window, data.clone(), end)))
+        .collect();
+    let mut ops = 0;
+    let mut errors = 0;
+    let mut latency = histogram();
+    let mut open = Vec::new();
+    for task in tasks {
+        let (connection, tally) = task.await??;
+        ops += tally.ops;
+        errors += tally.errors;
+        latency.add(&tally.latency)?;
+        open.push(connection);
+    }
+    let cpu = meter.stop()?;
+    close_all(open).await;
+
+    let seconds = common.duration.as_secs_f64();
+    let mut figures = json!({
+        "connections": args.connections,
+        "window": args.window,
+        "payload_bytes": args.payload_bytes,
+        "ops": ops,
+        "errors": errors,
+        "ops_per_s": ops as f64 / seconds,
+        "loadgen_cpu_s": cpu.loadgen,
+    });
+    let object = figures.as_object_mut().expect("an object");
+    object.extend(latency_fields("", &latency));
+    if let Some(server) = cpu.server {
+        object.insert("server_cpu_s".into(), json!(server));
+        object.insert(
+            "ops_per_server_cpu_s".into(),
+            json!(ops as f64 / server.max(0.001)),
+        );
+    }
+    Ok(figures)
+}
+
+fn request(kind: Kind, data: &str, cid: u64) -> String {
+    match kind {
+        Kind::Rpc => format!("{{\"event\":\"echo\",\"data\":{data},\"cid\":{cid}}}"),
+        Kind::Transmit => format!("{{\"event\":\"ping\",\"data\":{data}}}"),
+    }
+}
+
+/// Whether `text` answers the oldest request in flight, and whether it is an error.
+fn answer(kind: Kind, text: &str, oldest: u64) -> Option<bool> {
+    match kind {
+        Kind::Rpc => (reply_id(text)? == oldest).then(|| is_error_reply(text)),
+        Kind::Transmit => text.starts_with("{\"event\":\"pong\"").then_some(false),
+    }
+}
+
+/// Keep `window` requests in flight until `end`, then collect the stragglers.
+async fn drive(
+    mut connection: Connection,
+    kind: Kind,
+    window: usize,
+    data: Arc<str>,
+    end: Instant,
+) -> Result<(Connection, Tally)> {
+    let mut tally = Tally {
+        ops: 0,
+        errors: 0,
+        latency: histogram(),
+    };
+    let mut in_flight: VecDeque<(u64, Instant)> = VecDeque::with_capacity(window);
+    let mut next_cid = 2;
+    for _ in 0..window {
+        connection.send(request(kind, &data, next_cid)).await?;
+        in_flight.push_back((next_cid, Instant::now()));
+        next_cid += 1;
+    }
+    while let Some(&(oldest, sent)) = in_flight.front() {
+        let incoming = match tokio::time::timeout_at(end + GRACE, connection.next()).await {
+            Ok(incoming) => incoming?,
+            Err(_) => {
+                tally.errors += in_flight.len() as u64;
+                break;
+            }
+        };
+        let text = match incoming {
+            Incoming::Packet(text) => text,
+            Incoming::Closed => bail!("the server closed a connection"),
+        };
+        let Some(failed) = answer(kind, &text, oldest) else {
+            continue;
+        };
+        in_flight.pop_front();
+        let now = Instant::now();
+        if now <= end {
+            tally.ops += 1;
+            tally.errors += u64::from(failed);
+            tally
+                .latency
+                .saturating_record(now.duration_since(sent).as_micros() as u64);
+            connection.send(request(kind, &data, next_cid)).await?;
+            in_flight.push_back((next_cid, now));
+            next_cid += 1;
+        }
+    }
+    Ok((connection, tally))
+}

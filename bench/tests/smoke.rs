@@ -1,0 +1,166 @@
+//! A short run of every load generator scenario against the real server, so
+//! that the benchmark cannot rot. Checks behaviour only (work was done, no
+//! errors), never speed.
+
+use serde_json::Value;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+/// The server binary, built next to `loadgen` by `make build`.
+fn server_binary() -> PathBuf {
+    let loadgen = Path::new(env!("CARGO_BIN_EXE_loadgen"));
+    let server = loadgen.with_file_name("wasmcluster");
+    assert!(
+        server.exists(),
+        "{} is missing: run `make build` first (make test does)",
+        server.display()
+    );
+    server
+}
+
+struct Server {
+    child: Child,
+    addr: String,
+    _plugins: tempfile::TempDir,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_server() -> Server {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let echo = repo.join("plugins/echo.wasm");
+    assert!(
+        echo.exists(),
+        "{} is missing: run `make plugins`",
+        echo.display()
+    );
+    let plugins = tempfile::tempdir().unwrap();
+    std::fs::copy(&echo, plugins.path().join("echo.wasm")).unwrap();
+    let cache = Path::new(env!("CARGO_BIN_EXE_loadgen")).with_file_name("wasm-cache-tests");
+    let mut child = Command::new(server_binary())
+        .args(["serve", "--port", "0", "-w", "2", "--plugins"])
+        .arg(plugins.path())
+        .arg("--cache-dir")
+        .arg(cache)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("wasmcluster listening on ")
+        .expect("server started")
+        .to_owned();
+    Server {
+        child,
+        addr,
+        _plugins: plugins,
+    }
+}
+
+fn loadgen(server: &Server, args: &[&str]) -> Value {
+    let pid = server.child.id().to_string();
+    let output = Command::new(env!("CARGO_BIN_EXE_loadgen"))
+        .args(&args[..1])
+        .args([
+            "--addr",
+            &server.addr,
+            "--server-pid",
+            &pid,
+            "--duration-secs",
+            "0.5",
+        ])
+        .args(["--tag", r#"{"target":"wasmcluster"}"#])
+        .args(&args[1..])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+#[test]
+fn every_scenario_runs_against_the_server() {
+    let server = start_server();
+
+    for scenario in ["rpc", "transmit"] {
+        let result = loadgen(&server, &[scenario, "--connections", "8", "--window", "4"]);
+        assert_eq!(result["scenario"], scenario);
+        assert!(result["ops"].as_u64().unwrap() > 0, "{result}");
+        assert_eq!(result["errors"], 0, "{result}");
+        assert!(result["server_cpu_s"].as_f64().is_some(), "{result}");
+    }
+
+    let full = loadgen(&server, &["fanout", "--subscribers", "20"]);
+    assert!(full["published"].as_u64().unwrap() > 0, "{full}");
+    assert_eq!(full["lost"], 0, "{full}");
+    assert_eq!(
+        full["delivered"],
+        full["published"].as_u64().unwrap() * 20,
+        "{full}"
+    );
+
+    let paced = loadgen(&server, &["fanout", "--subscribers", "20", "--rate", "100"]);
+    assert!(paced["published"].as_u64().unwrap() > 0, "{paced}");
+    assert_eq!(paced["lost"], 0, "{paced}");
+
+    let idle = loadgen(
+        &server,
+        &[
+            "idle",
+            "--connections",
+            "200",
+            "--sources",
+            "127.0.0.1,127.0.0.2",
+        ],
+    );
+    assert_eq!(idle["open_after_settle"], 200, "{idle}");
+    assert!(
+        idle["bytes_per_connection"].as_f64().unwrap() > 0.0,
+        "{idle}"
+    );
+
+    let connect = loadgen(&server, &["connect", "--concurrency", "4"]);
+    assert!(connect["connections"].as_u64().unwrap() > 0, "{connect}");
+    assert_eq!(connect["errors"], 0, "{connect}");
+}
+
+#[test]
+fn report_turns_results_into_a_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("results.jsonl");
+    let lines = [
+        r#"{"case":"rpc","target":"socketcluster","ops_per_s":100.0}"#,
+        r#"{"case":"rpc","target":"socketcluster","ops_per_s":120.0}"#,
+        r#"{"case":"rpc","target":"socketcluster","ops_per_s":80.0}"#,
+        r#"{"case":"rpc","target":"wasmcluster","ops_per_s":1500.0}"#,
+        r#"{"case":"idle","target":"socketcluster","bytes_per_connection":20000.0}"#,
+        r#"{"case":"idle","target":"wasmcluster","bytes_per_connection":10000.0}"#,
+    ];
+    std::fs::write(&input, lines.join("\n")).unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_loadgen"))
+        .args(["report", "--input"])
+        .arg(&input)
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let table = String::from_utf8(output.stdout).unwrap();
+    assert!(
+        table.contains("| rpc: ops/s | 100 (80.00–120) | 1500 | 15.00x more | ≥ 10x | yes |"),
+        "{table}"
+    );
+    assert!(table.contains("| idle: server memory per connection (bytes) | 20000 | 10000 | 2.00x less | ≥ 5x | **no** |"), "{table}");
+}

@@ -1,0 +1,58 @@
+//! One plugin call through wasmtime, without the network: the cost the host
+//! adds to every RPC. Needs `plugins/echo.wasm` (`make plugins`).
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use std::hint::black_box;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+use wasmcluster::plugins::{
+    HostServices, PluginEngine, PluginLimits, Socket, WorkerPlugins, load_dir,
+};
+
+fn plugin_call(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let echo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins/echo.wasm");
+    assert!(
+        echo.exists(),
+        "{} is missing: run `make plugins`",
+        echo.display()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(&echo, dir.path().join("echo.wasm")).unwrap();
+
+    let engine = PluginEngine::new(None).unwrap();
+    let services = Arc::new(HostServices::default());
+    let limits = PluginLimits {
+        deadline: Duration::from_millis(100),
+        memory_bytes: 64 << 20,
+    };
+    let set = runtime
+        .block_on(load_dir(&engine, dir.path(), limits, &services))
+        .unwrap();
+    let plugins = runtime.block_on(WorkerPlugins::start(Arc::new(set), services));
+    let echo = plugins.set().rpc_route("echo").unwrap();
+    let socket = Socket {
+        id: "benchbenchbenchbench".into(),
+        auth_token: None,
+        remote_address: "127.0.0.1:1".into(),
+    };
+
+    let mut group = c.benchmark_group("plugin_call");
+    group.bench_function("on_invoke echo, no data", |b| {
+        b.to_async(&runtime)
+            .iter(|| async { black_box(plugins.invoke(echo, &socket, "echo", None).await) })
+    });
+    let data = r#"{"n":1,"pad":"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"}"#;
+    group.bench_function("on_invoke echo, 64-byte data", |b| {
+        b.to_async(&runtime)
+            .iter(|| async { black_box(plugins.invoke(echo, &socket, "echo", Some(data)).await) })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, plugin_call);
+criterion_main!(benches);
