@@ -351,30 +351,58 @@ async fn client_publish_can_be_disabled() {
 async fn auto_ping_serves_v2_and_v1_clients() {
     let (server, _dir) = echo_server(&["--ping-interval-ms", "150", "--ping-timeout-ms", "1000"]);
 
+    // A v2 client answers the first ping and never sees a v1 ping; the
+    // connection outlives the ping timeout.
     let mut v2 = server.client().await;
     v2.auto_pong = false;
-    assert_eq!(v2.next_text().await.unwrap(), "");
-    assert_eq!(v2.next_text().await.unwrap(), "#1");
-    v2.send_text("").await;
-    // From now on only v2 pings, and the connection outlives the ping timeout.
     for _ in 0..10 {
         assert_eq!(v2.next_text().await.unwrap(), "");
         v2.send_text("").await;
     }
 
+    // A v1 client ignores "" and gets "#1" from the second ping on.
     let mut v1 = server.client().await;
     v1.auto_pong = false;
-    loop {
-        if v1.next_text().await.unwrap() == "#1" {
-            break;
-        }
-    }
+    assert_eq!(v1.next_text().await.unwrap(), "");
+    assert_eq!(v1.next_text().await.unwrap(), "");
+    assert_eq!(v1.next_text().await.unwrap(), "#1");
     v1.send_text("#2").await;
     for _ in 0..10 {
         assert_eq!(v1.next_text().await.unwrap(), "#1");
         v1.send_text("#2").await;
     }
     assert_eq!(v1.call("echo", json!("v1 alive")).await, json!("v1 alive"));
+}
+
+#[tokio::test]
+async fn websocket_protocol_errors_get_a_close_code() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (server, _dir) = echo_server(&[]);
+    for (frame, code) in [
+        // Reserved opcode 0x3, masked, empty.
+        (vec![0x83u8, 0x80, 0, 0, 0, 0], 1002u16),
+        // Text frame holding invalid UTF-8 (0xff), masked with a zero key.
+        (vec![0x81u8, 0x81, 0, 0, 0, 0, 0xff], 1007),
+    ] {
+        let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+        let upgrade = "GET /socketcluster/ HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
+        stream.write_all(upgrade.as_bytes()).await.unwrap();
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            let mut byte = [0u8];
+            stream.read_exact(&mut byte).await.unwrap();
+            head.push(byte[0]);
+        }
+        assert!(head.starts_with(b"HTTP/1.1 101"));
+        stream.write_all(&frame).await.unwrap();
+        let mut close = [0u8; 4];
+        tokio::time::timeout(support::WAIT, stream.read_exact(&mut close))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(close[0], 0x88, "a close frame");
+        assert_eq!(u16::from_be_bytes([close[2], close[3]]), code);
+    }
 }
 
 #[tokio::test]

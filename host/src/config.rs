@@ -79,8 +79,9 @@ pub struct ServeArgs {
     pub ping_protocol: PingProtocolArg,
 
     /// Largest WebSocket message accepted, in bytes; a larger one closes the
-    /// connection with 1009.
-    #[arg(long, env = "WASMCLUSTER_MAX_PAYLOAD_BYTES", default_value_t = 1024 * 1024)]
+    /// connection with 1009. The default is SocketCluster's (100 MiB); lower
+    /// it when clients never send large messages.
+    #[arg(long, env = "WASMCLUSTER_MAX_PAYLOAD_BYTES", default_value_t = 100 * 1024 * 1024)]
     pub max_payload_bytes: usize,
 
     /// Milliseconds one plugin call may run before it is interrupted.
@@ -175,6 +176,18 @@ impl ServeArgs {
         }
         if self.plugin_memory_mib == 0 || self.plugin_memory_mib > 4096 {
             return Err(invalid("plugin-memory-mib", "must be between 1 and 4096"));
+        }
+        if self.ping_protocol == PingProtocolArg::Auto
+            && 2 * self.ping_interval_ms >= self.ping_timeout_ms
+        {
+            return Err(invalid(
+                "ping-interval-ms",
+                format!(
+                    "{} must be less than half of --ping-timeout-ms ({}) with --ping-protocol auto: \
+                     a v1 client gets its first ping at the second interval",
+                    self.ping_interval_ms, self.ping_timeout_ms
+                ),
+            ));
         }
         let ping_mode = match self.ping_protocol {
             PingProtocolArg::Auto => PingMode::Auto,

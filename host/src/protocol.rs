@@ -20,6 +20,10 @@ pub mod close_code {
     pub const NORMAL: u16 = 1000;
     /// The server is going away (shutdown).
     pub const GOING_AWAY: u16 = 1001;
+    /// The client broke the WebSocket protocol (bad opcode, unmasked frame...).
+    pub const PROTOCOL_ERROR: u16 = 1002;
+    /// A text frame was not valid UTF-8.
+    pub const INVALID_PAYLOAD: u16 = 1007;
     /// A frame was larger than the configured maximum payload.
     pub const MESSAGE_TOO_BIG: u16 = 1009;
     /// The client did not answer pings in time.
@@ -155,7 +159,16 @@ pub fn parse_frame(text: &str) -> Frame<'_> {
     }
 }
 
+/// Whether raw JSON is an object. serde reads a struct from an array too
+/// (fields by position); SocketCluster only looks at object properties.
+fn is_object(value: &RawValue) -> bool {
+    value.get().starts_with('{')
+}
+
 fn parse_packet(item: &RawValue) -> Packet<'_> {
+    if !is_object(item) {
+        return Packet::Other;
+    }
     match serde_json::from_str::<RawPacket>(item.get()) {
         Ok(raw) => classify(raw),
         Err(_) => Packet::Other,
@@ -328,7 +341,8 @@ impl<'a> ChannelRequest<'a> {
     /// Read `{"channel": string, ...}`; `None` when malformed (SocketCluster:
     /// `!packet.data || typeof packet.data.channel !== 'string'`).
     pub fn parse(data: Option<&'a RawValue>) -> Option<Self> {
-        serde_json::from_str(data?.get()).ok()
+        let data = data.filter(|data| is_object(data))?;
+        serde_json::from_str(data.get()).ok()
     }
 }
 
@@ -428,6 +442,14 @@ mod tests {
         ] {
             assert!(matches!(parse_frame(text), Frame::Unparsable), "{text}");
         }
+    }
+
+    #[test]
+    fn arrays_are_not_packets() {
+        let Frame::Packets(packets) = parse_frame(r##"[["#handshake",{},1]]"##) else {
+            panic!()
+        };
+        assert!(matches!(packets[0], Packet::Other));
     }
 
     #[test]

@@ -62,7 +62,8 @@ impl Request {
                 "A WebSocket upgrade needs the header Connection: Upgrade\n",
             ));
         }
-        if self.header("sec-websocket-version") != Some("13") {
+        // Versions 8 and 13 share the framing; ws (SocketCluster's engine) accepts both.
+        if !matches!(self.header("sec-websocket-version"), Some("13" | "8")) {
             return Err(Response::text(
                 426,
                 "Upgrade Required",
@@ -70,18 +71,39 @@ impl Request {
             )
             .with_header("Sec-WebSocket-Version", "13"));
         }
-        let Some(key) = self.header("sec-websocket-key") else {
-            return Err(Response::text(
-                400,
-                "Bad Request",
-                "A WebSocket upgrade needs a Sec-WebSocket-Key header\n",
-            ));
-        };
-        Ok(format!(
-            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
+        let key = self
+            .header("sec-websocket-key")
+            .filter(|key| is_valid_key(key))
+            .ok_or_else(|| {
+                Response::text(
+                    400,
+                    "Bad Request",
+                    "A WebSocket upgrade needs a Sec-WebSocket-Key header of 16 base64-encoded bytes\n",
+                )
+            })?;
+        let mut accept = format!(
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n",
             derive_accept_key(key.as_bytes())
-        ))
+        );
+        // Like ws' default handleProtocols: accept the first subprotocol
+        // offered, so that clients that ask for one are not refused.
+        if let Some(protocol) = self
+            .header("sec-websocket-protocol")
+            .and_then(|offered| offered.split(',').map(str::trim).find(|p| !p.is_empty()))
+        {
+            accept.push_str(&format!("Sec-WebSocket-Protocol: {protocol}\r\n"));
+        }
+        accept.push_str("\r\n");
+        Ok(accept)
     }
+}
+
+/// Whether a `Sec-WebSocket-Key` is 16 bytes in base64 (RFC 6455 4.2.1).
+fn is_valid_key(key: &str) -> bool {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD
+        .decode(key)
+        .is_ok_and(|bytes| bytes.len() == 16)
 }
 
 /// A complete plain HTTP response.
@@ -268,8 +290,30 @@ mod tests {
     fn upgrade_without_key_or_version_is_refused() {
         let no_key = parse(&UPGRADE.replace("Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n", ""));
         assert_eq!(no_key.websocket_accept().unwrap_err().status(), 400);
-        let old = parse(&UPGRADE.replace("Version: 13", "Version: 8"));
+        let old = parse(&UPGRADE.replace("Version: 13", "Version: 7"));
         assert_eq!(old.websocket_accept().unwrap_err().status(), 426);
+        let bad_key = parse(&UPGRADE.replace("dGhlIHNhbXBsZSBub25jZQ==", "short"));
+        assert_eq!(bad_key.websocket_accept().unwrap_err().status(), 400);
+    }
+
+    #[test]
+    fn the_first_offered_subprotocol_is_accepted() {
+        let offer = parse(&UPGRADE.replace(
+            "\r\n\r\n",
+            "\r\nSec-WebSocket-Protocol: chat, superchat\r\n\r\n",
+        ));
+        assert!(
+            offer
+                .websocket_accept()
+                .unwrap()
+                .contains("Sec-WebSocket-Protocol: chat\r\n")
+        );
+        assert!(
+            !parse(UPGRADE)
+                .websocket_accept()
+                .unwrap()
+                .contains("Sec-WebSocket-Protocol")
+        );
     }
 
     #[test]

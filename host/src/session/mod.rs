@@ -43,8 +43,9 @@ pub type Outbox = mpsc::UnboundedSender<Utf8Bytes>;
 /// Which heartbeat a server uses with its clients.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PingMode {
-    /// Ping with both `""` and `#1` until the client answers one of them,
-    /// then only with that one: serves v1 and v2 clients on one port.
+    /// Ping with `""` first; while the client has answered no ping, add `#1`
+    /// from the second ping on; once it answers, use only its kind. Serves v1
+    /// and v2 clients on one port, and a v2 client never sees `#1`.
     Auto,
     /// Always this protocol, as a SocketCluster server configured with
     /// `protocolVersion` does.
@@ -150,6 +151,8 @@ struct Session<S> {
     state: State,
     /// The heartbeat the client answered, once known.
     ping_protocol: Option<PingProtocol>,
+    /// Pings sent so far.
+    pings_sent: u64,
     /// When the client must have sent something by.
     pong_deadline: Instant,
     /// Channels this socket is subscribed to.
@@ -182,6 +185,7 @@ where
         },
         state: State::Connecting,
         ping_protocol,
+        pings_sent: 0,
         subscriptions: HashSet::new(),
         outbox,
         inbox,
@@ -254,12 +258,26 @@ where
                     ),
                 ));
             }
+            Some(Err(WsError::Utf8(_))) => {
+                return Err(Ending::close(
+                    close_code::INVALID_PAYLOAD,
+                    "Invalid UTF-8 in a text frame",
+                ));
+            }
+            Some(Err(WsError::Protocol(error))) => {
+                tracing::debug!(socket = self.socket.id, "WebSocket protocol error: {error}");
+                return Err(Ending::close(close_code::PROTOCOL_ERROR, ""));
+            }
             Some(Err(error)) => {
                 tracing::debug!(socket = self.socket.id, "connection error: {error}");
                 return Err(Ending::lost());
             }
         };
-        self.pong_deadline = Instant::now() + self.ctx.settings.ping_timeout;
+        // Like SocketCluster, only messages count as signs of life; WebSocket
+        // control frames do not.
+        if matches!(message, Message::Text(_) | Message::Binary(_)) {
+            self.pong_deadline = Instant::now() + self.ctx.settings.ping_timeout;
+        }
         match message {
             Message::Text(text) => self.on_text(&text).await?,
             Message::Binary(bytes) => match std::str::from_utf8(&bytes) {
@@ -509,10 +527,12 @@ where
         }
     }
 
-    /// Send the heartbeat; both kinds until the client has answered one.
+    /// Send the heartbeat (see [`PingMode::Auto`] before the client answered).
     async fn ping(&mut self) -> Result<(), Ending> {
+        self.pings_sent += 1;
         match self.ping_protocol {
             Some(protocol) => self.send_now(protocol.ping()).await,
+            None if self.pings_sent == 1 => self.send_now(PingProtocol::V2.ping()).await,
             None => {
                 self.send_now(PingProtocol::V2.ping()).await?;
                 self.send_now(PingProtocol::V1.ping()).await
