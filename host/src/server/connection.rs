@@ -13,11 +13,19 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 
 /// Bytes of the WebSocket read buffer; small, since most frames are small
-/// and every idle connection holds one.
-const READ_BUFFER: usize = 4 * 1024;
+/// and every idle connection holds one (it grows for larger messages).
+const READ_BUFFER: usize = 1024;
 /// Bytes buffered before a write reaches the socket; frames are flushed
 /// after every batch anyway.
 const WRITE_BUFFER: usize = 16 * 1024;
+
+/// What to do with a request.
+enum Action {
+    /// Switch to WebSocket with this `101` answer.
+    Upgrade(String),
+    /// Answer and close.
+    Respond(Response),
+}
 
 /// Serve one connection to the end.
 pub async fn handle(
@@ -37,52 +45,63 @@ pub async fn handle(
                 return;
             }
         };
-    let response = if request.path == config.path {
+    // The request is dropped here: nothing of it stays with a long-lived
+    // WebSocket connection.
+    let accept = match route(request, &shared) {
+        Action::Upgrade(accept) => accept,
+        Action::Respond(response) => {
+            let _ = response.send(&mut stream).await;
+            return;
+        }
+    };
+    if stream.write_all(accept.as_bytes()).await.is_err() {
+        return;
+    }
+    let ws_config = WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(WRITE_BUFFER)
+        .max_message_size(Some(config.max_payload_bytes))
+        .max_frame_size(Some(config.max_payload_bytes));
+    let ws =
+        WebSocketStream::from_partially_read(stream, early.to_vec(), Role::Server, Some(ws_config))
+            .await;
+    drop(early);
+    // Boxed: the HTTP part of this future is not kept beside the session for
+    // the life of the connection.
+    Box::pin(session::run(ws, peer, ctx)).await;
+}
+
+/// Decide what a request gets.
+fn route(request: http::Request, shared: &Shared) -> Action {
+    let path = &shared.config.path;
+    if request.path == *path {
         if !request.wants_websocket() {
-            Response::text(
-                426,
-                "Upgrade Required",
-                "This endpoint speaks the SocketCluster protocol over WebSocket\n",
-            )
-            .with_header("Upgrade", "websocket")
-        } else {
-            match request.websocket_accept() {
-                Ok(accept) => {
-                    if stream.write_all(accept.as_bytes()).await.is_err() {
-                        return;
-                    }
-                    let ws_config = WebSocketConfig::default()
-                        .read_buffer_size(READ_BUFFER)
-                        .write_buffer_size(WRITE_BUFFER)
-                        .max_message_size(Some(config.max_payload_bytes))
-                        .max_frame_size(Some(config.max_payload_bytes));
-                    let ws = WebSocketStream::from_partially_read(
-                        stream,
-                        early.to_vec(),
-                        Role::Server,
-                        Some(ws_config),
-                    )
-                    .await;
-                    session::run(ws, peer, ctx).await;
-                    return;
-                }
-                Err(response) => response,
-            }
+            return Action::Respond(
+                Response::text(
+                    426,
+                    "Upgrade Required",
+                    "This endpoint speaks the SocketCluster protocol over WebSocket\n",
+                )
+                .with_header("Upgrade", "websocket"),
+            );
+        }
+        match request.websocket_accept() {
+            Ok(accept) => Action::Upgrade(accept),
+            Err(response) => Action::Respond(response),
         }
     } else if request.wants_websocket() {
         // What SocketCluster (ws) answers for an upgrade on another path.
-        Response::text(
+        Action::Respond(Response::text(
             400,
             "Bad Request",
             &format!(
-                "No WebSocket endpoint at {}; SocketCluster is served at {}\n",
-                request.path, config.path
+                "No WebSocket endpoint at {}; SocketCluster is served at {path}\n",
+                request.path
             ),
-        )
+        ))
     } else if request.path == "/healthz" && request.method == "GET" {
-        Response::json(200, "OK", shared.health_json())
+        Action::Respond(Response::json(200, "OK", shared.health_json()))
     } else {
-        Response::text(404, "Not Found", "Not found\n")
-    };
-    let _ = response.send(&mut stream).await;
+        Action::Respond(Response::text(404, "Not Found", "Not found\n"))
+    }
 }

@@ -380,7 +380,7 @@ where
                 .services
                 .sockets
                 .register(&self.socket.id, self.outbox.clone());
-            self.ctx.plugins.connected(&self.socket).await;
+            Box::pin(self.ctx.plugins.connected(&self.socket)).await;
         }
         Ok(())
     }
@@ -509,8 +509,7 @@ where
         let plugins = &self.ctx.plugins;
         match plugins.set().transmit_route(event) {
             Some(index) => {
-                plugins
-                    .transmit(index, &self.socket, event, data.map(RawValue::get))
+                Box::pin(plugins.transmit(index, &self.socket, event, data.map(RawValue::get)))
                     .await
             }
             None => {
@@ -595,10 +594,12 @@ where
         if self.state == State::Open {
             self.ctx.services.sockets.remove(&self.socket.id);
             tracing::debug!(socket = self.socket.id, code = ending.code, "socket closed");
-            self.ctx
-                .plugins
-                .disconnected(&self.socket, ending.code, &ending.reason)
-                .await;
+            Box::pin(
+                self.ctx
+                    .plugins
+                    .disconnected(&self.socket, ending.code, &ending.reason),
+            )
+            .await;
         }
     }
 }
