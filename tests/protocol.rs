@@ -477,3 +477,35 @@ async fn authentication_is_refused_clearly_until_supported() {
     assert_eq!(reply["error"]["name"], "AuthNotSupportedError");
     assert_eq!(client.call("echo", json!(1)).await, json!(1));
 }
+
+#[tokio::test]
+async fn running_out_of_file_descriptors_refuses_cleanly_and_recovers() {
+    let dir = plugins_dir(&["echo"]);
+    let server = TestServer::start_under(&["prlimit", "--nofile=64:64", "--"], dir.path(), &[]);
+    let mut open = Vec::new();
+    let mut refused = false;
+    for _ in 0..64 {
+        match tokio_tungstenite::connect_async(server.url()).await {
+            Ok((ws, _)) => open.push(ws),
+            Err(error) => {
+                assert!(
+                    error.to_string().contains("503"),
+                    "refused with 503: {error}"
+                );
+                refused = true;
+                break;
+            }
+        }
+    }
+    assert!(
+        refused,
+        "64 descriptors cannot hold 64 connections plus the server's own"
+    );
+    assert!(server.log().contains("out of file descriptors"));
+
+    // Free some descriptors: the server accepts again and serves.
+    open.truncate(open.len().saturating_sub(5));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut client = server.client().await;
+    assert_eq!(client.call("echo", json!("back")).await, json!("back"));
+}

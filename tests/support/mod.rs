@@ -77,9 +77,32 @@ impl TestServer {
 
     /// Start the server; on failure return its stderr.
     pub fn try_start(plugins: &Path, extra: &[&str]) -> Result<TestServer, String> {
+        Self::try_start_under(&[], plugins, extra)
+    }
+
+    /// Start the server through a wrapper command (such as `prlimit`).
+    pub fn start_under(wrapper: &[&str], plugins: &Path, extra: &[&str]) -> TestServer {
+        Self::try_start_under(wrapper, plugins, extra)
+            .unwrap_or_else(|log| panic!("server did not start:\n{log}"))
+    }
+
+    fn try_start_under(
+        wrapper: &[&str],
+        plugins: &Path,
+        extra: &[&str],
+    ) -> Result<TestServer, String> {
         let log_dir = tempfile::tempdir().unwrap();
         let stderr = log_dir.path().join("stderr.log");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_wasmcluster"))
+        let binary = env!("CARGO_BIN_EXE_wasmcluster");
+        let mut command = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut command = Command::new(program);
+                command.args(args).arg(binary);
+                command
+            }
+            None => Command::new(binary),
+        };
+        let mut child = command
             .args(["serve", "--host", "127.0.0.1", "--port", "0", "-w", "2"])
             .arg("--plugins")
             .arg(plugins)

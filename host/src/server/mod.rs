@@ -168,6 +168,7 @@ impl Server {
         tokio::pin!(shutdown);
         let mut next = 0usize;
         let mut backoff = MIN_ACCEPT_BACKOFF;
+        let mut reserve = SpareDescriptor::new();
         loop {
             tokio::select! {
                 accepted = self.listener.accept() => match accepted {
@@ -177,9 +178,13 @@ impl Server {
                         next = next.wrapping_add(1);
                     }
                     Err(error) => {
-                        // Out of file descriptors, most often: the pending
-                        // connection waits in the backlog while we back off.
-                        tracing::warn!("accept failed: {error}; retrying in {backoff:?}");
+                        if is_out_of_descriptors(&error) {
+                            tracing::warn!("out of file descriptors: refusing a connection (503)");
+                            reserve.refuse_one(&self.listener).await;
+                        } else {
+                            tracing::warn!("accept failed: {error}; retrying in {backoff:?}");
+                        }
+                        // Either way, pause: retrying at once would spin.
                         tokio::time::sleep(backoff).await;
                         backoff = (backoff * 2).min(MAX_ACCEPT_BACKOFF);
                     }
@@ -201,3 +206,35 @@ impl Server {
 const MIN_ACCEPT_BACKOFF: Duration = Duration::from_millis(5);
 /// Longest pause after repeated failed `accept`s.
 const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
+
+/// Whether an accept error means the process or system is out of file
+/// descriptors (EMFILE, ENFILE).
+fn is_out_of_descriptors(error: &std::io::Error) -> bool {
+    matches!(error.raw_os_error(), Some(23 | 24))
+}
+
+/// One file descriptor held in reserve. When the process runs out, the
+/// accept loop gives it up for a moment to take the pending connection and
+/// close it with a 503, so that clients get an answer instead of hanging in
+/// the backlog, and new connections are accepted again as soon as
+/// descriptors free up.
+struct SpareDescriptor(Option<std::fs::File>);
+
+impl SpareDescriptor {
+    fn new() -> Self {
+        SpareDescriptor(std::fs::File::open("/dev/null").ok())
+    }
+
+    async fn refuse_one(&mut self, listener: &TcpListener) {
+        self.0 = None;
+        let accepted = tokio::time::timeout(Duration::from_millis(10), listener.accept()).await;
+        if let Ok(Ok((stream, _))) = accepted {
+            let _ = stream.try_write(REFUSED);
+        }
+        *self = SpareDescriptor::new();
+    }
+}
+
+/// What a client connecting while the server is out of descriptors gets.
+const REFUSED: &[u8] =
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
