@@ -19,6 +19,27 @@ use std::sync::Arc;
 use tokio::sync::Mutex;
 use wasmtime::Trap;
 
+/// Which export a call enters, and for which event: named in fault logs
+/// and errors. Formatted only when something fails.
+#[derive(Clone, Copy)]
+enum Call<'a> {
+    Invoke(&'a str),
+    Transmit(&'a str),
+    Connect,
+    Disconnect,
+}
+
+impl std::fmt::Display for Call<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Call::Invoke(event) => write!(f, "on-invoke '{event}'"),
+            Call::Transmit(event) => write!(f, "on-transmit '{event}'"),
+            Call::Connect => f.write_str("on-connect"),
+            Call::Disconnect => f.write_str("on-disconnect"),
+        }
+    }
+}
+
 /// Why a call into a plugin did not produce an answer.
 #[derive(Debug)]
 enum CallFailure {
@@ -71,7 +92,7 @@ impl WorkerPlugins {
     async fn call<R>(
         &self,
         index: usize,
-        what: &str,
+        what: Call<'_>,
         f: impl AsyncFnOnce(&mut Instance) -> wasmtime::Result<R>,
     ) -> Result<R, CallFailure> {
         let plugin = &self.set.plugins[index];
@@ -91,7 +112,7 @@ impl WorkerPlugins {
                 tracing::error!(
                     plugin = &*plugin.name,
                     path = %plugin.path.display(),
-                    call = what,
+                    call = %what,
                     "plugin fault: {fault}; the instance will be rebuilt. {error:#}"
                 );
                 Err(CallFailure::Fault(format!(
@@ -131,10 +152,9 @@ impl WorkerPlugins {
         data: Option<&str>,
     ) -> Result<Option<String>, ErrorObject> {
         let plugin = &self.set.plugins[index];
-        let what = format!("on-invoke '{event}'");
         let data = data.map(str::to_owned);
         let answer = self
-            .call(index, &what, async |i: &mut Instance| {
+            .call(index, Call::Invoke(event), async |i: &mut Instance| {
                 i.exports
                     .call_on_invoke(&mut i.store, socket, event, data.as_ref())
                     .await
@@ -160,10 +180,9 @@ impl WorkerPlugins {
     /// Deliver transmit `event` to plugin `index`. Failures are logged by
     /// [`WorkerPlugins::call`]; a transmit has no one to answer.
     pub async fn transmit(&self, index: usize, socket: &Socket, event: &str, data: Option<&str>) {
-        let what = format!("on-transmit '{event}'");
         let data = data.map(str::to_owned);
         let _ = self
-            .call(index, &what, async |i: &mut Instance| {
+            .call(index, Call::Transmit(event), async |i: &mut Instance| {
                 i.exports
                     .call_on_transmit(&mut i.store, socket, event, data.as_ref())
                     .await
@@ -176,7 +195,7 @@ impl WorkerPlugins {
         for (index, plugin) in self.set.plugins.iter().enumerate() {
             if plugin.on_connect {
                 let _ = self
-                    .call(index, "on-connect", async |i: &mut Instance| {
+                    .call(index, Call::Connect, async |i: &mut Instance| {
                         i.exports.call_on_connect(&mut i.store, socket).await
                     })
                     .await;
@@ -189,7 +208,7 @@ impl WorkerPlugins {
         for (index, plugin) in self.set.plugins.iter().enumerate() {
             if plugin.on_disconnect {
                 let _ = self
-                    .call(index, "on-disconnect", async |i: &mut Instance| {
+                    .call(index, Call::Disconnect, async |i: &mut Instance| {
                         i.exports
                             .call_on_disconnect(&mut i.store, socket, code, reason)
                             .await
