@@ -9,9 +9,10 @@ CARGO ?= cargo
 WASM_TARGET := wasm32-wasip2
 export CARGO_TARGET_DIR ?= $(CURDIR)/target
 EXAMPLES := echo chat
+FIXTURES := flaky init-trap bad-import not-a-plugin
 BIN := $(CARGO_TARGET_DIR)/release/wasmcluster
 
-.PHONY: run test setup plugins build lint test-rust test-js js-deps clean
+.PHONY: run test setup plugins fixtures build lint test-rust test-js js-deps clean
 
 ## Install what is missing: the wasm32-wasip2 Rust target.
 setup:
@@ -24,9 +25,15 @@ plugins: setup
 	@for p in $(EXAMPLES); do cp $(CARGO_TARGET_DIR)/$(WASM_TARGET)/release/$$p.wasm plugins/$$p.wasm; done
 	@echo "plugins: $$(ls plugins)"
 
-## Build the server.
+## Build the test-only plugins (misbehaving on purpose) into tests/fixtures/wasm/.
+fixtures: setup
+	$(CARGO) build --release --target $(WASM_TARGET) $(addprefix -p fixture-,$(FIXTURES))
+	@mkdir -p tests/fixtures/wasm
+	@for p in $(FIXTURES); do cp $(CARGO_TARGET_DIR)/$(WASM_TARGET)/release/fixture_$$(echo $$p | tr - _).wasm tests/fixtures/wasm/$$p.wasm; done
+
+## Build the server and the load generator.
 build:
-	$(CARGO) build --release -p wasmcluster
+	$(CARGO) build --release -p wasmcluster -p wasmcluster-bench
 
 ## Serve the example plugins on 127.0.0.1:$(PORT).
 run: plugins build
@@ -36,9 +43,9 @@ run: plugins build
 lint: setup
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --release --all-targets -- -D warnings
-	$(CARGO) clippy --release --target $(WASM_TARGET) $(addprefix -p ,$(EXAMPLES)) -- -D warnings
+	$(CARGO) clippy --release --target $(WASM_TARGET) $(addprefix -p ,$(EXAMPLES)) $(addprefix -p fixture-,$(FIXTURES)) -- -D warnings
 
-test-rust: plugins build
+test-rust: plugins fixtures build
 	$(CARGO) test --release
 
 js-deps:
@@ -51,5 +58,5 @@ test-js: plugins build js-deps
 test: lint test-rust test-js
 
 clean:
-	rm -rf plugins tests/js/node_modules
+	rm -rf plugins tests/fixtures/wasm tests/js/node_modules
 	$(CARGO) clean

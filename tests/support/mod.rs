@@ -36,6 +36,19 @@ pub fn example_plugin(name: &str) -> PathBuf {
     path
 }
 
+/// A test-only plugin built by `make fixtures`.
+pub fn fixture_plugin(name: &str) -> PathBuf {
+    let path = repo_root()
+        .join("tests/fixtures/wasm")
+        .join(format!("{name}.wasm"));
+    assert!(
+        path.exists(),
+        "{} is missing: run `make fixtures` first (make test does)",
+        path.display()
+    );
+    path
+}
+
 /// A plugins directory holding copies of the given example plugins.
 pub fn plugins_dir(names: &[&str]) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();

@@ -5,6 +5,8 @@
 //! - RPC `version` answers `{"plugin":"echo","version":"<crate version>"}`.
 //! - RPC `fail` answers the error `EchoFailure`.
 //! - RPC `crash` panics inside the plugin, to show that a fault costs one call.
+//! - RPC `spin` loops forever (until the host's deadline interrupts it).
+//! - RPC `grow` allocates without bound (until the host's memory cap stops it).
 //! - RPC `broadcast` `{channel, data}` publishes `data` on `channel`.
 //! - Transmit `ping` transmits `pong` with the same data back to the sender.
 
@@ -24,7 +26,15 @@ struct Broadcast {
 impl Plugin for Echo {
     fn describe() -> Manifest {
         Manifest::new("echo", env!("CARGO_PKG_VERSION"))
-            .rpc(["echo", "version", "fail", "crash", "broadcast"])
+            .rpc([
+                "echo",
+                "version",
+                "fail",
+                "crash",
+                "spin",
+                "grow",
+                "broadcast",
+            ])
             .transmit(["ping"])
     }
 
@@ -46,6 +56,15 @@ impl Plugin for Echo {
             }))),
             "fail" => Err(Error::new("EchoFailure", "echo failed on purpose")),
             "crash" => panic!("echo crashed on purpose"),
+            "spin" => loop {
+                std::hint::black_box(());
+            },
+            "grow" => {
+                let mut hoard: Vec<Vec<u8>> = Vec::new();
+                loop {
+                    hoard.push(std::hint::black_box(vec![1u8; 1 << 20]));
+                }
+            }
             "broadcast" => {
                 let Broadcast { channel, data } = data.parse()?;
                 host::publish(&channel, &data)?;

@@ -2,8 +2,9 @@
 //! tagged with the plugin's name. A guest panic message arrives this way.
 
 use bytes::Bytes;
+use std::collections::VecDeque;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use tokio::io::AsyncWrite;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
@@ -13,13 +14,43 @@ use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
 /// without newlines cannot grow host memory.
 const MAX_LINE: usize = 16 * 1024;
 
+/// How many recent stderr lines are kept for fault reports.
+const RECENT_LINES: usize = 8;
+
+/// The last lines a guest wrote to stderr: a panic message is printed just
+/// before the trap it causes, so the fault report can quote it.
+#[derive(Debug, Default, Clone)]
+pub struct RecentStderr(Arc<Mutex<VecDeque<String>>>);
+
+impl RecentStderr {
+    fn push(&self, line: &str) {
+        let mut lines = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if lines.len() == RECENT_LINES {
+            lines.pop_front();
+        }
+        lines.push_back(line.to_owned());
+    }
+
+    /// Take the kept lines, joined with ` | `.
+    pub fn take(&self) -> String {
+        let mut lines = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let joined = lines
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+            .join(" | ");
+        lines.clear();
+        joined
+    }
+}
+
 /// Which guest stream a [`GuestLog`] carries.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub enum GuestStream {
     /// The guest's stdout, logged at info.
     Stdout,
-    /// The guest's stderr (panic messages), logged at warn.
-    Stderr,
+    /// The guest's stderr (panic messages), logged at warn and kept.
+    Stderr(RecentStderr),
 }
 
 /// A `wasi:cli` stdout/stderr that writes to the host log.
@@ -58,9 +89,12 @@ impl LineWriter {
     fn emit(&mut self) {
         let line = String::from_utf8_lossy(&self.pending);
         let plugin = &*self.log.plugin;
-        match self.log.stream {
+        match &self.log.stream {
             GuestStream::Stdout => tracing::info!(plugin, "{line}"),
-            GuestStream::Stderr => tracing::warn!(plugin, "{line}"),
+            GuestStream::Stderr(recent) => {
+                tracing::warn!(plugin, "{line}");
+                recent.push(&line);
+            }
         }
         self.pending.clear();
     }

@@ -3,15 +3,15 @@
 
 use super::bindings::wasmcluster::plugin::host::Host;
 use super::bindings::wasmcluster::plugin::types::{self, HostError, LogLevel};
-use super::guest_log::{GuestLog, GuestStream};
+use super::guest_log::{GuestLog, GuestStream, RecentStderr};
 use super::kv::KvStore;
+use super::limits::InstanceLimits;
 use crate::broker::Broker;
 use crate::protocol;
 use crate::session::SocketRegistry;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 use wasmtime::component::ResourceTable;
-use wasmtime::{StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 /// What host functions act on: shared by every plugin instance on every
@@ -38,36 +38,41 @@ pub struct HostState {
     /// WASI resources (streams) owned by the guest.
     table: ResourceTable,
     /// Memory, table and instance caps for this instance.
-    limits: StoreLimits,
+    limits: InstanceLimits,
+    /// What the guest wrote to stderr lately (panic messages).
+    recent_stderr: RecentStderr,
 }
 
 impl HostState {
     /// State for a new instance of `plugin`, capped at `memory_bytes` of
     /// linear memory.
     pub fn new(plugin: Arc<str>, services: Arc<HostServices>, memory_bytes: usize) -> Self {
+        let recent_stderr = RecentStderr::default();
         let wasi = WasiCtxBuilder::new()
             .stdout(GuestLog::new(plugin.clone(), GuestStream::Stdout))
-            .stderr(GuestLog::new(plugin.clone(), GuestStream::Stderr))
-            .build();
-        let limits = StoreLimitsBuilder::new()
-            .memory_size(memory_bytes)
-            .instances(16)
-            .tables(16)
-            .memories(4)
-            .trap_on_grow_failure(true)
+            .stderr(GuestLog::new(
+                plugin.clone(),
+                GuestStream::Stderr(recent_stderr.clone()),
+            ))
             .build();
         HostState {
             plugin,
             services,
             wasi,
             table: ResourceTable::new(),
-            limits,
+            limits: InstanceLimits::new(memory_bytes),
+            recent_stderr,
         }
     }
 
     /// The resource limiter wasmtime consults on every memory or table growth.
-    pub fn limits(&mut self) -> &mut StoreLimits {
+    pub fn limits(&mut self) -> &mut InstanceLimits {
         &mut self.limits
+    }
+
+    /// What the guest wrote to stderr lately, for a fault report.
+    pub fn take_recent_stderr(&self) -> String {
+        self.recent_stderr.take()
     }
 }
 

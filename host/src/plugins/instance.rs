@@ -7,17 +7,33 @@
 //!
 //! A call that traps, overruns its deadline or exceeds its memory cap fails
 //! alone: the instance is dropped and rebuilt (from its `InstancePre`, with
-//! `init`) when the next event for that plugin arrives.
+//! `init`) when the next event for that plugin arrives. A plugin that cannot
+//! be rebuilt, or whose calls fault [`FAULTS_BEFORE_BACKOFF`] times in a row,
+//! backs off: its events are answered at once with `PluginUnavailable`, for
+//! a delay that doubles up to [`MAX_BACKOFF`], until a rebuild succeeds.
 
 use super::Socket;
 use super::bindings::wasmcluster::plugin::types::ErrorObject as WitError;
 use super::engine::deadline_ticks;
+use super::health::FaultKind;
 use super::host_api::HostServices;
+use super::limits::MemoryCapExceeded;
 use super::loader::{Instance, LoadedPlugin, PluginSet};
 use crate::protocol::{self, ErrorObject};
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::Mutex;
+use tokio::time::Instant;
 use wasmtime::Trap;
+
+/// Consecutive faulted calls (with no successful call between them) after
+/// which a plugin instance backs off. A plugin that faults on some inputs
+/// but serves others is rebuilt each time and never backs off.
+pub const FAULTS_BEFORE_BACKOFF: u32 = 10;
+/// The first back-off delay.
+pub const MIN_BACKOFF: Duration = Duration::from_millis(10);
+/// The longest back-off delay.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 /// Which export a call enters, and for which event: named in fault logs
 /// and errors. Formatted only when something fails.
@@ -45,39 +61,51 @@ impl std::fmt::Display for Call<'_> {
 enum CallFailure {
     /// The call trapped, timed out or ran out of memory.
     Fault(String),
-    /// No instance could be built to take the call.
+    /// No instance could take the call (rebuild failed, backing off).
     Unavailable(String),
+}
+
+/// One worker's state for one plugin.
+#[derive(Default)]
+struct Slot {
+    /// The live instance; `None` after a fault until a call rebuilds it.
+    instance: Option<Instance>,
+    /// Faulted calls since the last successful one.
+    consecutive_faults: u32,
+    /// While the plugin backs off on this worker: when events are taken again.
+    backoff_until: Option<Instant>,
+    /// The delay of the last back-off, kept until a call succeeds so that
+    /// repeated back-offs keep doubling.
+    last_delay: Option<Duration>,
+    /// Why the plugin is unavailable, for the answers during a back-off.
+    reason: String,
 }
 
 /// One worker's instances of every loaded plugin.
 pub struct WorkerPlugins {
     /// The plugins and the routing of events to them.
     set: Arc<PluginSet>,
-    /// The live instance of each plugin (same index as `set.plugins`);
-    /// `None` after a fault until the next call rebuilds it.
-    instances: Vec<Mutex<Option<Instance>>>,
+    /// Each plugin's state on this worker (same index as `set.plugins`).
+    slots: Vec<Mutex<Slot>>,
     /// What host functions act on.
     services: Arc<HostServices>,
 }
 
 impl WorkerPlugins {
     /// Instantiate and `init` every plugin for one worker. A plugin whose
-    /// instance cannot be built here is logged and retried on its next call.
+    /// instance cannot be built here backs off and is retried.
     pub async fn start(set: Arc<PluginSet>, services: Arc<HostServices>) -> Self {
-        let mut instances = Vec::with_capacity(set.plugins.len());
+        let mut slots = Vec::with_capacity(set.plugins.len());
         for plugin in &set.plugins {
-            let instance = match plugin.instantiate(services.clone()).await {
-                Ok(instance) => Some(instance),
-                Err(error) => {
-                    tracing::error!("{error}");
-                    None
-                }
-            };
-            instances.push(Mutex::new(instance));
+            let mut slot = Slot::default();
+            if let Err(reason) = rebuild(&mut slot, plugin, &services).await {
+                tracing::error!(plugin = &*plugin.name, "{reason}");
+            }
+            slots.push(Mutex::new(slot));
         }
         WorkerPlugins {
             set,
-            instances,
+            slots,
             services,
         }
     }
@@ -96,48 +124,52 @@ impl WorkerPlugins {
         f: impl AsyncFnOnce(&mut Instance) -> wasmtime::Result<R>,
     ) -> Result<R, CallFailure> {
         let plugin = &self.set.plugins[index];
-        let mut slot = self.instances[index].lock().await;
-        let instance = match &mut *slot {
-            Some(instance) => instance,
-            empty => empty.insert(self.rebuild(plugin).await?),
+        let mut slot = self.slots[index].lock().await;
+        if slot
+            .backoff_until
+            .is_some_and(|until| Instant::now() < until)
+        {
+            return Err(CallFailure::Unavailable(slot.reason.clone()));
+        }
+        if slot.instance.is_none() {
+            Box::pin(rebuild(&mut slot, plugin, &self.services))
+                .await
+                .map_err(CallFailure::Unavailable)?;
+        }
+        let Some(instance) = slot.instance.as_mut() else {
+            return Err(CallFailure::Unavailable(slot.reason.clone()));
         };
         instance
             .store
             .set_epoch_deadline(deadline_ticks(plugin.limits.deadline));
         match f(instance).await {
-            Ok(value) => Ok(value),
+            Ok(value) => {
+                slot.consecutive_faults = 0;
+                slot.last_delay = None;
+                Ok(value)
+            }
             Err(error) => {
-                *slot = None;
-                let fault = describe_fault(&error, plugin);
+                let guest_stderr = instance.store.data().take_recent_stderr();
+                slot.instance = None;
+                slot.consecutive_faults += 1;
+                let (kind, fault) = describe_fault(&error, plugin);
+                let description = format!("Plugin '{}' {fault} in {what}", plugin.name);
+                plugin.health.fault(kind, &description);
                 tracing::error!(
                     plugin = &*plugin.name,
                     path = %plugin.path.display(),
                     call = %what,
+                    guest_stderr,
                     "plugin fault: {fault}; the instance will be rebuilt. {error:#}"
                 );
-                Err(CallFailure::Fault(format!(
-                    "Plugin '{}' {fault} in {what}",
-                    plugin.name
-                )))
-            }
-        }
-    }
-
-    async fn rebuild(&self, plugin: &LoadedPlugin) -> Result<Instance, CallFailure> {
-        match plugin.instantiate(self.services.clone()).await {
-            Ok(instance) => {
-                tracing::info!(plugin = &*plugin.name, "plugin instance rebuilt");
-                Ok(instance)
-            }
-            Err(error) => {
-                tracing::error!(
-                    plugin = &*plugin.name,
-                    "plugin instance could not be rebuilt: {error}"
-                );
-                Err(CallFailure::Unavailable(format!(
-                    "Plugin '{}' is unavailable: {error}",
-                    plugin.name
-                )))
+                if slot.consecutive_faults >= FAULTS_BEFORE_BACKOFF {
+                    let reason = format!(
+                        "Plugin '{}' is unavailable after {} faults in a row (last: {fault} in {what})",
+                        plugin.name, slot.consecutive_faults
+                    );
+                    start_backoff(&mut slot, plugin, reason);
+                }
+                Err(CallFailure::Fault(description))
             }
         }
     }
@@ -219,22 +251,76 @@ impl WorkerPlugins {
     }
 }
 
+/// Build a fresh instance into `slot`; on failure, back off and return why.
+async fn rebuild(
+    slot: &mut Slot,
+    plugin: &LoadedPlugin,
+    services: &Arc<HostServices>,
+) -> Result<(), String> {
+    match plugin.instantiate(services.clone()).await {
+        Ok(instance) => {
+            slot.instance = Some(instance);
+            if slot.backoff_until.take().is_some() {
+                plugin.health.backoff_ended();
+                tracing::info!(
+                    plugin = &*plugin.name,
+                    "plugin recovered: instance rebuilt after a back-off"
+                );
+            }
+            plugin.health.rebuilt();
+            Ok(())
+        }
+        Err(error) => {
+            let reason = format!("Plugin '{}' is unavailable: {error}", plugin.name);
+            plugin.health.rebuild_failed(&reason);
+            start_backoff(slot, plugin, reason.clone());
+            Err(reason)
+        }
+    }
+}
+
+/// Refuse the plugin's events on this worker for a delay that doubles with
+/// every back-off since the last successful call.
+fn start_backoff(slot: &mut Slot, plugin: &LoadedPlugin, reason: String) {
+    let delay = slot
+        .last_delay
+        .map_or(MIN_BACKOFF, |last| (last * 2).min(MAX_BACKOFF));
+    slot.last_delay = Some(delay);
+    let newly = slot.backoff_until.is_none();
+    slot.backoff_until = Some(Instant::now() + delay);
+    plugin.health.backoff_started(newly);
+    tracing::warn!(
+        plugin = &*plugin.name,
+        delay_ms = delay.as_millis() as u64,
+        "plugin backing off: {reason}"
+    );
+    slot.reason = reason;
+}
+
 /// Say what kind of fault `error` is, for the log and the client.
-fn describe_fault(error: &wasmtime::Error, plugin: &LoadedPlugin) -> String {
-    match error.downcast_ref::<Trap>() {
-        Some(Trap::Interrupt) => format!(
-            "timed out (deadline {} ms)",
-            plugin.limits.deadline.as_millis()
-        ),
+fn describe_fault(error: &wasmtime::Error, plugin: &LoadedPlugin) -> (FaultKind, String) {
+    if let Some(cap) = error.downcast_ref::<MemoryCapExceeded>() {
+        return (
+            FaultKind::OutOfMemory,
+            format!("ran out of memory (cap {} MiB)", cap.cap / (1024 * 1024)),
+        );
+    }
+    let trap = match error.downcast_ref::<Trap>() {
+        Some(Trap::Interrupt) => {
+            return (
+                FaultKind::Timeout,
+                format!(
+                    "timed out (deadline {} ms)",
+                    plugin.limits.deadline.as_millis()
+                ),
+            );
+        }
         Some(Trap::StackOverflow) => "trapped (stack overflow)".to_owned(),
         Some(Trap::UnreachableCodeReached) => "trapped (panic or unreachable)".to_owned(),
         Some(trap) => format!("trapped ({trap})"),
-        None if format!("{error:#}").contains("memory") => format!(
-            "ran out of memory (cap {} MiB)",
-            plugin.limits.memory_bytes / (1024 * 1024)
-        ),
         None => format!("failed ({error:#})"),
-    }
+    };
+    (FaultKind::Trap, trap)
 }
 
 fn failure_error(failure: CallFailure, plugin: &str, event: &str) -> ErrorObject {

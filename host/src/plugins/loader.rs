@@ -5,6 +5,7 @@
 use super::bindings::wasmcluster::plugin::types::{Hook, Manifest};
 use super::bindings::{Plugin, PluginPre};
 use super::engine::{PluginEngine, deadline_ticks};
+use super::health::PluginHealth;
 use super::host_api::{HostServices, HostState};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -119,6 +120,8 @@ pub struct LoadedPlugin {
     pub on_disconnect: bool,
     /// The limits its calls run under.
     pub limits: PluginLimits,
+    /// Fault counters and back-off state, shared by every worker.
+    pub health: Arc<PluginHealth>,
     /// Linked and type-checked, so an instance is a cheap step away.
     pre: PluginPre<HostState>,
     /// The config passed to `init`.
@@ -337,6 +340,9 @@ pub async fn load_file(
     let mut trial = instantiate(&pre, file_name, services.clone(), limits)
         .await
         .map_err(|error| start_error("instantiate", format!("{error:#}")))?;
+    trial
+        .store
+        .set_epoch_deadline(deadline_ticks(limits.deadline));
     let manifest = trial
         .exports
         .call_describe(&mut trial.store)
@@ -358,6 +364,7 @@ pub async fn load_file(
         on_disconnect: manifest.hooks.contains(&Hook::Disconnect),
         manifest,
         limits,
+        health: Arc::default(),
         pre,
         config,
     })

@@ -12,12 +12,15 @@
 
 mod engine;
 mod guest_log;
+mod health;
 mod host_api;
 mod instance;
 mod kv;
+mod limits;
 mod loader;
 
 pub use engine::{EngineError, PluginEngine};
+pub use health::{FaultKind, PluginHealth};
 pub use host_api::HostServices;
 pub use instance::WorkerPlugins;
 pub use loader::{LoadError, LoadedPlugin, PluginLimits, PluginSet, load_dir};

@@ -59,37 +59,38 @@ pub struct Shared {
     pub services: Arc<HostServices>,
     /// Counters.
     pub stats: Arc<SessionStats>,
-    /// `/healthz` body parts that do not change: the plugin list.
-    plugins_json: String,
 }
 
 impl Shared {
-    /// The `/healthz` body.
+    /// The `/healthz` body: `status` is `degraded` while a plugin backs off.
     pub fn health_json(&self) -> String {
-        format!(
-            "{{\"status\":\"ok\",\"workers\":{},\"connections\":{},\"channels\":{},\"unknownTransmits\":{},\"plugins\":{}}}",
-            self.config.workers,
-            self.services.sockets.len(),
-            self.services.broker.channel_count(),
-            self.stats.unknown_transmits.load(Ordering::Relaxed),
-            self.plugins_json
-        )
-    }
-}
-
-fn plugins_json(plugins: &PluginSet) -> String {
-    let list: Vec<_> = plugins
-        .plugins
-        .iter()
-        .map(|plugin| {
-            serde_json::json!({
-                "name": &*plugin.name,
-                "version": plugin.manifest.version,
-                "file": plugin.path.file_name().map(|name| name.to_string_lossy()),
+        let plugins: Vec<_> = self
+            .plugins
+            .plugins
+            .iter()
+            .map(|plugin| {
+                let mut entry = plugin.health.to_json();
+                entry["name"] = (&*plugin.name).into();
+                entry["version"] = plugin.manifest.version.clone().into();
+                entry["file"] = plugin
+                    .path
+                    .file_name()
+                    .map(|name| name.to_string_lossy().into_owned())
+                    .into();
+                entry
             })
+            .collect();
+        let degraded = self.plugins.plugins.iter().any(|p| p.health.is_degraded());
+        serde_json::json!({
+            "status": if degraded { "degraded" } else { "ok" },
+            "workers": self.config.workers,
+            "connections": self.services.sockets.len(),
+            "channels": self.services.broker.channel_count(),
+            "unknownTransmits": self.stats.unknown_transmits.load(Ordering::Relaxed),
+            "plugins": plugins,
         })
-        .collect();
-    serde_json::Value::Array(list).to_string()
+        .to_string()
+    }
 }
 
 /// A started server: plugins loaded, workers running, port bound.
@@ -127,7 +128,6 @@ impl Server {
                 })?;
         let (shutdown, shutdown_rx) = watch::channel(false);
         let shared = Arc::new(Shared {
-            plugins_json: plugins_json(&plugins),
             config,
             plugins,
             services,

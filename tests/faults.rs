@@ -1,0 +1,277 @@
+//! Fault isolation: a plugin that panics, loops or eats memory costs one
+//! call; connections, subscriptions and KV state survive; a plugin that
+//! cannot be rebuilt backs off and recovers by itself.
+
+mod support;
+
+use serde_json::{Value, json};
+use std::time::Duration;
+use support::{Client, TestServer, fixture_plugin, plugins_dir};
+
+fn parse_health(body: &str) -> Value {
+    serde_json::from_str(body).unwrap()
+}
+
+fn plugin_health<'a>(health: &'a Value, name: &str) -> &'a Value {
+    health["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|plugin| plugin["name"] == name)
+        .unwrap()
+}
+
+#[tokio::test]
+async fn spin_times_out_and_grow_runs_out_of_memory_without_closing_anything() {
+    let dir = plugins_dir(&["echo"]);
+    let server = TestServer::start(
+        dir.path(),
+        &["--plugin-deadline-ms", "50", "--plugin-memory-mib", "16"],
+    );
+    let mut client = server.client().await;
+
+    let reply = client.invoke("spin", json!(null)).await;
+    assert_eq!(reply["error"]["name"], "PluginError");
+    let message = reply["error"]["message"].as_str().unwrap();
+    assert!(message.contains("timed out (deadline 50 ms)"), "{message}");
+
+    let reply = client.invoke("grow", json!(null)).await;
+    assert_eq!(reply["error"]["name"], "PluginError");
+    let message = reply["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("ran out of memory (cap 16 MiB)"),
+        "{message}"
+    );
+
+    assert_eq!(client.call("echo", json!("alive")).await, json!("alive"));
+    let (_, body) = server.http_get("/healthz", "").await;
+    let echo = plugin_health(&parse_health(&body), "echo").clone();
+    assert_eq!(echo["timeouts"], 1, "{echo}");
+    assert_eq!(echo["outOfMemory"], 1, "{echo}");
+    assert!(echo["rebuilds"].as_u64().unwrap() >= 2, "{echo}");
+    assert_eq!(echo["status"], "ok");
+
+    let log = server.log();
+    assert!(
+        log.contains("timed out") && log.contains("echo.wasm") && log.contains("on-invoke 'spin'"),
+        "{log}"
+    );
+}
+
+/// 200 connections: some call `crash`, `spin` and `grow` over and over,
+/// the others call `echo`; chat state and subscriptions must survive.
+#[tokio::test]
+async fn chaos_with_200_connections_drops_nothing() {
+    const CONNECTIONS: usize = 200;
+    const FAULTY: usize = 20;
+    const ROUNDS: usize = 10;
+    let dir = plugins_dir(&["echo", "chat"]);
+    let server = TestServer::start(
+        dir.path(),
+        &["--plugin-deadline-ms", "20", "--plugin-memory-mib", "16"],
+    );
+
+    // State that must survive: a chat member and a subscriber.
+    let mut member = server.client().await;
+    member
+        .call("join", json!({"room": "chaos", "nick": "survivor"}))
+        .await;
+    let mut listener = server.client().await;
+    listener.subscribe("room:chaos").await;
+
+    let mut tasks = Vec::new();
+    for index in 0..CONNECTIONS {
+        let mut client = server.client().await;
+        tasks.push(tokio::spawn(async move {
+            let mut faults = 0;
+            for round in 0..ROUNDS {
+                if index < FAULTY {
+                    let event = ["crash", "spin", "grow"][(index + round) % 3];
+                    let reply = client.invoke(event, json!(null)).await;
+                    assert_eq!(reply["error"]["name"], "PluginError", "{event}: {reply}");
+                    faults += 1;
+                }
+                let data = json!({"client": index, "round": round});
+                assert_eq!(client.call("echo", data.clone()).await, data);
+            }
+            (client, faults)
+        }));
+    }
+    let mut clients: Vec<Client> = Vec::new();
+    let mut faults = 0;
+    for task in tasks {
+        let (client, count) = task.await.unwrap();
+        faults += count;
+        clients.push(client);
+    }
+    assert_eq!(faults, FAULTY * ROUNDS);
+
+    // Every connection is still open and answers.
+    for client in &mut clients {
+        assert_eq!(
+            client.call("echo", json!("still open")).await,
+            json!("still open")
+        );
+    }
+    // KV state and subscriptions survived: the member can still speak, the
+    // listener still hears.
+    member
+        .call("say", json!({"room": "chaos", "text": "after the storm"}))
+        .await;
+    assert_eq!(
+        listener.publication().await,
+        (
+            "room:chaos".into(),
+            json!({"type": "say", "nick": "survivor", "text": "after the storm"})
+        )
+    );
+    let (_, body) = server.http_get("/healthz", "").await;
+    let health = parse_health(&body);
+    assert_eq!(health["connections"], CONNECTIONS + 2);
+    let echo = plugin_health(&health, "echo");
+    let counted = echo["traps"].as_u64().unwrap()
+        + echo["timeouts"].as_u64().unwrap()
+        + echo["outOfMemory"].as_u64().unwrap();
+    assert_eq!(counted, (FAULTY * ROUNDS) as u64, "{echo}");
+}
+
+#[tokio::test]
+async fn a_plugin_that_cannot_be_rebuilt_backs_off_and_recovers() {
+    let dir = plugins_dir(&["echo"]);
+    std::fs::copy(fixture_plugin("flaky"), dir.path().join("flaky.wasm")).unwrap();
+    let server = TestServer::start(dir.path(), &[]);
+    let mut client = server.client().await;
+    assert_eq!(client.call("flaky-ok", json!(null)).await, json!("ok"));
+
+    // Broken for 1.5 s: the call traps, and every rebuild until then traps in init.
+    let reply = client.invoke("flaky-break", json!({"for_ms": 1500})).await;
+    assert_eq!(reply["error"]["name"], "PluginError");
+    let reply = client.invoke("flaky-ok", json!(null)).await;
+    assert_eq!(reply["error"]["name"], "PluginUnavailable", "{reply}");
+    assert!(
+        reply["error"]["message"].as_str().unwrap().contains("init"),
+        "{reply}"
+    );
+
+    // Degraded, while another plugin is not affected.
+    let (_, body) = server.http_get("/healthz", "").await;
+    let health = parse_health(&body);
+    assert_eq!(health["status"], "degraded");
+    let flaky = plugin_health(&health, "flaky");
+    assert_eq!(flaky["status"], "degraded");
+    assert!(
+        flaky["lastError"].as_str().unwrap().contains("init"),
+        "{flaky}"
+    );
+    assert_eq!(
+        client.call("echo", json!("unaffected")).await,
+        json!("unaffected")
+    );
+
+    // Recovers by itself once a rebuild succeeds.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let reply = client.invoke("flaky-ok", json!(null)).await;
+        if reply.get("error").is_none() {
+            assert_eq!(reply["data"], "ok");
+            break;
+        }
+        assert_eq!(reply["error"]["name"], "PluginUnavailable", "{reply}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "flaky never recovered"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The other worker recovers too (connections alternate between workers).
+    let mut other = server.client().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while other
+        .invoke("flaky-ok", json!(null))
+        .await
+        .get("error")
+        .is_some()
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "flaky never recovered on the other worker"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (_, body) = server.http_get("/healthz", "").await;
+    let health = parse_health(&body);
+    assert_eq!(health["status"], "ok", "{health}");
+    assert!(
+        plugin_health(&health, "flaky")["backoffs"]
+            .as_u64()
+            .unwrap()
+            >= 1
+    );
+    assert!(server.log().contains("plugin recovered"));
+}
+
+#[tokio::test]
+async fn calls_that_fault_again_and_again_back_off() {
+    let dir = plugins_dir(&["echo"]);
+    let server = TestServer::start(dir.path(), &[]);
+    let mut client = server.client().await;
+    let mut unavailable = false;
+    for _ in 0..30 {
+        let reply = client.invoke("crash", json!(null)).await;
+        match reply["error"]["name"].as_str().unwrap() {
+            "PluginError" => {}
+            "PluginUnavailable" => {
+                unavailable = true;
+                break;
+            }
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert!(unavailable, "ten crashes in a row must back off");
+    // After the back-off, a good call resets the count.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let reply = client.invoke("echo", json!(1)).await;
+        if reply.get("error").is_none() {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn broken_builds_are_refused_at_load_with_their_reason() {
+    let dir = plugins_dir(&["echo"]);
+    for fixture in ["init-trap", "bad-import", "not-a-plugin"] {
+        std::fs::copy(
+            fixture_plugin(fixture),
+            dir.path().join(format!("{fixture}.wasm")),
+        )
+        .unwrap();
+    }
+    let server = TestServer::start(dir.path(), &[]);
+    let mut client = server.client().await;
+    assert_eq!(client.call("echo", json!("served")).await, json!("served"));
+
+    let log = server.log();
+    let line = |file: &str| {
+        log.lines()
+            .find(|line| line.contains("plugin skipped") && line.contains(file))
+            .unwrap_or_else(|| panic!("no refusal names {file}:\n{log}"))
+            .to_owned()
+    };
+    let init = line("init-trap.wasm");
+    assert!(init.contains("init failed"), "{init}");
+    let import = line("bad-import.wasm");
+    assert!(
+        import.contains("does not fit") && import.contains("missing"),
+        "{import}"
+    );
+    let world = line("not-a-plugin.wasm");
+    assert!(world.contains("does not fit"), "{world}");
+    assert!(
+        log.contains("init-trap: init always panics"),
+        "the guest's panic message is logged"
+    );
+}
