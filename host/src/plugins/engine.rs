@@ -80,9 +80,13 @@ impl PluginEngine {
         &self.linker
     }
 
-    /// Compile a component from its bytes.
-    pub fn compile(&self, bytes: &[u8]) -> wasmtime::Result<Component> {
-        Component::new(&self.engine, bytes)
+    /// Compile a component from its bytes on tokio's blocking pool, so that
+    /// the calling thread (the accept loop, during a reload) keeps serving.
+    pub async fn compile(&self, bytes: Vec<u8>) -> wasmtime::Result<Component> {
+        let engine = self.engine.clone();
+        tokio::task::spawn_blocking(move || Component::new(&engine, &bytes))
+            .await
+            .unwrap_or_else(|panic| Err(wasmtime::format_err!("the compiler panicked: {panic}")))
     }
 }
 

@@ -20,6 +20,7 @@ use super::host_api::HostServices;
 use super::limits::MemoryCapExceeded;
 use super::loader::{Instance, LoadedPlugin, PluginSet};
 use crate::protocol::{self, ErrorObject};
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Mutex;
@@ -86,7 +87,9 @@ pub struct WorkerPlugins {
     /// The plugins and the routing of events to them.
     set: Arc<PluginSet>,
     /// Each plugin's state on this worker (same index as `set.plugins`).
-    slots: Vec<Mutex<Slot>>,
+    /// Shared with the next `WorkerPlugins` after a reload that keeps the
+    /// plugin, so its instance and in-memory state carry over.
+    slots: Vec<Rc<Mutex<Slot>>>,
     /// What host functions act on.
     services: Arc<HostServices>,
 }
@@ -97,16 +100,36 @@ impl WorkerPlugins {
     pub async fn start(set: Arc<PluginSet>, services: Arc<HostServices>) -> Self {
         let mut slots = Vec::with_capacity(set.plugins.len());
         for plugin in &set.plugins {
-            let mut slot = Slot::default();
-            if let Err(reason) = rebuild(&mut slot, plugin, &services).await {
-                tracing::error!(plugin = &*plugin.name, "{reason}");
-            }
-            slots.push(Mutex::new(slot));
+            slots.push(new_slot(plugin, &services).await);
         }
         WorkerPlugins {
             set,
             slots,
             services,
+        }
+    }
+
+    /// The instances for a reloaded set: plugins that did not change keep
+    /// their slot (instance, state, back-off); new and changed ones get a
+    /// fresh instance. Calls in flight finish on the old instances.
+    pub async fn switch_to(&self, set: Arc<PluginSet>) -> Self {
+        let mut slots = Vec::with_capacity(set.plugins.len());
+        for plugin in &set.plugins {
+            let kept = self
+                .set
+                .plugins
+                .iter()
+                .position(|old| Arc::ptr_eq(old, plugin))
+                .map(|index| self.slots[index].clone());
+            match kept {
+                Some(slot) => slots.push(slot),
+                None => slots.push(new_slot(plugin, &self.services).await),
+            }
+        }
+        WorkerPlugins {
+            set,
+            slots,
+            services: self.services.clone(),
         }
     }
 
@@ -249,6 +272,15 @@ impl WorkerPlugins {
             }
         }
     }
+}
+
+/// A slot with a fresh instance, or backing off when none can be built.
+async fn new_slot(plugin: &LoadedPlugin, services: &Arc<HostServices>) -> Rc<Mutex<Slot>> {
+    let mut slot = Slot::default();
+    if let Err(reason) = rebuild(&mut slot, plugin, services).await {
+        tracing::error!(plugin = &*plugin.name, "{reason}");
+    }
+    Rc::new(Mutex::new(slot))
 }
 
 /// Build a fresh instance into `slot`; on failure, back off and return why.

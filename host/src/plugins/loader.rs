@@ -112,6 +112,9 @@ pub struct LoadedPlugin {
     pub name: Arc<str>,
     /// The file it was loaded from.
     pub path: PathBuf,
+    /// Hash of the file's bytes: a reload replaces the plugin only when its
+    /// file changed.
+    pub content_hash: u64,
     /// What `describe` returned.
     pub manifest: Manifest,
     /// Whether the manifest lists the `connect` hook.
@@ -215,48 +218,81 @@ impl PluginSet {
         self.transmit_routes.get(event).copied()
     }
 
-    /// Route every event to its plugin; two plugins declaring the same event
-    /// or sharing a name is an error naming both files.
-    fn new(plugins: Vec<Arc<LoadedPlugin>>) -> Result<Self, LoadError> {
-        let mut names: HashMap<&str, usize> = HashMap::new();
-        let mut rpc_routes: HashMap<String, usize> = HashMap::new();
-        let mut transmit_routes: HashMap<String, usize> = HashMap::new();
-        for (index, plugin) in plugins.iter().enumerate() {
-            if let Some(&first) = names.get(&*plugin.name) {
-                return Err(LoadError::DuplicateName {
-                    name: plugin.name.to_string(),
-                    first: plugins[first].path.clone(),
+    /// An empty set.
+    fn empty() -> Self {
+        PluginSet {
+            plugins: Vec::new(),
+            rpc_routes: HashMap::new(),
+            transmit_routes: HashMap::new(),
+        }
+    }
+
+    /// Add a plugin and route its events, unless its name or one of its
+    /// events is taken: that is an error naming both files, and the set is
+    /// left as it was.
+    fn add(&mut self, plugin: Arc<LoadedPlugin>) -> Result<(), LoadError> {
+        if let Some(other) = self.plugins.iter().find(|other| other.name == plugin.name) {
+            return Err(LoadError::DuplicateName {
+                name: plugin.name.to_string(),
+                first: other.path.clone(),
+                second: plugin.path.clone(),
+            });
+        }
+        let index = self.plugins.len();
+        for (kind, events, routes) in [
+            ("RPC", &plugin.manifest.rpc_events, &self.rpc_routes),
+            (
+                "transmit",
+                &plugin.manifest.transmit_events,
+                &self.transmit_routes,
+            ),
+        ] {
+            if let Some(event) = events.iter().find(|event| routes.contains_key(*event)) {
+                return Err(LoadError::EventConflict {
+                    kind,
+                    event: event.clone(),
+                    first: self.plugins[routes[event]].path.clone(),
                     second: plugin.path.clone(),
                 });
             }
-            names.insert(&plugin.name, index);
-            for (kind, events, routes) in [
-                ("RPC", &plugin.manifest.rpc_events, &mut rpc_routes),
-                (
-                    "transmit",
-                    &plugin.manifest.transmit_events,
-                    &mut transmit_routes,
-                ),
-            ] {
-                for event in events {
-                    if let Some(&first) = routes.get(event) {
-                        return Err(LoadError::EventConflict {
-                            kind,
-                            event: event.clone(),
-                            first: plugins[first].path.clone(),
-                            second: plugin.path.clone(),
-                        });
-                    }
-                    routes.insert(event.clone(), index);
-                }
-            }
         }
-        Ok(PluginSet {
-            plugins,
-            rpc_routes,
-            transmit_routes,
-        })
+        for event in &plugin.manifest.rpc_events {
+            self.rpc_routes.insert(event.clone(), index);
+        }
+        for event in &plugin.manifest.transmit_events {
+            self.transmit_routes.insert(event.clone(), index);
+        }
+        self.plugins.push(plugin);
+        Ok(())
     }
+
+    /// The plugin loaded from `path`, if any.
+    fn by_path(&self, path: &Path) -> Option<&Arc<LoadedPlugin>> {
+        self.plugins.iter().find(|plugin| plugin.path == path)
+    }
+}
+
+/// Hash of a plugin file's bytes, to tell changed files from unchanged ones.
+fn content_hash(bytes: &[u8]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    bytes.hash(&mut hasher);
+    hasher.finish()
+}
+
+/// The `*.wasm` files of `dir`, sorted by name.
+fn plugin_files(dir: &Path) -> Result<Vec<PathBuf>, LoadError> {
+    let entries = std::fs::read_dir(dir).map_err(|source| LoadError::Directory {
+        dir: dir.to_owned(),
+        source,
+    })?;
+    let mut paths: Vec<PathBuf> = entries
+        .filter_map(Result::ok)
+        .map(|entry| entry.path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "wasm") && path.is_file())
+        .collect();
+    paths.sort();
+    Ok(paths)
 }
 
 /// Load every `*.wasm` in `dir`, in file-name order.
@@ -271,35 +307,115 @@ pub async fn load_dir(
     limits: PluginLimits,
     services: &Arc<HostServices>,
 ) -> Result<PluginSet, LoadError> {
-    let entries = std::fs::read_dir(dir).map_err(|source| LoadError::Directory {
-        dir: dir.to_owned(),
-        source,
-    })?;
-    let mut paths: Vec<PathBuf> = entries
-        .filter_map(Result::ok)
-        .map(|entry| entry.path())
-        .filter(|path| path.extension().is_some_and(|ext| ext == "wasm") && path.is_file())
-        .collect();
-    paths.sort();
-
-    let mut plugins = Vec::new();
-    for path in paths {
+    let mut set = PluginSet::empty();
+    for path in plugin_files(dir)? {
         match load_file(engine, &path, limits, services).await {
             Ok(plugin) => {
-                tracing::info!(
-                    plugin = &*plugin.name,
-                    version = plugin.manifest.version,
-                    path = %plugin.path.display(),
-                    rpc = ?plugin.manifest.rpc_events,
-                    transmit = ?plugin.manifest.transmit_events,
-                    "plugin loaded"
-                );
-                plugins.push(Arc::new(plugin));
+                log_loaded(&plugin, "plugin loaded");
+                set.add(Arc::new(plugin))?;
             }
             Err(error) => tracing::error!("plugin skipped: {error}"),
         }
     }
-    PluginSet::new(plugins)
+    Ok(set)
+}
+
+fn log_loaded(plugin: &LoadedPlugin, message: &str) {
+    tracing::info!(
+        plugin = &*plugin.name,
+        version = plugin.manifest.version,
+        path = %plugin.path.display(),
+        rpc = ?plugin.manifest.rpc_events,
+        transmit = ?plugin.manifest.transmit_events,
+        "{message}"
+    );
+}
+
+/// What a reload did.
+#[derive(Debug, Default)]
+pub struct ReloadSummary {
+    /// Names of plugins loaded from new files.
+    pub loaded: Vec<String>,
+    /// Names of plugins replaced by a changed file.
+    pub updated: Vec<String>,
+    /// Names of plugins whose file was removed.
+    pub unloaded: Vec<String>,
+    /// Files refused, with the reason; the old version (if any) keeps serving.
+    pub refused: Vec<String>,
+}
+
+impl ReloadSummary {
+    /// Whether the set of plugins changed.
+    pub fn changed(&self) -> bool {
+        !(self.loaded.is_empty() && self.updated.is_empty() && self.unloaded.is_empty())
+    }
+}
+
+/// Re-read `dir` against the plugins in `current`: unchanged files keep
+/// their loaded plugin (and so their instances); new and changed files are
+/// compiled and checked in a trial instance; a file that fails, or that
+/// would conflict with another plugin, is refused and its old version (if
+/// any) kept; removed files are unloaded.
+pub async fn reload_dir(
+    engine: &PluginEngine,
+    dir: &Path,
+    current: &PluginSet,
+    limits: PluginLimits,
+    services: &Arc<HostServices>,
+) -> Result<(PluginSet, ReloadSummary), LoadError> {
+    let files = plugin_files(dir)?;
+    let mut summary = ReloadSummary::default();
+    let mut next = PluginSet::empty();
+    let mut candidates = Vec::new();
+    for path in &files {
+        let old = current.by_path(path);
+        let unchanged = match (old, std::fs::read(path)) {
+            (Some(old), Ok(bytes)) => old.content_hash == content_hash(&bytes),
+            _ => false,
+        };
+        match old {
+            Some(old) if unchanged => next.add(old.clone())?,
+            _ => candidates.push((path, old)),
+        }
+    }
+    for plugin in &current.plugins {
+        if !files.contains(&plugin.path) {
+            summary.unloaded.push(plugin.name.to_string());
+        }
+    }
+    for (path, old) in candidates {
+        let loaded = match load_file(engine, path, limits, services).await {
+            Ok(plugin) => next.add(Arc::new(plugin)).map(|()| next.plugins.last()),
+            Err(error) => Err(error),
+        };
+        match loaded {
+            Ok(Some(plugin)) => {
+                let message = if old.is_some() {
+                    "plugin updated"
+                } else {
+                    "plugin loaded"
+                };
+                log_loaded(plugin, message);
+                let list = if old.is_some() {
+                    &mut summary.updated
+                } else {
+                    &mut summary.loaded
+                };
+                list.push(plugin.name.to_string());
+            }
+            Ok(None) => {}
+            Err(error) => {
+                tracing::error!("plugin refused: {error}");
+                summary.refused.push(error.to_string());
+                if let Some(old) = old
+                    && let Err(error) = next.add(old.clone())
+                {
+                    tracing::error!("could not keep the old version either: {error}");
+                }
+            }
+        }
+    }
+    Ok((next, summary))
 }
 
 /// Compile, link and check one plugin file in a trial instance.
@@ -313,8 +429,10 @@ pub async fn load_file(
         path: path.to_owned(),
         source,
     })?;
+    let hash = content_hash(&bytes);
     let component = engine
-        .compile(&bytes)
+        .compile(bytes)
+        .await
         .map_err(|source| LoadError::Compile {
             path: path.to_owned(),
             source,
@@ -360,6 +478,7 @@ pub async fn load_file(
     Ok(LoadedPlugin {
         name: manifest.name.as_str().into(),
         path: path.to_owned(),
+        content_hash: hash,
         on_connect: manifest.hooks.contains(&Hook::Connect),
         on_disconnect: manifest.hooks.contains(&Hook::Disconnect),
         manifest,

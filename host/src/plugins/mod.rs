@@ -23,7 +23,9 @@ pub use engine::{EngineError, PluginEngine};
 pub use health::{FaultKind, PluginHealth};
 pub use host_api::HostServices;
 pub use instance::WorkerPlugins;
-pub use loader::{LoadError, LoadedPlugin, PluginLimits, PluginSet, load_dir};
+pub use loader::{
+    LoadError, LoadedPlugin, PluginLimits, PluginSet, ReloadSummary, load_dir, reload_dir,
+};
 
 /// Bindings generated from `wit/plugin.wit`.
 #[allow(missing_docs, clippy::all)]

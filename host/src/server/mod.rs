@@ -10,15 +10,18 @@ mod http;
 mod worker;
 
 use crate::config::ServerConfig;
-use crate::plugins::{EngineError, HostServices, LoadError, PluginEngine, PluginSet, load_dir};
+use crate::plugins::{
+    EngineError, HostServices, LoadError, PluginEngine, PluginSet, load_dir, reload_dir,
+};
 use crate::session::SessionStats;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use thiserror::Error;
 use tokio::net::TcpListener;
+use tokio::signal::unix::SignalKind;
 use tokio::sync::watch;
 use worker::Worker;
 
@@ -53,8 +56,8 @@ pub enum ServerError {
 pub struct Shared {
     /// The server configuration.
     pub config: ServerConfig,
-    /// Loaded plugins and event routing.
-    pub plugins: Arc<PluginSet>,
+    /// Loaded plugins and event routing; replaced by a reload.
+    plugins: RwLock<Arc<PluginSet>>,
     /// Broker, socket registry, KV.
     pub services: Arc<HostServices>,
     /// Counters.
@@ -62,10 +65,18 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// The plugins being served.
+    pub fn plugins(&self) -> Arc<PluginSet> {
+        self.plugins
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     /// The `/healthz` body: `status` is `degraded` while a plugin backs off.
     pub fn health_json(&self) -> String {
-        let plugins: Vec<_> = self
-            .plugins
+        let set = self.plugins();
+        let plugins: Vec<_> = set
             .plugins
             .iter()
             .map(|plugin| {
@@ -80,7 +91,7 @@ impl Shared {
                 entry
             })
             .collect();
-        let degraded = self.plugins.plugins.iter().any(|p| p.health.is_degraded());
+        let degraded = set.plugins.iter().any(|p| p.health.is_degraded());
         serde_json::json!({
             "status": if degraded { "degraded" } else { "ok" },
             "workers": self.config.workers,
@@ -95,6 +106,8 @@ impl Shared {
 
 /// A started server: plugins loaded, workers running, port bound.
 pub struct Server {
+    /// Compiles plugins at start and on every reload.
+    engine: PluginEngine,
     listener: TcpListener,
     workers: Vec<Worker>,
     shutdown: watch::Sender<bool>,
@@ -129,7 +142,7 @@ impl Server {
         let (shutdown, shutdown_rx) = watch::channel(false);
         let shared = Arc::new(Shared {
             config,
-            plugins,
+            plugins: RwLock::new(plugins),
             services,
             stats: Arc::default(),
         });
@@ -143,6 +156,7 @@ impl Server {
             worker.ready().await;
         }
         Ok(Server {
+            engine,
             listener,
             workers,
             shutdown,
@@ -162,10 +176,15 @@ impl Server {
         tracing::info!(
             addr = %self.local_addr().map_or_else(|e| e.to_string(), |a| a.to_string()),
             workers = self.workers.len(),
-            plugins = self.shared.plugins.plugins.len(),
+            plugins = self.shared.plugins().plugins.len(),
             "serving"
         );
         tokio::pin!(shutdown);
+        let mut reload_signal = tokio::signal::unix::signal(SignalKind::user_defined2())
+            .inspect_err(|error| {
+                tracing::error!("cannot listen for SIGUSR2, reloads are off: {error}")
+            })
+            .ok();
         let mut next = 0usize;
         let mut backoff = MIN_ACCEPT_BACKOFF;
         let mut reserve = SpareDescriptor::new();
@@ -189,6 +208,7 @@ impl Server {
                         backoff = (backoff * 2).min(MAX_ACCEPT_BACKOFF);
                     }
                 },
+                Some(()) = async { reload_signal.as_mut()?.recv().await } => self.reload().await,
                 () = &mut shutdown => break,
             }
         }
@@ -199,6 +219,51 @@ impl Server {
             worker.join().await;
         }
         tracing::info!("stopped");
+    }
+}
+
+impl Server {
+    /// Re-read the plugins directory and switch every worker to the result
+    /// (see [`reload_dir`]). Connections are untouched; a broken build is
+    /// refused and the old version keeps serving.
+    pub async fn reload(&self) {
+        let started = std::time::Instant::now();
+        let config = &self.shared.config;
+        let current = self.shared.plugins();
+        let (set, summary) = match reload_dir(
+            &self.engine,
+            &config.plugins_dir,
+            &current,
+            config.plugin_limits,
+            &self.shared.services,
+        )
+        .await
+        {
+            Ok(reloaded) => reloaded,
+            Err(error) => {
+                tracing::error!("reload failed, the loaded plugins keep serving: {error}");
+                return;
+            }
+        };
+        if summary.changed() {
+            let set = Arc::new(set);
+            *self
+                .shared
+                .plugins
+                .write()
+                .unwrap_or_else(|e| e.into_inner()) = set.clone();
+            for worker in &self.workers {
+                worker.switch_to(set.clone()).await;
+            }
+        }
+        tracing::info!(
+            loaded = ?summary.loaded,
+            updated = ?summary.updated,
+            unloaded = ?summary.unloaded,
+            refused = ?summary.refused,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "reload done"
+        );
     }
 }
 

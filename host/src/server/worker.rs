@@ -2,8 +2,9 @@
 //! connections with its own instance of every plugin.
 
 use super::{Shared, connection};
-use crate::plugins::WorkerPlugins;
+use crate::plugins::{PluginSet, WorkerPlugins};
 use crate::session::SessionContext;
+use std::cell::RefCell;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -16,6 +17,8 @@ pub struct Worker {
     index: usize,
     /// New connections for this worker.
     connections: mpsc::UnboundedSender<(std::net::TcpStream, SocketAddr)>,
+    /// Reloaded plugin sets to switch to; the sender is told when done.
+    reloads: mpsc::UnboundedSender<(Arc<PluginSet>, oneshot::Sender<()>)>,
     /// Resolves once the worker's plugin instances are up.
     ready: Option<oneshot::Receiver<()>>,
     thread: std::thread::JoinHandle<()>,
@@ -32,15 +35,22 @@ impl Worker {
             .enable_all()
             .build()?;
         let (connections, incoming) = mpsc::unbounded_channel();
+        let (reloads, reload_rx) = mpsc::unbounded_channel();
         let (ready_tx, ready) = oneshot::channel();
+        let channels = Channels {
+            incoming,
+            reloads: reload_rx,
+            ready: ready_tx,
+        };
         let thread = std::thread::Builder::new()
             .name(format!("worker-{index}"))
             .spawn(move || {
-                LocalSet::new().block_on(&runtime, serve(shared, shutdown, incoming, ready_tx));
+                LocalSet::new().block_on(&runtime, serve(shared, shutdown, channels));
             })?;
         Ok(Worker {
             index,
             connections,
+            reloads,
             ready: Some(ready),
             thread,
         })
@@ -68,6 +78,15 @@ impl Worker {
         }
     }
 
+    /// Switch the worker to a reloaded set of plugins; resolves once the
+    /// next event on this worker goes to it.
+    pub async fn switch_to(&self, set: Arc<PluginSet>) {
+        let (done, switched) = oneshot::channel();
+        if self.reloads.send((set, done)).is_ok() {
+            let _ = switched.await;
+        }
+    }
+
     /// Stop handing connections over and wait for the thread to finish its
     /// sessions.
     pub async fn join(self) {
@@ -83,17 +102,24 @@ impl Worker {
     }
 }
 
-/// The worker's event loop: start the plugins, then serve connections until
-/// the accept loop stops, then let the sessions close.
-async fn serve(
-    shared: Arc<Shared>,
-    shutdown: watch::Receiver<bool>,
-    mut incoming: mpsc::UnboundedReceiver<(std::net::TcpStream, SocketAddr)>,
+/// What the accept loop sends a worker.
+struct Channels {
+    incoming: mpsc::UnboundedReceiver<(std::net::TcpStream, SocketAddr)>,
+    reloads: mpsc::UnboundedReceiver<(Arc<PluginSet>, oneshot::Sender<()>)>,
     ready: oneshot::Sender<()>,
-) {
-    let plugins = WorkerPlugins::start(shared.plugins.clone(), shared.services.clone()).await;
+}
+
+/// The worker's event loop: start the plugins, then serve connections and
+/// reloads until the accept loop stops, then let the sessions close.
+async fn serve(shared: Arc<Shared>, shutdown: watch::Receiver<bool>, channels: Channels) {
+    let Channels {
+        mut incoming,
+        mut reloads,
+        ready,
+    } = channels;
+    let plugins = WorkerPlugins::start(shared.plugins(), shared.services.clone()).await;
     let ctx = Rc::new(SessionContext {
-        plugins,
+        plugins: RefCell::new(Rc::new(plugins)),
         services: shared.services.clone(),
         settings: shared.config.session.clone(),
         stats: shared.stats.clone(),
@@ -112,6 +138,11 @@ async fn serve(
                 },
                 None => break,
             },
+            Some((set, switched)) = reloads.recv() => {
+                let next = ctx.current_plugins().switch_to(set).await;
+                *ctx.plugins.borrow_mut() = Rc::new(next);
+                let _ = switched.send(());
+            }
             Some(_) = sessions.join_next() => {}
         }
     }

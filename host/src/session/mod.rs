@@ -16,6 +16,7 @@ use crate::protocol::{self, ChannelRequest, ErrorObject, Frame, Packet, PingProt
 use base64::Engine as _;
 use futures_util::{FutureExt, SinkExt, StreamExt};
 use serde_json::value::RawValue;
+use std::cell::RefCell;
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -77,8 +78,10 @@ pub struct SessionStats {
 
 /// What a session needs from its worker.
 pub struct SessionContext {
-    /// The worker's plugin instances.
-    pub plugins: WorkerPlugins,
+    /// The worker's plugin instances; replaced as a whole by a reload. Each
+    /// event takes the current value, so a call in flight finishes on the
+    /// instances it started on and the next event uses the new ones.
+    pub plugins: RefCell<Rc<WorkerPlugins>>,
     /// Broker, socket registry and KV.
     pub services: Arc<HostServices>,
     /// Protocol settings.
@@ -87,6 +90,13 @@ pub struct SessionContext {
     pub stats: Arc<SessionStats>,
     /// Flips to `true` when the server shuts down.
     pub shutdown: watch::Receiver<bool>,
+}
+
+impl SessionContext {
+    /// The plugin instances events go to now.
+    pub fn current_plugins(&self) -> Rc<WorkerPlugins> {
+        self.plugins.borrow().clone()
+    }
 }
 
 /// Where a session is in its life.
@@ -380,7 +390,8 @@ where
                 .services
                 .sockets
                 .register(&self.socket.id, self.outbox.clone());
-            Box::pin(self.ctx.plugins.connected(&self.socket)).await;
+            let plugins = self.ctx.current_plugins();
+            Box::pin(plugins.connected(&self.socket)).await;
         }
         Ok(())
     }
@@ -491,7 +502,7 @@ where
         data: Option<&RawValue>,
         cid: &RawValue,
     ) -> Result<(), Ending> {
-        let plugins = &self.ctx.plugins;
+        let plugins = self.ctx.current_plugins();
         let reply = match plugins.set().rpc_route(event) {
             None => protocol::error_response(cid, &ErrorObject::unknown_event(event)),
             Some(index) => match plugins
@@ -506,7 +517,7 @@ where
     }
 
     async fn on_transmit(&mut self, event: &str, data: Option<&RawValue>) {
-        let plugins = &self.ctx.plugins;
+        let plugins = self.ctx.current_plugins();
         match plugins.set().transmit_route(event) {
             Some(index) => {
                 Box::pin(plugins.transmit(index, &self.socket, event, data.map(RawValue::get)))
@@ -594,12 +605,8 @@ where
         if self.state == State::Open {
             self.ctx.services.sockets.remove(&self.socket.id);
             tracing::debug!(socket = self.socket.id, code = ending.code, "socket closed");
-            Box::pin(
-                self.ctx
-                    .plugins
-                    .disconnected(&self.socket, ending.code, &ending.reason),
-            )
-            .await;
+            let plugins = self.ctx.current_plugins();
+            Box::pin(plugins.disconnected(&self.socket, ending.code, &ending.reason)).await;
         }
     }
 }

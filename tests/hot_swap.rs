@@ -1,0 +1,186 @@
+//! Hot swap on SIGUSR2: new plugin builds go live under load with no
+//! connection closed, no call failed and no publication lost or repeated.
+
+mod support;
+
+use serde_json::json;
+use std::path::Path;
+use std::time::{Duration, Instant};
+use support::{TestServer, fixture_plugin, plugins_dir};
+
+/// Put `source` at `dir/name` the way the README tells operators to: write
+/// a temporary file, then rename it over the old one.
+fn install(source: &Path, dir: &Path, name: &str) {
+    let temporary = dir.join(format!(".{name}.partial"));
+    std::fs::copy(source, &temporary).unwrap();
+    std::fs::rename(&temporary, dir.join(name)).unwrap();
+}
+
+/// Send SIGUSR2 and wait until the server logged the reload it caused.
+async fn reload(server: &TestServer) -> String {
+    let before = server.log().matches("reload done").count();
+    server.signal("USR2");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let log = server.log();
+        if let Some(line) = log
+            .lines()
+            .filter(|line| line.contains("reload done"))
+            .nth(before)
+        {
+            return line.to_owned();
+        }
+        assert!(Instant::now() < deadline, "no reload logged:\n{log}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn swapping_echo_under_load_loses_nothing() {
+    const CLIENTS: usize = 100;
+    let dir = plugins_dir(&["echo", "chat"]);
+    let server = TestServer::start(dir.path(), &[]);
+
+    // A numbered stream of publications, checked for gaps and duplicates.
+    let mut subscriber = server.client().await;
+    subscriber.subscribe("stream").await;
+    let mut publisher = server.client().await;
+    let (stop_publishing, mut stop) = tokio::sync::oneshot::channel::<()>();
+    let publishing = tokio::spawn(async move {
+        let mut sent = 0u64;
+        loop {
+            let reply = publisher
+                .invoke("#publish", json!({"channel": "stream", "data": sent}))
+                .await;
+            assert_eq!(
+                reply.as_object().unwrap().len(),
+                1,
+                "publish failed: {reply}"
+            );
+            sent += 1;
+            if stop.try_recv().is_ok() || sent >= 100_000 {
+                return (publisher, sent);
+            }
+        }
+    });
+
+    // Clients calling `version` until they have seen the new build.
+    let mut callers = Vec::new();
+    for _ in 0..CLIENTS {
+        let mut client = server.client().await;
+        callers.push(tokio::spawn(async move {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            let mut calls = 0u64;
+            loop {
+                let reply = client.invoke("version", json!(null)).await;
+                assert!(
+                    reply.get("error").is_none(),
+                    "a call failed during the swap: {reply}"
+                );
+                calls += 1;
+                if reply["data"]["version"] == "0.2.0" {
+                    return (client, calls, Instant::now());
+                }
+                assert_eq!(reply["data"]["version"], "0.1.0");
+                assert!(Instant::now() < deadline, "never saw the new version");
+            }
+        }));
+    }
+
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    install(&fixture_plugin("echo-v2"), dir.path(), "echo.wasm");
+    let signalled = Instant::now();
+    let summary = reload(&server).await;
+    assert!(summary.contains("updated=[\"echo\"]"), "{summary}");
+
+    let mut clients = Vec::new();
+    let mut slowest = Duration::ZERO;
+    for caller in callers {
+        let (client, calls, switched) = caller.await.unwrap();
+        assert!(calls > 0);
+        slowest = slowest.max(switched.saturating_duration_since(signalled));
+        clients.push(client);
+    }
+    eprintln!("every client saw the new version {slowest:?} after SIGUSR2");
+
+    stop_publishing.send(()).unwrap();
+    let (mut publisher, sent) = publishing.await.unwrap();
+    for expected in 0..sent {
+        let (channel, data) = subscriber.publication().await;
+        assert_eq!(channel, "stream");
+        assert_eq!(data, json!(expected), "gap or duplicate in the stream");
+    }
+    subscriber.expect_silence(Duration::from_millis(200)).await;
+
+    // Nothing was closed: every connection still answers.
+    for client in clients.iter_mut().chain([&mut publisher, &mut subscriber]) {
+        assert_eq!(client.call("echo", json!("after")).await, json!("after"));
+    }
+    let (_, body) = server.http_get("/healthz", "").await;
+    let health: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(health["connections"], CLIENTS + 2);
+}
+
+#[tokio::test]
+async fn a_broken_build_is_refused_and_the_old_one_keeps_serving() {
+    let dir = plugins_dir(&["echo"]);
+    let server = TestServer::start(dir.path(), &[]);
+    let mut client = server.client().await;
+
+    let broken = dir.path().join("broken-build");
+    std::fs::write(&broken, b"\0asm but not really").unwrap();
+    install(&broken, dir.path(), "echo.wasm");
+    let summary = reload(&server).await;
+    assert!(
+        summary.contains("refused=[") && summary.contains("echo.wasm"),
+        "{summary}"
+    );
+    assert!(summary.contains("updated=[]"), "{summary}");
+
+    let reply = client.call("version", json!(null)).await;
+    assert_eq!(reply["version"], "0.1.0");
+
+    // Fixing the file is picked up by the next reload.
+    install(&fixture_plugin("echo-v2"), dir.path(), "echo.wasm");
+    reload(&server).await;
+    assert_eq!(
+        client.call("version", json!(null)).await["version"],
+        "0.2.0"
+    );
+}
+
+#[tokio::test]
+async fn removing_and_adding_files_unloads_and_loads_plugins() {
+    let dir = plugins_dir(&["echo", "chat"]);
+    let server = TestServer::start(dir.path(), &[]);
+    let mut client = server.client().await;
+    client.call("join", json!({"room": "r", "nick": "n"})).await;
+
+    std::fs::remove_file(dir.path().join("chat.wasm")).unwrap();
+    install(&fixture_plugin("flaky"), dir.path(), "flaky.wasm");
+    let summary = reload(&server).await;
+    assert!(
+        summary.contains("loaded=[\"flaky\"]") && summary.contains("unloaded=[\"chat\"]"),
+        "{summary}"
+    );
+
+    let reply = client
+        .invoke("join", json!({"room": "r", "nick": "n"}))
+        .await;
+    assert_eq!(reply["error"]["name"], "UnknownEventError");
+    assert_eq!(client.call("flaky-ok", json!(null)).await, json!("ok"));
+    // An unchanged plugin is not reloaded.
+    assert!(!summary.contains("\"echo\""), "{summary}");
+    assert_eq!(client.call("echo", json!(1)).await, json!(1));
+}
+
+#[tokio::test]
+async fn a_reload_without_changes_changes_nothing() {
+    let dir = plugins_dir(&["echo"]);
+    let server = TestServer::start(dir.path(), &[]);
+    let summary = reload(&server).await;
+    assert!(
+        summary.contains("loaded=[] updated=[] unloaded=[] refused=[]"),
+        "{summary}"
+    );
+}
