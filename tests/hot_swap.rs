@@ -18,8 +18,13 @@ fn install(source: &Path, dir: &Path, name: &str) {
 
 /// Send SIGUSR2 and wait until the server logged the reload it caused.
 async fn reload(server: &TestServer) -> String {
+    reload_with(server, || server.signal("USR2")).await
+}
+
+/// Trigger a reload with `trigger` and wait for its log line.
+async fn reload_with(server: &TestServer, trigger: impl FnOnce()) -> String {
     let before = server.log().matches("reload done").count();
-    server.signal("USR2");
+    trigger();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let log = server.log();
@@ -182,5 +187,45 @@ async fn a_reload_without_changes_changes_nothing() {
     assert!(
         summary.contains("loaded=[] updated=[] unloaded=[] refused=[]"),
         "{summary}"
+    );
+}
+
+#[tokio::test]
+async fn the_reload_command_signals_the_server_named_in_its_pid_file() {
+    let dir = plugins_dir(&["echo"]);
+    let pid_file = dir.path().join("wasmcluster.pid");
+    let server = TestServer::start(dir.path(), &["--pid-file", pid_file.to_str().unwrap()]);
+    let mut client = server.client().await;
+    assert!(
+        std::fs::read_to_string(&pid_file)
+            .unwrap()
+            .trim()
+            .parse::<u32>()
+            .is_ok()
+    );
+
+    install(&fixture_plugin("echo-v2"), dir.path(), "echo.wasm");
+    reload_with(&server, || {
+        let status = std::process::Command::new(env!("CARGO_BIN_EXE_wasmcluster"))
+            .args(["reload", "--pid-file"])
+            .arg(&pid_file)
+            .status()
+            .unwrap();
+        assert!(status.success());
+    })
+    .await;
+    assert_eq!(
+        client.call("version", json!(null)).await["version"],
+        "0.2.0"
+    );
+
+    let missing = std::process::Command::new(env!("CARGO_BIN_EXE_wasmcluster"))
+        .args(["reload", "--pid-file", "/nonexistent/wasmcluster.pid"])
+        .output()
+        .unwrap();
+    assert!(!missing.status.success());
+    assert!(
+        String::from_utf8_lossy(&missing.stderr)
+            .contains("cannot read the pid file /nonexistent/wasmcluster.pid")
     );
 }

@@ -96,6 +96,11 @@ pub struct ServeArgs {
     #[arg(long, env = "WASMCLUSTER_CACHE_DIR")]
     pub cache_dir: Option<PathBuf>,
 
+    /// Write the server's process id to this file (for `wasmcluster reload`);
+    /// removed on a clean exit.
+    #[arg(long, env = "WASMCLUSTER_PID_FILE")]
+    pub pid_file: Option<PathBuf>,
+
     /// Seconds to wait for connections to close on SIGTERM/SIGINT.
     #[arg(long, env = "WASMCLUSTER_SHUTDOWN_TIMEOUT_SECS", default_value_t = 10)]
     pub shutdown_timeout_secs: u64,
@@ -139,6 +144,8 @@ pub struct ServerConfig {
     pub cache_dir: Option<PathBuf>,
     /// How long shutdown waits for connections to close.
     pub shutdown_timeout: Duration,
+    /// Where the process id is written.
+    pub pid_file: Option<PathBuf>,
 }
 
 impl ServeArgs {
@@ -213,6 +220,7 @@ impl ServeArgs {
             },
             cache_dir: self.cache_dir,
             shutdown_timeout: Duration::from_secs(self.shutdown_timeout_secs),
+            pid_file: self.pid_file,
         })
     }
 }

@@ -2,7 +2,10 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
 use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
 use wasmcluster::config::ServeArgs;
 use wasmcluster::server::Server;
 
@@ -19,6 +22,12 @@ struct Cli {
 enum Command {
     /// Serve SocketCluster clients with the plugins of a directory.
     Serve(ServeArgs),
+    /// Tell a running server to reload its plugins directory (SIGUSR2).
+    Reload {
+        /// The pid file the server was started with (`serve --pid-file`).
+        #[arg(long, env = "WASMCLUSTER_PID_FILE")]
+        pid_file: PathBuf,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -33,11 +42,26 @@ fn main() -> anyhow::Result<()> {
         .init();
     match Cli::parse().command {
         Command::Serve(args) => serve(args),
+        Command::Reload { pid_file } => reload(&pid_file),
     }
+}
+
+/// Send SIGUSR2 to the server whose pid is in `pid_file`.
+fn reload(pid_file: &Path) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(pid_file)
+        .with_context(|| format!("cannot read the pid file {}", pid_file.display()))?;
+    let pid: i32 = text
+        .trim()
+        .parse()
+        .with_context(|| format!("{} does not hold a process id", pid_file.display()))?;
+    kill(Pid::from_raw(pid), Signal::SIGUSR2)
+        .with_context(|| format!("cannot signal process {pid} (from {})", pid_file.display()))?;
+    Ok(())
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let config = args.into_config()?;
+    let pid_file = config.pid_file.clone();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -47,11 +71,18 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let addr = server
             .local_addr()
             .context("cannot read the listen address")?;
+        if let Some(pid_file) = &pid_file {
+            std::fs::write(pid_file, format!("{}\n", std::process::id()))
+                .with_context(|| format!("cannot write the pid file {}", pid_file.display()))?;
+        }
         // One line on stdout that scripts and tests wait for.
         let mut stdout = std::io::stdout();
         writeln!(stdout, "wasmcluster listening on {addr}")?;
         stdout.flush()?;
         server.run(shutdown_signal()).await;
+        if let Some(pid_file) = &pid_file {
+            let _ = std::fs::remove_file(pid_file);
+        }
         Ok(())
     })
 }

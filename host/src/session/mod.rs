@@ -589,6 +589,12 @@ where
     /// subscriptions, and tell plugins.
     async fn finish(mut self, ending: Ending) {
         if ending.send_close {
+            // Deliver what is already queued (a shutdown must not lose it).
+            while let Ok(queued) = self.inbox.try_recv() {
+                if self.feed(queued).await.is_err() {
+                    break;
+                }
+            }
             let frame = CloseFrame {
                 code: ending.code.into(),
                 reason: Utf8Bytes::from(ending.reason.clone()),
