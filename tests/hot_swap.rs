@@ -229,3 +229,57 @@ async fn the_reload_command_signals_the_server_named_in_its_pid_file() {
             .contains("cannot read the pid file /nonexistent/wasmcluster.pid")
     );
 }
+
+#[tokio::test]
+async fn chat_hands_its_room_members_to_the_new_build() {
+    let dir = plugins_dir(&["echo", "chat"]);
+    let server = TestServer::start(dir.path(), &[]);
+    let mut alice = server.client().await;
+    let mut bob = server.client().await; // the other worker
+    alice
+        .call("join", json!({"room": "lobby", "nick": "alice"}))
+        .await;
+    bob.call("join", json!({"room": "lobby", "nick": "bob"}))
+        .await;
+    assert_eq!(
+        alice.call("members", json!({"room": "lobby"})).await,
+        json!(["alice"])
+    );
+    assert_eq!(
+        bob.call("members", json!({"room": "lobby"})).await,
+        json!(["bob"])
+    );
+
+    install(&fixture_plugin("chat-v2"), dir.path(), "chat.wasm");
+    let summary = reload(&server).await;
+    assert!(summary.contains("updated=[\"chat\"]"), "{summary}");
+
+    // Each worker's new instance holds what the old one had.
+    assert_eq!(
+        alice.call("members", json!({"room": "lobby"})).await,
+        json!(["alice"])
+    );
+    assert_eq!(
+        bob.call("members", json!({"room": "lobby"})).await,
+        json!(["bob"])
+    );
+    assert_eq!(
+        server
+            .log()
+            .matches("state handed over to the new build")
+            .count(),
+        2
+    );
+    // And the restored state keeps changing as before.
+    alice
+        .call("join", json!({"room": "hall", "nick": "alice"}))
+        .await;
+    assert_eq!(
+        alice.call("members", json!({"room": "hall"})).await,
+        json!(["alice"])
+    );
+    assert_eq!(
+        alice.call("members", json!({"room": "lobby"})).await,
+        json!(["alice"])
+    );
+}

@@ -4,6 +4,7 @@
 use criterion::{Criterion, criterion_group, criterion_main};
 use std::hint::black_box;
 use std::path::Path;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 use wasmcluster::plugins::{
@@ -33,8 +34,7 @@ fn plugin_call(c: &mut Criterion) {
     let set = runtime
         .block_on(load_dir(&engine, dir.path(), limits, &services))
         .unwrap();
-    let plugins = runtime.block_on(WorkerPlugins::start(Arc::new(set), services));
-    let echo = plugins.set().rpc_route("echo").unwrap();
+    let plugins = Rc::new(runtime.block_on(WorkerPlugins::start(Arc::new(set), services)));
     let socket = Socket {
         id: "benchbenchbenchbench".into(),
         auth_token: None,
@@ -44,12 +44,12 @@ fn plugin_call(c: &mut Criterion) {
     let mut group = c.benchmark_group("plugin_call");
     group.bench_function("on_invoke echo, no data", |b| {
         b.to_async(&runtime)
-            .iter(|| async { black_box(plugins.invoke(echo, &socket, "echo", None).await) })
+            .iter(|| async { black_box(plugins.invoke(&socket, "echo", None).await) })
     });
     let data = r#"{"n":1,"pad":"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"}"#;
     group.bench_function("on_invoke echo, 64-byte data", |b| {
         b.to_async(&runtime)
-            .iter(|| async { black_box(plugins.invoke(echo, &socket, "echo", Some(data)).await) })
+            .iter(|| async { black_box(plugins.invoke(&socket, "echo", Some(data)).await) })
     });
     group.finish();
 }

@@ -77,7 +77,7 @@ pub use payload::Payload;
 pub mod bindings {
     wit_bindgen::generate!({
         path: "../wit",
-        world: "plugin",
+        world: "stateful-plugin",
         pub_export_macro: true,
         export_macro_name: "export_plugin_world",
         default_bindings_module: "wasmcluster_sdk::bindings",
@@ -179,6 +179,20 @@ pub trait Plugin: Sized + 'static {
     fn on_timer(&mut self, id: &str) {
         let _ = id;
     }
+
+    /// The in-memory state to hand to the next build on a hot swap (called
+    /// on this instance after its last call), or `None` to hand nothing.
+    /// Use [`Payload::json`] with a serde type.
+    fn snapshot(&self) -> Option<Payload> {
+        None
+    }
+
+    /// Take the state the previous build handed over, after [`Plugin::init`].
+    /// An error is logged by the host; the new build serves anyway.
+    fn restore(&mut self, snapshot: Payload) -> Result<(), String> {
+        let _ = snapshot;
+        Ok(())
+    }
 }
 
 /// Glue between the generated bindings and a [`Plugin`]; used by [`export!`].
@@ -190,6 +204,7 @@ pub mod __private {
     use std::thread::LocalKey;
 
     pub use super::bindings::Guest;
+    pub use super::bindings::exports::wasmcluster::plugin::state::Guest as StateGuest;
 
     /// Where the plugin's state lives between calls.
     pub type Slot<P> = LocalKey<RefCell<Option<P>>>;
@@ -231,6 +246,16 @@ pub mod __private {
             ),
             Err(error) => wit::PublishDecision::Deny(error.into_wit()),
         }
+    }
+
+    pub fn snapshot<P: Plugin>(slot: &'static Slot<P>) -> Option<String> {
+        with(slot, |plugin| plugin.snapshot()).and_then(Payload::into_json_text)
+    }
+
+    pub fn restore<P: Plugin>(slot: &'static Slot<P>, snapshot: String) -> Result<(), String> {
+        with(slot, |plugin| {
+            plugin.restore(Payload::from_json_text(snapshot))
+        })
     }
 
     pub fn invoke_result(
@@ -342,6 +367,17 @@ macro_rules! export {
                 }
                 fn on_timer(id: ::std::string::String) {
                     __wc::with(&STATE, |p| $crate::Plugin::on_timer(p, &id))
+                }
+            }
+
+            impl __wc::StateGuest for Exports {
+                fn snapshot() -> ::std::option::Option<::std::string::String> {
+                    __wc::snapshot::<$plugin>(&STATE)
+                }
+                fn restore(
+                    snapshot: ::std::string::String,
+                ) -> ::std::result::Result<(), ::std::string::String> {
+                    __wc::restore::<$plugin>(&STATE, snapshot)
                 }
             }
 

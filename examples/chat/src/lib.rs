@@ -7,15 +7,29 @@
 //! - When the socket disconnects, `{"type":"leave","nick":..}` is published
 //!   to every room it joined.
 //!
-//! Clients subscribe to `room:<room>` themselves to read a room. The state is
-//! in the KV store rather than in the plugin's memory, so it is shared by all
-//! workers (the disconnect may be handled by any instance) and survives a
-//! plugin fault.
+//! - RPC `members` `{room}` answers the nicks that joined the room through
+//!   this worker, from the plugin's memory.
+//!
+//! Clients subscribe to `room:<room>` themselves to read a room. A socket's
+//! nick and rooms are in the KV store, so they are shared by all workers and
+//! survive a plugin fault. The member lists are in memory, per worker, to
+//! show state hand-off: `snapshot`/`restore` carry them across a hot swap.
 
 use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
 use wasmcluster_sdk::{Error, Hook, Manifest, Payload, Plugin, Socket, export, host, kv};
 
-struct Chat;
+/// Room name to the nicks that joined it through this instance.
+#[derive(Default)]
+struct Chat {
+    members: BTreeMap<String, BTreeSet<String>>,
+}
+
+/// The data of RPC `members`.
+#[derive(Deserialize)]
+struct Members {
+    room: String,
+}
 
 /// The data of RPC `join`.
 #[derive(Deserialize)]
@@ -53,7 +67,7 @@ fn channel(room: &str) -> String {
 }
 
 impl Chat {
-    fn join(socket: &Socket, Join { room, nick }: Join) -> Result<Payload, Error> {
+    fn join(&mut self, socket: &Socket, Join { room, nick }: Join) -> Result<Payload, Error> {
         if nick.trim().is_empty() || room.is_empty() {
             return Err(Error::invalid_data("room and nick must not be empty"));
         }
@@ -64,6 +78,10 @@ impl Chat {
             kv::set_json(&rooms_key(socket), &rooms)?;
         }
         host::publish(&channel(&room), &RoomEvent::Join { nick: &nick })?;
+        self.members
+            .entry(room.clone())
+            .or_default()
+            .insert(nick.clone());
         Ok(Payload::json(
             &serde_json::json!({ "room": room, "nick": nick }),
         ))
@@ -93,13 +111,16 @@ impl Chat {
         Ok(Payload::none())
     }
 
-    fn leave_all(socket: &Socket) -> Result<(), Error> {
+    fn leave_all(&mut self, socket: &Socket) -> Result<(), Error> {
         let Some(nick) = kv::get(&nick_key(socket))? else {
             return Ok(());
         };
         let rooms: Vec<String> = kv::get_json(&rooms_key(socket))?.unwrap_or_default();
         for room in &rooms {
             host::publish(&channel(room), &RoomEvent::Leave { nick: &nick })?;
+            if let Some(members) = self.members.get_mut(room) {
+                members.remove(&nick);
+            }
         }
         kv::delete(&nick_key(socket))?;
         kv::delete(&rooms_key(socket))?;
@@ -110,29 +131,43 @@ impl Chat {
 impl Plugin for Chat {
     fn describe() -> Manifest {
         Manifest::new("chat", env!("CARGO_PKG_VERSION"))
-            .rpc(["join", "say"])
+            .rpc(["join", "say", "members"])
             .hooks([Hook::Disconnect])
     }
 
     fn init(_config: Payload) -> Result<Self, String> {
-        Ok(Chat)
+        Ok(Chat::default())
     }
 
     fn on_invoke(&mut self, socket: &Socket, event: &str, data: Payload) -> Result<Payload, Error> {
         match event {
-            "join" => Chat::join(socket, data.parse()?),
+            "join" => self.join(socket, data.parse()?),
             "say" => Chat::say(socket, data.parse()?),
+            "members" => {
+                let Members { room } = data.parse()?;
+                let members = self.members.get(&room).cloned().unwrap_or_default();
+                Ok(Payload::json(&members))
+            }
             other => Err(Error::unknown_event(other)),
         }
     }
 
     fn on_disconnect(&mut self, socket: &Socket, _code: u16, _reason: &str) {
-        if let Err(error) = Chat::leave_all(socket) {
+        if let Err(error) = self.leave_all(socket) {
             host::error(&format!(
                 "could not announce that {} left: {error}",
                 socket.id
             ));
         }
+    }
+
+    fn snapshot(&self) -> Option<Payload> {
+        Some(Payload::json(&self.members))
+    }
+
+    fn restore(&mut self, snapshot: Payload) -> Result<(), String> {
+        self.members = snapshot.parse().map_err(|error| error.to_string())?;
+        Ok(())
     }
 }
 

@@ -20,6 +20,7 @@ use super::host_api::HostServices;
 use super::limits::MemoryCapExceeded;
 use super::loader::{Instance, LoadedPlugin, PluginSet};
 use crate::protocol::{self, ErrorObject};
+use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -64,6 +65,8 @@ enum CallFailure {
     Fault(String),
     /// No instance could take the call (rebuild failed, backing off).
     Unavailable(String),
+    /// A reload replaced the plugin while the call waited for it.
+    Retired,
 }
 
 /// One worker's state for one plugin.
@@ -80,6 +83,9 @@ struct Slot {
     last_delay: Option<Duration>,
     /// Why the plugin is unavailable, for the answers during a back-off.
     reason: String,
+    /// Set when a reload replaced this plugin: calls that were waiting for
+    /// the slot go to the successor instead.
+    retired: bool,
 }
 
 /// One worker's instances of every loaded plugin.
@@ -92,6 +98,9 @@ pub struct WorkerPlugins {
     slots: Vec<Rc<Mutex<Slot>>>,
     /// What host functions act on.
     services: Arc<HostServices>,
+    /// Set by a reload: the plugins that replaced these. Calls made on an
+    /// outdated `WorkerPlugins` are passed on to it.
+    successor: RefCell<Option<Rc<WorkerPlugins>>>,
 }
 
 impl WorkerPlugins {
@@ -106,30 +115,80 @@ impl WorkerPlugins {
             set,
             slots,
             services,
+            successor: RefCell::default(),
         }
     }
 
     /// The instances for a reloaded set: plugins that did not change keep
     /// their slot (instance, state, back-off); new and changed ones get a
-    /// fresh instance. Calls in flight finish on the old instances.
-    pub async fn switch_to(&self, set: Arc<PluginSet>) -> Self {
+    /// fresh instance, and a changed plugin that exports `state` hands its
+    /// snapshot to its new build. Calls in flight finish on the old
+    /// instances; calls still waiting for a replaced plugin go to the
+    /// returned set. The worker must make the returned set current before it
+    /// yields again.
+    pub async fn switch_to(self: &Rc<Self>, set: Arc<PluginSet>) -> Rc<Self> {
         let mut slots = Vec::with_capacity(set.plugins.len());
+        let mut replaced = Vec::new();
         for plugin in &set.plugins {
-            let kept = self
+            if let Some(index) = self
                 .set
                 .plugins
                 .iter()
                 .position(|old| Arc::ptr_eq(old, plugin))
-                .map(|index| self.slots[index].clone());
-            match kept {
-                Some(slot) => slots.push(slot),
-                None => slots.push(new_slot(plugin, &self.services).await),
+            {
+                slots.push(self.slots[index].clone());
+                continue;
+            }
+            let slot = new_slot(plugin, &self.services).await;
+            if let Some(index) = self
+                .set
+                .plugins
+                .iter()
+                .position(|old| old.name == plugin.name)
+            {
+                let mut old = self.slots[index].lock().await;
+                hand_over_state(
+                    &mut old,
+                    &self.set.plugins[index],
+                    &mut *slot.lock().await,
+                    plugin,
+                )
+                .await;
+                replaced.push(old);
+            }
+            slots.push(slot);
+        }
+        // Plugins that are gone are replaced by nothing.
+        for (index, old) in self.set.plugins.iter().enumerate() {
+            if !set.plugins.iter().any(|plugin| plugin.name == old.name) {
+                replaced.push(self.slots[index].lock().await);
             }
         }
-        WorkerPlugins {
+        let next = Rc::new(WorkerPlugins {
             set,
             slots,
             services: self.services.clone(),
+            successor: RefCell::default(),
+        });
+        // From here to the caller's swap there is no await: nothing can
+        // observe a retired slot before the new set is current.
+        for mut old in replaced {
+            old.retired = true;
+            old.instance = None;
+        }
+        *self.successor.borrow_mut() = Some(next.clone());
+        next
+    }
+
+    /// The newest set of plugins, following reloads.
+    fn newest(self: &Rc<Self>) -> Rc<Self> {
+        let mut current = self.clone();
+        loop {
+            let next = current.successor.borrow().clone();
+            match next {
+                Some(next) => current = next,
+                None => return current,
+            }
         }
     }
 
@@ -148,6 +207,9 @@ impl WorkerPlugins {
     ) -> Result<R, CallFailure> {
         let plugin = &self.set.plugins[index];
         let mut slot = self.slots[index].lock().await;
+        if slot.retired {
+            return Err(CallFailure::Retired);
+        }
         if slot
             .backoff_until
             .is_some_and(|until| Instant::now() < until)
@@ -197,59 +259,96 @@ impl WorkerPlugins {
         }
     }
 
-    /// Answer RPC `event` with plugin `index`: its data, or the error object
-    /// the client receives.
+    /// Answer RPC `event`: the data, or the error object the client
+    /// receives (`UnknownEventError` when no plugin declares it).
     pub async fn invoke(
+        self: &Rc<Self>,
+        socket: &Socket,
+        event: &str,
+        data: Option<&str>,
+    ) -> Result<Option<String>, ErrorObject> {
+        let mut plugins = self.newest();
+        loop {
+            let Some(index) = plugins.set.rpc_route(event) else {
+                return Err(ErrorObject::unknown_event(event));
+            };
+            match plugins.invoke_at(index, socket, event, data).await {
+                Err(Retired) => plugins = plugins.newest(),
+                Ok(answer) => return answer,
+            }
+        }
+    }
+
+    async fn invoke_at(
         &self,
         index: usize,
         socket: &Socket,
         event: &str,
         data: Option<&str>,
-    ) -> Result<Option<String>, ErrorObject> {
+    ) -> Result<Result<Option<String>, ErrorObject>, Retired> {
         let plugin = &self.set.plugins[index];
         let data = data.map(str::to_owned);
-        let answer = self
+        let answer = match self
             .call(index, Call::Invoke(event), async |i: &mut Instance| {
                 i.exports
                     .call_on_invoke(&mut i.store, socket, event, data.as_ref())
                     .await
             })
             .await
-            .map_err(|failure| failure_error(failure, &plugin.name, event))?;
-        match answer {
-            Ok(data) => match data {
-                Some(json) if protocol::validate_json(&json).is_err() => Err(invalid_answer(
-                    &plugin.name,
-                    event,
-                    "answered with data that is not valid JSON",
-                )),
-                data => Ok(data),
-            },
+        {
+            Ok(answer) => answer,
+            Err(CallFailure::Retired) => return Err(Retired),
+            Err(failure) => return Ok(Err(failure_error(failure, &plugin.name, event))),
+        };
+        Ok(match answer {
+            Ok(Some(json)) if protocol::validate_json(&json).is_err() => Err(invalid_answer(
+                &plugin.name,
+                event,
+                "answered with data that is not valid JSON",
+            )),
+            Ok(data) => Ok(data),
             Err(error) => {
                 Err(plugin_error(error)
                     .unwrap_or_else(|why| invalid_answer(&plugin.name, event, &why)))
             }
+        })
+    }
+
+    /// Deliver transmit `event` to the plugin that declares it; `false` when
+    /// none does. Failures are logged by [`WorkerPlugins::call`]; a transmit
+    /// has no one to answer.
+    pub async fn transmit(
+        self: &Rc<Self>,
+        socket: &Socket,
+        event: &str,
+        data: Option<&str>,
+    ) -> bool {
+        let data = data.map(str::to_owned);
+        let mut plugins = self.newest();
+        loop {
+            let Some(index) = plugins.set.transmit_route(event) else {
+                return false;
+            };
+            let delivered = plugins
+                .call(index, Call::Transmit(event), async |i: &mut Instance| {
+                    i.exports
+                        .call_on_transmit(&mut i.store, socket, event, data.as_ref())
+                        .await
+                })
+                .await;
+            match delivered {
+                Err(CallFailure::Retired) => plugins = plugins.newest(),
+                _ => return true,
+            }
         }
     }
 
-    /// Deliver transmit `event` to plugin `index`. Failures are logged by
-    /// [`WorkerPlugins::call`]; a transmit has no one to answer.
-    pub async fn transmit(&self, index: usize, socket: &Socket, event: &str, data: Option<&str>) {
-        let data = data.map(str::to_owned);
-        let _ = self
-            .call(index, Call::Transmit(event), async |i: &mut Instance| {
-                i.exports
-                    .call_on_transmit(&mut i.store, socket, event, data.as_ref())
-                    .await
-            })
-            .await;
-    }
-
     /// Tell every plugin with the `connect` hook about a new socket.
-    pub async fn connected(&self, socket: &Socket) {
-        for (index, plugin) in self.set.plugins.iter().enumerate() {
+    pub async fn connected(self: &Rc<Self>, socket: &Socket) {
+        let plugins = self.newest();
+        for (index, plugin) in plugins.set.plugins.iter().enumerate() {
             if plugin.on_connect {
-                let _ = self
+                let _ = plugins
                     .call(index, Call::Connect, async |i: &mut Instance| {
                         i.exports.call_on_connect(&mut i.store, socket).await
                     })
@@ -259,10 +358,11 @@ impl WorkerPlugins {
     }
 
     /// Tell every plugin with the `disconnect` hook that a socket is gone.
-    pub async fn disconnected(&self, socket: &Socket, code: u16, reason: &str) {
-        for (index, plugin) in self.set.plugins.iter().enumerate() {
+    pub async fn disconnected(self: &Rc<Self>, socket: &Socket, code: u16, reason: &str) {
+        let plugins = self.newest();
+        for (index, plugin) in plugins.set.plugins.iter().enumerate() {
             if plugin.on_disconnect {
-                let _ = self
+                let _ = plugins
                     .call(index, Call::Disconnect, async |i: &mut Instance| {
                         i.exports
                             .call_on_disconnect(&mut i.store, socket, code, reason)
@@ -270,6 +370,64 @@ impl WorkerPlugins {
                     })
                     .await;
             }
+        }
+    }
+}
+
+/// A call found its plugin replaced by a reload; it is retried on the newer set.
+struct Retired;
+
+/// Hand the state of `old` (an instance of the build being replaced) to
+/// `new`, when the plugin exports `state`. Failures are logged: the new build
+/// serves anyway, starting empty.
+async fn hand_over_state(
+    old: &mut Slot,
+    old_plugin: &LoadedPlugin,
+    new: &mut Slot,
+    plugin: &LoadedPlugin,
+) {
+    let name = &*plugin.name;
+    let Some(old_instance) = old.instance.as_mut() else {
+        return;
+    };
+    let snapshot = match old_instance.snapshot(old_plugin.limits.deadline).await {
+        Ok(Some(snapshot)) => snapshot,
+        Ok(None) => return,
+        Err(error) => {
+            tracing::warn!(
+                plugin = name,
+                "state snapshot failed, the new build starts empty: {error:#}"
+            );
+            return;
+        }
+    };
+    let Some(new_instance) = new.instance.as_mut() else {
+        tracing::warn!(
+            plugin = name,
+            "the new build has no instance yet; its state starts empty"
+        );
+        return;
+    };
+    match new_instance
+        .restore(snapshot.clone(), plugin.limits.deadline)
+        .await
+    {
+        Ok(true) => tracing::info!(
+            plugin = name,
+            bytes = snapshot.len(),
+            "state handed over to the new build"
+        ),
+        Ok(false) => tracing::info!(
+            plugin = name,
+            "the new build does not take state; it starts empty"
+        ),
+        Err(error) => {
+            tracing::error!(
+                plugin = name,
+                "restoring state failed, the new build starts empty: {error:#}"
+            );
+            // A trap leaves the instance unusable; the next call rebuilds it.
+            new.instance = None;
         }
     }
 }
@@ -359,6 +517,10 @@ fn failure_error(failure: CallFailure, plugin: &str, event: &str) -> ErrorObject
     let (name, message) = match failure {
         CallFailure::Fault(message) => ("PluginError", message),
         CallFailure::Unavailable(message) => ("PluginUnavailable", message),
+        CallFailure::Retired => (
+            "PluginUnavailable",
+            format!("Plugin '{plugin}' was replaced while the call waited"),
+        ),
     };
     ErrorObject::new(name, message)
         .with("plugin", plugin)

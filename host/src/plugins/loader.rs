@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use thiserror::Error;
 use wasmtime::Store;
+use wasmtime::component::{Component, ComponentExportIndex, TypedFunc};
 
 /// The hooks this host runs. A plugin that declares another hook is refused:
 /// ignoring a middleware hook would let through what the plugin means to
@@ -127,6 +128,8 @@ pub struct LoadedPlugin {
     pub health: Arc<PluginHealth>,
     /// Linked and type-checked, so an instance is a cheap step away.
     pre: PluginPre<HostState>,
+    /// The optional `state` exports, if the component has them.
+    state_exports: Option<StateExports>,
     /// The config passed to `init`.
     config: String,
 }
@@ -137,11 +140,72 @@ pub struct Instance {
     pub store: Store<HostState>,
     /// Typed access to the exports.
     pub exports: Plugin,
+    /// The optional `state` exports, when the plugin has them.
+    state: Option<StateFuncs>,
+}
+
+/// The typed `snapshot` and `restore` exports of one instance.
+struct StateFuncs {
+    snapshot: TypedFunc<(), (Option<String>,)>,
+    restore: TypedFunc<(String,), (Result<(), String>,)>,
+}
+
+/// Where a component's optional `state` exports are, found once at load.
+#[derive(Debug, Clone)]
+struct StateExports {
+    snapshot: ComponentExportIndex,
+    restore: ComponentExportIndex,
+}
+
+impl StateExports {
+    /// The interface that carries state across hot swaps.
+    const INTERFACE: &str = "wasmcluster:plugin/state@0.1.0";
+
+    fn find(component: &Component) -> Option<Self> {
+        let interface = component.get_export_index(None, Self::INTERFACE)?;
+        Some(StateExports {
+            snapshot: component.get_export_index(Some(&interface), "snapshot")?,
+            restore: component.get_export_index(Some(&interface), "restore")?,
+        })
+    }
+}
+
+impl Instance {
+    /// What the plugin hands to its next build, if it exports `state`.
+    pub async fn snapshot(&mut self, deadline: Duration) -> wasmtime::Result<Option<String>> {
+        let Some(state) = &self.state else {
+            return Ok(None);
+        };
+        self.store.set_epoch_deadline(deadline_ticks(deadline));
+        let (snapshot,) = state.snapshot.call_async(&mut self.store, ()).await?;
+        Ok(snapshot)
+    }
+
+    /// Give a fresh instance what the previous build handed over. `Ok(false)`
+    /// when this build does not take state.
+    pub async fn restore(
+        &mut self,
+        snapshot: String,
+        deadline: Duration,
+    ) -> wasmtime::Result<bool> {
+        let Some(state) = &self.state else {
+            return Ok(false);
+        };
+        self.store.set_epoch_deadline(deadline_ticks(deadline));
+        let (restored,) = state
+            .restore
+            .call_async(&mut self.store, (snapshot,))
+            .await?;
+        restored
+            .map_err(|reason| wasmtime::format_err!("the plugin refused the state: {reason}"))?;
+        Ok(true)
+    }
 }
 
 /// Create a store and instantiate `pre` in it.
 async fn instantiate(
     pre: &PluginPre<HostState>,
+    state_exports: Option<&StateExports>,
     name: Arc<str>,
     services: Arc<HostServices>,
     limits: PluginLimits,
@@ -152,17 +216,35 @@ async fn instantiate(
     );
     store.limiter(|state| state.limits());
     store.set_epoch_deadline(deadline_ticks(limits.deadline));
-    let exports = pre.instantiate_async(&mut store).await?;
-    Ok(Instance { store, exports })
+    let instance = pre.instance_pre().instantiate_async(&mut store).await?;
+    let exports = Plugin::new(&mut store, &instance)?;
+    let state = match state_exports {
+        Some(found) => Some(StateFuncs {
+            snapshot: instance.get_typed_func(&mut store, found.snapshot)?,
+            restore: instance.get_typed_func(&mut store, found.restore)?,
+        }),
+        None => None,
+    };
+    Ok(Instance {
+        store,
+        exports,
+        state,
+    })
 }
 
 impl LoadedPlugin {
     /// A fresh, initialized instance: used by each worker at start and after
     /// every fault.
     pub async fn instantiate(&self, services: Arc<HostServices>) -> Result<Instance, LoadError> {
-        let mut instance = instantiate(&self.pre, self.name.clone(), services, self.limits)
-            .await
-            .map_err(|error| self.start_error("instantiate", format!("{error:#}")))?;
+        let mut instance = instantiate(
+            &self.pre,
+            self.state_exports.as_ref(),
+            self.name.clone(),
+            services,
+            self.limits,
+        )
+        .await
+        .map_err(|error| self.start_error("instantiate", format!("{error:#}")))?;
         run_init(&mut instance, &self.config, self.limits)
             .await
             .map_err(|reason| self.start_error("init", reason))?;
@@ -446,6 +528,7 @@ pub async fn load_file(
         .instantiate_pre(&component)
         .map_err(link_error)?;
     let pre = PluginPre::new(pre).map_err(link_error)?;
+    let state_exports = StateExports::find(&component);
 
     let start_error = |stage, reason| LoadError::Start {
         path: path.to_owned(),
@@ -455,9 +538,15 @@ pub async fn load_file(
     let file_name: Arc<str> = path
         .file_stem()
         .map_or("plugin".into(), |s| s.to_string_lossy().into());
-    let mut trial = instantiate(&pre, file_name, services.clone(), limits)
-        .await
-        .map_err(|error| start_error("instantiate", format!("{error:#}")))?;
+    let mut trial = instantiate(
+        &pre,
+        state_exports.as_ref(),
+        file_name,
+        services.clone(),
+        limits,
+    )
+    .await
+    .map_err(|error| start_error("instantiate", format!("{error:#}")))?;
     trial
         .store
         .set_epoch_deadline(deadline_ticks(limits.deadline));
@@ -485,6 +574,7 @@ pub async fn load_file(
         limits,
         health: Arc::default(),
         pre,
+        state_exports,
         config,
     })
 }

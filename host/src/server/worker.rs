@@ -140,7 +140,7 @@ async fn serve(shared: Arc<Shared>, shutdown: watch::Receiver<bool>, channels: C
             },
             Some((set, switched)) = reloads.recv() => {
                 let next = ctx.current_plugins().switch_to(set).await;
-                *ctx.plugins.borrow_mut() = Rc::new(next);
+                *ctx.plugins.borrow_mut() = next;
                 let _ = switched.send(());
             }
             Some(_) = sessions.join_next() => {}

@@ -503,37 +503,28 @@ where
         cid: &RawValue,
     ) -> Result<(), Ending> {
         let plugins = self.ctx.current_plugins();
-        let reply = match plugins.set().rpc_route(event) {
-            None => protocol::error_response(cid, &ErrorObject::unknown_event(event)),
-            Some(index) => match plugins
-                .invoke(index, &self.socket, event, data.map(RawValue::get))
-                .await
-            {
+        // Plugin calls are boxed so that their large futures are not part of
+        // every idle session's state.
+        let reply =
+            match Box::pin(plugins.invoke(&self.socket, event, data.map(RawValue::get))).await {
                 Ok(data) => protocol::ok_response(cid, data.as_deref()),
                 Err(error) => protocol::error_response(cid, &error),
-            },
-        };
+            };
         self.send(reply).await
     }
 
     async fn on_transmit(&mut self, event: &str, data: Option<&RawValue>) {
         let plugins = self.ctx.current_plugins();
-        match plugins.set().transmit_route(event) {
-            Some(index) => {
-                Box::pin(plugins.transmit(index, &self.socket, event, data.map(RawValue::get)))
-                    .await
-            }
-            None => {
-                self.ctx
-                    .stats
-                    .unknown_transmits
-                    .fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(
-                    socket = self.socket.id,
-                    event,
-                    "dropped a transmit that no plugin declares"
-                );
-            }
+        if !Box::pin(plugins.transmit(&self.socket, event, data.map(RawValue::get))).await {
+            self.ctx
+                .stats
+                .unknown_transmits
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(
+                socket = self.socket.id,
+                event,
+                "dropped a transmit that no plugin declares"
+            );
         }
     }
 
