@@ -283,3 +283,32 @@ async fn chat_hands_its_room_members_to_the_new_build() {
         json!(["alice"])
     );
 }
+
+#[tokio::test]
+async fn watch_reloads_when_a_new_build_is_renamed_into_place() {
+    let dir = plugins_dir(&["echo"]);
+    let server = TestServer::start(dir.path(), &["--watch"]);
+    let mut client = server.client().await;
+    assert_eq!(
+        client.call("version", json!(null)).await["version"],
+        "0.1.0"
+    );
+
+    // A hidden file (a copy in progress) is not a plugin.
+    std::fs::copy(fixture_plugin("flaky"), dir.path().join(".flaky.wasm")).unwrap();
+    install(&fixture_plugin("echo-v2"), dir.path(), "echo.wasm");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while client.call("version", json!(null)).await["version"] != "0.2.0" {
+        assert!(
+            Instant::now() < deadline,
+            "--watch did not reload:\n{}",
+            server.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(server.log().contains("reload done"));
+    assert_eq!(
+        client.invoke("flaky-ok", json!(null)).await["error"]["name"],
+        "UnknownEventError"
+    );
+}

@@ -96,6 +96,11 @@ pub struct ServeArgs {
     #[arg(long, env = "WASMCLUSTER_CACHE_DIR")]
     pub cache_dir: Option<PathBuf>,
 
+    /// Reload the plugins directory by itself when files in it change (as
+    /// SIGUSR2 does), once writes have settled for a moment.
+    #[arg(long, env = "WASMCLUSTER_WATCH")]
+    pub watch: bool,
+
     /// Write the server's process id to this file (for `wasmcluster reload`);
     /// removed on a clean exit.
     #[arg(long, env = "WASMCLUSTER_PID_FILE")]
@@ -146,6 +151,8 @@ pub struct ServerConfig {
     pub shutdown_timeout: Duration,
     /// Where the process id is written.
     pub pid_file: Option<PathBuf>,
+    /// Whether file changes in the plugins directory trigger a reload.
+    pub watch: bool,
 }
 
 impl ServeArgs {
@@ -221,6 +228,7 @@ impl ServeArgs {
             cache_dir: self.cache_dir,
             shutdown_timeout: Duration::from_secs(self.shutdown_timeout_secs),
             pid_file: self.pid_file,
+            watch: self.watch,
         })
     }
 }

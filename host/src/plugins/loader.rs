@@ -362,7 +362,16 @@ fn content_hash(bytes: &[u8]) -> u64 {
     hasher.finish()
 }
 
-/// The `*.wasm` files of `dir`, sorted by name.
+/// Whether a path names a plugin: `*.wasm`, not hidden (editors and copy
+/// tools write hidden temporary files before renaming them into place).
+pub fn is_plugin_file(path: &Path) -> bool {
+    let hidden = path
+        .file_name()
+        .is_some_and(|name| name.to_string_lossy().starts_with('.'));
+    !hidden && path.extension().is_some_and(|ext| ext == "wasm")
+}
+
+/// The `*.wasm` files of `dir` that are not hidden, sorted by name.
 fn plugin_files(dir: &Path) -> Result<Vec<PathBuf>, LoadError> {
     let entries = std::fs::read_dir(dir).map_err(|source| LoadError::Directory {
         dir: dir.to_owned(),
@@ -371,7 +380,7 @@ fn plugin_files(dir: &Path) -> Result<Vec<PathBuf>, LoadError> {
     let mut paths: Vec<PathBuf> = entries
         .filter_map(Result::ok)
         .map(|entry| entry.path())
-        .filter(|path| path.extension().is_some_and(|ext| ext == "wasm") && path.is_file())
+        .filter(|path| is_plugin_file(path) && path.is_file())
         .collect();
     paths.sort();
     Ok(paths)

@@ -7,6 +7,7 @@
 
 mod connection;
 mod http;
+mod plugin_watch;
 mod worker;
 
 use crate::config::ServerConfig;
@@ -185,6 +186,20 @@ impl Server {
                 tracing::error!("cannot listen for SIGUSR2, reloads are off: {error}")
             })
             .ok();
+        let mut watch = self
+            .shared
+            .config
+            .watch
+            .then(|| {
+                plugin_watch::PluginWatch::start(&self.shared.config.plugins_dir)
+                    .inspect_err(|error| {
+                        tracing::error!(
+                            "cannot watch the plugins directory, --watch is off: {error}"
+                        )
+                    })
+                    .ok()
+            })
+            .flatten();
         let mut next = 0usize;
         let mut backoff = MIN_ACCEPT_BACKOFF;
         let mut reserve = SpareDescriptor::new();
@@ -209,6 +224,7 @@ impl Server {
                     }
                 },
                 Some(()) = async { reload_signal.as_mut()?.recv().await } => self.reload().await,
+                Some(()) = async { Some(watch.as_mut()?.settled_change().await) } => self.reload().await,
                 () = &mut shutdown => break,
             }
         }
