@@ -224,7 +224,10 @@ impl Server {
                     }
                 },
                 Some(()) = async { reload_signal.as_mut()?.recv().await } => self.reload().await,
-                Some(()) = async { Some(watch.as_mut()?.settled_change().await) } => self.reload().await,
+                Some(()) = async {
+                    watch.as_mut()?.settled_change().await;
+                    Some(())
+                } => self.reload().await,
                 () = &mut shutdown => break,
             }
         }
