@@ -67,6 +67,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async {
+        // Registered before the server says it listens: from then on a
+        // SIGTERM drains instead of killing the process.
+        let shutdown = shutdown_signal().context("cannot listen for SIGTERM and SIGINT")?;
         let server = Server::start(config).await?;
         let addr = server
             .local_addr()
@@ -79,7 +82,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let mut stdout = std::io::stdout();
         writeln!(stdout, "wasmcluster listening on {addr}")?;
         stdout.flush()?;
-        server.run(shutdown_signal()).await;
+        server.run(shutdown).await;
         if let Some(pid_file) = &pid_file {
             let _ = std::fs::remove_file(pid_file);
         }
@@ -87,13 +90,16 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     })
 }
 
-/// Resolves on SIGTERM or SIGINT.
-async fn shutdown_signal() {
+/// A future that resolves on SIGTERM or SIGINT; the handlers are installed
+/// when this returns.
+fn shutdown_signal() -> std::io::Result<impl Future<Output = ()>> {
     use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).ok();
-    let mut int = signal(SignalKind::interrupt()).ok();
-    tokio::select! {
-        _ = async { term.as_mut()?.recv().await } => {}
-        _ = async { int.as_mut()?.recv().await } => {}
-    }
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    })
 }

@@ -109,6 +109,9 @@ impl Shared {
 pub struct Server {
     /// Compiles plugins at start and on every reload.
     engine: PluginEngine,
+    /// SIGUSR2, registered before the server reports that it is listening so
+    /// that an early signal reloads rather than kills the process.
+    reload_signal: Option<tokio::signal::unix::Signal>,
     listener: TcpListener,
     workers: Vec<Worker>,
     shutdown: watch::Sender<bool>,
@@ -156,8 +159,14 @@ impl Server {
         for worker in &mut workers {
             worker.ready().await;
         }
+        let reload_signal = tokio::signal::unix::signal(SignalKind::user_defined2())
+            .inspect_err(|error| {
+                tracing::error!("cannot listen for SIGUSR2, reloads are off: {error}")
+            })
+            .ok();
         Ok(Server {
             engine,
+            reload_signal,
             listener,
             workers,
             shutdown,
@@ -173,7 +182,7 @@ impl Server {
     /// Accept connections until `shutdown` resolves, then close every
     /// socket with 1001 and wait (up to the configured time) for the
     /// workers to finish.
-    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+    pub async fn run(mut self, shutdown: impl Future<Output = ()>) {
         tracing::info!(
             addr = %self.local_addr().map_or_else(|e| e.to_string(), |a| a.to_string()),
             workers = self.workers.len(),
@@ -181,11 +190,7 @@ impl Server {
             "serving"
         );
         tokio::pin!(shutdown);
-        let mut reload_signal = tokio::signal::unix::signal(SignalKind::user_defined2())
-            .inspect_err(|error| {
-                tracing::error!("cannot listen for SIGUSR2, reloads are off: {error}")
-            })
-            .ok();
+        let mut reload_signal = self.reload_signal.take();
         let mut watch = self
             .shared
             .config
