@@ -15,6 +15,7 @@ use clap::{Parser, Subcommand};
 use scenarios::Common;
 use scenarios::connect::ConnectArgs;
 use scenarios::fanout::FanoutArgs;
+use scenarios::hot_swap::HotSwapArgs;
 use scenarios::idle::IdleArgs;
 use scenarios::requests::{Kind, RequestArgs};
 use std::io::Write;
@@ -79,6 +80,13 @@ enum Command {
         #[command(flatten)]
         args: FanoutArgs,
     },
+    /// RPC load while a new plugin build is hot-swapped in (SIGUSR2).
+    HotSwap {
+        #[command(flatten)]
+        connection: Connection,
+        #[command(flatten)]
+        args: HotSwapArgs,
+    },
     /// Idle connections: server memory per connection.
     Idle {
         #[command(flatten)]
@@ -111,6 +119,7 @@ fn main() -> Result<()> {
         Command::Rpc { connection, .. } => ("rpc", connection),
         Command::Transmit { connection, .. } => ("transmit", connection),
         Command::Fanout { connection, .. } => ("fanout", connection),
+        Command::HotSwap { connection, .. } => ("hot-swap", connection),
         Command::Idle { connection, .. } => ("idle", connection),
         Command::Connect { connection, .. } => ("connect", connection),
     };
@@ -140,6 +149,7 @@ fn main() -> Result<()> {
                 scenarios::requests::run(&common, Kind::Transmit, args).await
             }
             Command::Fanout { args, .. } => scenarios::fanout::run(&common, args).await,
+            Command::HotSwap { args, .. } => scenarios::hot_swap::run(&common, args).await,
             Command::Idle { args, .. } => scenarios::idle::run(&common, args).await,
             Command::Connect { args, .. } => scenarios::connect::run(&common, args).await,
             Command::Report { .. } => unreachable!("handled above"),

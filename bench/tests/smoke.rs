@@ -136,6 +136,32 @@ fn every_scenario_runs_against_the_server() {
     let connect = loadgen(&server, &["connect", "--concurrency", "4"]);
     assert!(connect["connections"].as_u64().unwrap() > 0, "{connect}");
     assert_eq!(connect["errors"], 0, "{connect}");
+
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let new_build = repo.join("tests/fixtures/wasm/echo-v2.wasm");
+    assert!(
+        new_build.exists(),
+        "{} is missing: run `make fixtures`",
+        new_build.display()
+    );
+    let plugins_dir = server._plugins.path().to_str().unwrap().to_owned();
+    let swap = loadgen(
+        &server,
+        &[
+            "hot-swap",
+            "--connections",
+            "8",
+            "--window",
+            "4",
+            "--plugins-dir",
+            &plugins_dir,
+            "--new-build",
+            new_build.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(swap["all_switched"], true, "{swap}");
+    assert_eq!(swap["errors"], 0, "{swap}");
+    assert_eq!(swap["closed"], 0, "{swap}");
 }
 
 #[test]
