@@ -1,7 +1,7 @@
 //! `connect`: new connections per second, each a TCP connect, WebSocket
 //! upgrade, SocketCluster handshake and close.
 
-use super::{Common, histogram, latency_fields};
+use super::{Common, add_latency_and_cpu, histogram};
 use crate::client::Connection;
 use crate::proc_stats::CpuMeter;
 use anyhow::Result;
@@ -59,12 +59,13 @@ pub async fn run(common: &Common, args: &ConnectArgs) -> Result<Value> {
         "connections": count,
         "errors": errors,
         "connects_per_s": count as f64 / common.duration.as_secs_f64(),
-        "loadgen_cpu_s": cpu.loadgen,
     });
-    let object = figures.as_object_mut().expect("an object");
-    object.extend(latency_fields("", &latency));
-    if let Some(server) = cpu.server {
-        object.insert("server_cpu_s".into(), json!(server));
-    }
+    add_latency_and_cpu(
+        &mut figures,
+        &latency,
+        &cpu,
+        count,
+        "connects_per_server_cpu_s",
+    );
     Ok(figures)
 }

@@ -2,7 +2,7 @@
 //! window of acked publishes each) or at a fixed total rate. Every payload
 //! carries its send time, so subscribers measure end-to-end latency.
 
-use super::{Common, GRACE, close_all, histogram, latency_fields, open_many};
+use super::{Common, GRACE, add_latency_and_cpu, close_all, histogram, open_many};
 use crate::client::{Connection, Incoming, integer_field, reply_id};
 use crate::proc_stats::CpuMeter;
 use anyhow::{Result, bail};
@@ -107,17 +107,14 @@ pub async fn run(common: &Common, args: &FanoutArgs) -> Result<Value> {
         "delivered": delivered,
         "lost": expected.saturating_sub(delivered),
         "deliveries_per_s": delivered as f64 / seconds,
-        "loadgen_cpu_s": cpu.loadgen,
     });
-    let object = figures.as_object_mut().expect("an object");
-    object.extend(latency_fields("", &latency));
-    if let Some(server) = cpu.server {
-        object.insert("server_cpu_s".into(), json!(server));
-        object.insert(
-            "deliveries_per_server_cpu_s".into(),
-            json!(delivered as f64 / server.max(0.001)),
-        );
-    }
+    add_latency_and_cpu(
+        &mut figures,
+        &latency,
+        &cpu,
+        delivered,
+        "deliveries_per_server_cpu_s",
+    );
     Ok(figures)
 }
 
@@ -154,6 +151,7 @@ async fn publish(
         )
     };
     let mut in_flight = 0usize;
+    let full_speed = rate.is_none();
     if let Some(rate) = rate {
         let mut ticks = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
         ticks.set_missed_tick_behavior(MissedTickBehavior::Burst);
@@ -180,24 +178,9 @@ async fn publish(
             cid += 1;
             in_flight += 1;
         }
-        while in_flight > 0 {
-            let Ok(incoming) = tokio::time::timeout_at(end + GRACE, connection.next()).await else {
-                break;
-            };
-            if let Incoming::Packet(text) = incoming?
-                && reply_id(&text).is_some()
-            {
-                in_flight -= 1;
-                if Instant::now() < end {
-                    connection.send(frame(cid)).await?;
-                    shared.published.fetch_add(1, Ordering::Relaxed);
-                    cid += 1;
-                    in_flight += 1;
-                }
-            }
-        }
     }
-    // Wait for the last acks so that every publication has been fanned out.
+    // Collect the acks (at full speed, each one sends the next publication
+    // until `end`), so that every publication has been fanned out.
     while in_flight > 0 {
         let Ok(incoming) = tokio::time::timeout_at(end + GRACE, connection.next()).await else {
             break;
@@ -206,6 +189,12 @@ async fn publish(
             && reply_id(&text).is_some()
         {
             in_flight -= 1;
+            if full_speed && Instant::now() < end {
+                connection.send(frame(cid)).await?;
+                shared.published.fetch_add(1, Ordering::Relaxed);
+                cid += 1;
+                in_flight += 1;
+            }
         }
     }
     Ok(connection)

@@ -66,6 +66,29 @@ pub fn latency_fields(prefix: &str, histogram: &Histogram<u64>) -> Map<String, V
     fields
 }
 
+/// Add the latency percentiles and the server's CPU (with `count` per
+/// server CPU-second, as `per_cpu_field`) to a scenario's figures.
+pub fn add_latency_and_cpu(
+    figures: &mut Value,
+    latency: &Histogram<u64>,
+    cpu: &crate::proc_stats::CpuUse,
+    count: u64,
+    per_cpu_field: &str,
+) {
+    let Some(object) = figures.as_object_mut() else {
+        return;
+    };
+    object.insert("loadgen_cpu_s".into(), json!(cpu.loadgen));
+    object.extend(latency_fields("", latency));
+    if let Some(server) = cpu.server {
+        object.insert("server_cpu_s".into(), json!(server));
+        object.insert(
+            per_cpu_field.into(),
+            json!(count as f64 / server.max(0.001)),
+        );
+    }
+}
+
 /// A JSON payload of roughly `bytes` bytes: `{"n":..,"pad":"xxx"}`.
 pub fn payload(bytes: usize) -> String {
     format!(

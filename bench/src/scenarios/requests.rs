@@ -3,7 +3,7 @@
 //! `ping` without cid, answered by the plugin (or handler) with a `pong`
 //! transmit. Replies arrive in order on each connection.
 
-use super::{Common, GRACE, close_all, histogram, latency_fields, open_many, payload};
+use super::{Common, GRACE, add_latency_and_cpu, close_all, histogram, open_many, payload};
 use crate::client::{Connection, Incoming, is_error_reply, reply_id};
 use crate::proc_stats::CpuMeter;
 use anyhow::{Result, bail};
@@ -75,17 +75,8 @@ pub async fn run(common: &Common, kind: Kind, args: &RequestArgs) -> Result<Valu
         "ops": ops,
         "errors": errors,
         "ops_per_s": ops as f64 / seconds,
-        "loadgen_cpu_s": cpu.loadgen,
     });
-    let object = figures.as_object_mut().expect("an object");
-    object.extend(latency_fields("", &latency));
-    if let Some(server) = cpu.server {
-        object.insert("server_cpu_s".into(), json!(server));
-        object.insert(
-            "ops_per_server_cpu_s".into(),
-            json!(ops as f64 / server.max(0.001)),
-        );
-    }
+    add_latency_and_cpu(&mut figures, &latency, &cpu, ops, "ops_per_server_cpu_s");
     Ok(figures)
 }
 
