@@ -6,7 +6,7 @@ mod support;
 use serde_json::json;
 use std::path::Path;
 use std::time::{Duration, Instant};
-use support::{TestServer, fixture_plugin, plugins_dir};
+use support::{Client, TestServer, fixture_plugin, plugins_dir};
 
 /// Put `source` at `dir/name` the way the README tells operators to: write
 /// a temporary file, then rename it over the old one.
@@ -230,6 +230,11 @@ async fn the_reload_command_signals_the_server_named_in_its_pid_file() {
     );
 }
 
+/// The members of `room` known to the client's worker (chat's in-memory state).
+async fn members(client: &mut Client, room: &str) -> serde_json::Value {
+    client.call("members", json!({ "room": room })).await
+}
+
 #[tokio::test]
 async fn chat_hands_its_room_members_to_the_new_build() {
     let dir = plugins_dir(&["echo", "chat"]);
@@ -241,28 +246,16 @@ async fn chat_hands_its_room_members_to_the_new_build() {
         .await;
     bob.call("join", json!({"room": "lobby", "nick": "bob"}))
         .await;
-    assert_eq!(
-        alice.call("members", json!({"room": "lobby"})).await,
-        json!(["alice"])
-    );
-    assert_eq!(
-        bob.call("members", json!({"room": "lobby"})).await,
-        json!(["bob"])
-    );
+    assert_eq!(members(&mut alice, "lobby").await, json!(["alice"]));
+    assert_eq!(members(&mut bob, "lobby").await, json!(["bob"]));
 
     install(&fixture_plugin("chat-v2"), dir.path(), "chat.wasm");
     let summary = reload(&server).await;
     assert!(summary.contains("updated=[\"chat\"]"), "{summary}");
 
     // Each worker's new instance holds what the old one had.
-    assert_eq!(
-        alice.call("members", json!({"room": "lobby"})).await,
-        json!(["alice"])
-    );
-    assert_eq!(
-        bob.call("members", json!({"room": "lobby"})).await,
-        json!(["bob"])
-    );
+    assert_eq!(members(&mut alice, "lobby").await, json!(["alice"]));
+    assert_eq!(members(&mut bob, "lobby").await, json!(["bob"]));
     assert_eq!(
         server
             .log()
@@ -274,14 +267,8 @@ async fn chat_hands_its_room_members_to_the_new_build() {
     alice
         .call("join", json!({"room": "hall", "nick": "alice"}))
         .await;
-    assert_eq!(
-        alice.call("members", json!({"room": "hall"})).await,
-        json!(["alice"])
-    );
-    assert_eq!(
-        alice.call("members", json!({"room": "lobby"})).await,
-        json!(["alice"])
-    );
+    assert_eq!(members(&mut alice, "hall").await, json!(["alice"]));
+    assert_eq!(members(&mut alice, "lobby").await, json!(["alice"]));
 }
 
 #[tokio::test]
@@ -311,4 +298,24 @@ async fn watch_reloads_when_a_new_build_is_renamed_into_place() {
         client.invoke("flaky-ok", json!(null)).await["error"]["name"],
         "UnknownEventError"
     );
+}
+
+#[tokio::test]
+async fn a_plugin_built_without_the_state_exports_loads_and_swaps() {
+    let dir = plugins_dir(&["echo"]);
+    std::fs::copy(fixture_plugin("plain-world"), dir.path().join("plain.wasm")).unwrap();
+    let server = TestServer::start(dir.path(), &[]);
+    let mut client = server.client().await;
+    assert_eq!(client.call("plain-ping", json!(null)).await, json!("pong"));
+
+    // Replaced by itself under another file name: no state to hand over.
+    std::fs::remove_file(dir.path().join("plain.wasm")).unwrap();
+    install(
+        &fixture_plugin("plain-world"),
+        dir.path(),
+        "plain-renamed.wasm",
+    );
+    let summary = reload(&server).await;
+    assert!(summary.contains("refused=[]"), "{summary}");
+    assert_eq!(client.call("plain-ping", json!(null)).await, json!("pong"));
 }

@@ -192,11 +192,6 @@ impl WorkerPlugins {
         }
     }
 
-    /// The plugins and their routes.
-    pub fn set(&self) -> &PluginSet {
-        &self.set
-    }
-
     /// Call `f` on plugin `index`'s instance with a fresh deadline, building
     /// the instance first if an earlier fault dropped it.
     async fn call<R>(
