@@ -1,5 +1,7 @@
 //! One plugin call through wasmtime, without the network: the cost the host
-//! adds to every RPC. Needs `plugins/echo.wasm` (`make plugins`).
+//! adds to every RPC; and one rebuild of an instance (instantiate + `init`),
+//! what a plugin fault costs before the next event is served. Needs
+//! `plugins/echo.wasm` (`make plugins`).
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use std::hint::black_box;
@@ -31,10 +33,12 @@ fn plugin_call(c: &mut Criterion) {
         deadline: Duration::from_millis(100),
         memory_bytes: 64 << 20,
     };
-    let set = runtime
-        .block_on(load_dir(&engine, dir.path(), limits, &services))
-        .unwrap();
-    let plugins = Rc::new(runtime.block_on(WorkerPlugins::start(Arc::new(set), services)));
+    let set = Arc::new(
+        runtime
+            .block_on(load_dir(&engine, dir.path(), limits, &services))
+            .unwrap(),
+    );
+    let plugins = Rc::new(runtime.block_on(WorkerPlugins::start(set.clone(), services.clone())));
     let socket = Socket {
         id: "benchbenchbenchbench".into(),
         auth_token: None,
@@ -50,6 +54,11 @@ fn plugin_call(c: &mut Criterion) {
     group.bench_function("on_invoke echo, 64-byte data", |b| {
         b.to_async(&runtime)
             .iter(|| async { black_box(plugins.invoke(&socket, "echo", Some(data)).await) })
+    });
+    let echo_plugin = set.plugins[0].clone();
+    group.bench_function("rebuild: instantiate + init", |b| {
+        b.to_async(&runtime)
+            .iter(|| async { black_box(echo_plugin.instantiate(services.clone()).await.is_ok()) })
     });
     group.finish();
 }
