@@ -164,3 +164,53 @@ async fn sigterm_closes_every_socket_with_1001_and_exits_cleanly() {
     assert_eq!(server.wait(Duration::from_secs(10)), Some(0));
     assert!(server.log().contains("stopped"));
 }
+
+#[tokio::test]
+async fn check_prints_the_manifest_or_the_reason_for_refusal() {
+    let ok = std::process::Command::new(env!("CARGO_BIN_EXE_wasmcluster"))
+        .arg("check")
+        .arg(example_plugin("chat"))
+        .output()
+        .unwrap();
+    assert!(ok.status.success());
+    let out = String::from_utf8(ok.stdout).unwrap();
+    assert!(out.contains("ok, the server would load it"), "{out}");
+    assert!(out.contains("plugin     chat 0.1.0"), "{out}");
+    assert!(out.contains("rpc        join, say, members"), "{out}");
+    assert!(out.contains("hooks      disconnect"), "{out}");
+    assert!(out.contains("state hand-off  yes"), "{out}");
+
+    let refused = std::process::Command::new(env!("CARGO_BIN_EXE_wasmcluster"))
+        .arg("check")
+        .arg(support::fixture_plugin("bad-import"))
+        .env_remove("RUST_BACKTRACE")
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    let err = String::from_utf8(refused.stderr).unwrap();
+    assert!(
+        err.contains("bad-import.wasm: does not fit") && err.contains("test:extra/missing"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn json_logs_are_one_object_per_line() {
+    let dir = plugins_dir(&["echo"]);
+    let server = TestServer::start(dir.path(), &["--log-format", "json"]);
+    let mut client = server.client().await;
+    client.invoke("crash", json!(null)).await;
+    let log = server.log();
+    let mut lines = 0;
+    for line in log.lines() {
+        let entry: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|_| panic!("not JSON: {line}"));
+        assert!(
+            entry["level"].is_string() && entry["fields"]["message"].is_string(),
+            "{line}"
+        );
+        lines += 1;
+    }
+    assert!(lines >= 3, "{log}");
+    assert!(log.contains("\"plugin\":\"echo\""), "{log}");
+}

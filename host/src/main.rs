@@ -14,14 +14,38 @@ use wasmcluster::server::Server;
 #[derive(Parser)]
 #[command(version, about)]
 struct Cli {
+    /// Log format on stderr: `text` for people, `json` (one object per line)
+    /// for log collectors.
+    #[arg(
+        long,
+        global = true,
+        env = "WASMCLUSTER_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
+    log_format: LogFormat,
+
     #[command(subcommand)]
     command: Command,
+}
+
+/// How log lines are written.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
 enum Command {
     /// Serve SocketCluster clients with the plugins of a directory.
     Serve(ServeArgs),
+    /// Compile a plugin, link it against this host and print its manifest;
+    /// exits non-zero with the reason when the server would refuse it.
+    Check {
+        /// The plugin component (`.wasm`).
+        file: PathBuf,
+    },
     /// Tell a running server to reload its plugins directory (SIGUSR2).
     Reload {
         /// The pid file the server was started with (`serve --pid-file`).
@@ -31,19 +55,71 @@ enum Command {
 }
 
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        // Colours only on a terminal: log files and collectors get plain text.
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
-    match Cli::parse().command {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    match cli.command {
         Command::Serve(args) => serve(args),
+        Command::Check { file } => check(&file),
         Command::Reload { pid_file } => reload(&pid_file),
     }
+}
+
+/// Log to stderr, filtered by `RUST_LOG` (default `info`).
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => logs.json().init(),
+        // Colours only on a terminal: log files get plain text.
+        LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+    }
+}
+
+/// `wasmcluster check FILE`: load the plugin as the server would and print
+/// what it declares.
+fn check(file: &Path) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let plugin = runtime.block_on(wasmcluster::plugins::check_file(file))?;
+    let manifest = &plugin.manifest;
+    let list = |items: &[String]| {
+        if items.is_empty() {
+            "-".to_owned()
+        } else {
+            items.join(", ")
+        }
+    };
+    let hooks: Vec<String> = manifest
+        .hooks
+        .iter()
+        .map(|hook| {
+            format!("{hook:?}")
+                .rsplit("::")
+                .next()
+                .unwrap_or_default()
+                .to_lowercase()
+        })
+        .collect();
+    let mut out = std::io::stdout();
+    writeln!(out, "{}: ok, the server would load it", file.display())?;
+    writeln!(out, "  plugin     {} {}", manifest.name, manifest.version)?;
+    writeln!(out, "  rpc        {}", list(&manifest.rpc_events))?;
+    writeln!(out, "  transmit   {}", list(&manifest.transmit_events))?;
+    writeln!(out, "  public     {}", list(&manifest.public_rpc_events))?;
+    writeln!(out, "  hooks      {}", list(&hooks))?;
+    writeln!(out, "  priority   {}", manifest.priority)?;
+    let state = if plugin.keeps_state() {
+        "yes (snapshot/restore)"
+    } else {
+        "no"
+    };
+    writeln!(out, "  hot-swap state hand-off  {state}")?;
+    Ok(())
 }
 
 /// Send SIGUSR2 to the server whose pid is in `pid_file`.

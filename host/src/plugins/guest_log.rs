@@ -87,6 +87,10 @@ impl LineWriter {
     }
 
     fn emit(&mut self) {
+        if self.pending.iter().all(u8::is_ascii_whitespace) {
+            self.pending.clear();
+            return;
+        }
         let line = String::from_utf8_lossy(&self.pending);
         let plugin = &*self.log.plugin;
         match &self.log.stream {

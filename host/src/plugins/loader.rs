@@ -233,6 +233,12 @@ async fn instantiate(
 }
 
 impl LoadedPlugin {
+    /// Whether the plugin exports `state` and so keeps its in-memory state
+    /// across hot swaps.
+    pub fn keeps_state(&self) -> bool {
+        self.state_exports.is_some()
+    }
+
     /// A fresh, initialized instance: used by each worker at start and after
     /// every fault.
     pub async fn instantiate(&self, services: Arc<HostServices>) -> Result<Instance, LoadError> {
@@ -420,6 +426,21 @@ fn log_loaded(plugin: &LoadedPlugin, message: &str) {
         transmit = ?plugin.manifest.transmit_events,
         "{message}"
     );
+}
+
+/// Load one plugin file exactly as the server would (default limits, no
+/// config), for `wasmcluster check`.
+pub async fn check_file(path: &Path) -> Result<LoadedPlugin, LoadError> {
+    let engine = PluginEngine::new(None).map_err(|error| LoadError::Start {
+        path: path.to_owned(),
+        stage: "engine",
+        reason: error.to_string(),
+    })?;
+    let limits = PluginLimits {
+        deadline: Duration::from_millis(100),
+        memory_bytes: 64 << 20,
+    };
+    load_file(&engine, path, limits, &Arc::default()).await
 }
 
 /// What a reload did.

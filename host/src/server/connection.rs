@@ -101,6 +101,11 @@ fn route(request: http::Request, shared: &Shared) -> Action {
         ))
     } else if request.path == "/healthz" && request.method == "GET" {
         Action::Respond(Response::json(200, "OK", shared.health_json()))
+    } else if request.path == "/readyz" && request.method == "GET" {
+        match shared.readiness() {
+            (true, body) => Action::Respond(Response::json(200, "OK", body)),
+            (false, body) => Action::Respond(Response::json(503, "Service Unavailable", body)),
+        }
     } else {
         Action::Respond(Response::text(404, "Not Found", "Not found\n"))
     }

@@ -74,6 +74,22 @@ impl Shared {
             .clone()
     }
 
+    /// The `/readyz` answer: ready (200) unless a plugin is backing off
+    /// (503, naming the plugins), so that a load balancer can steer new
+    /// clients elsewhere meanwhile.
+    pub fn readiness(&self) -> (bool, String) {
+        let set = self.plugins();
+        let degraded: Vec<&str> = set
+            .plugins
+            .iter()
+            .filter(|plugin| plugin.health.is_degraded())
+            .map(|plugin| &*plugin.name)
+            .collect();
+        let ready = degraded.is_empty();
+        let body = serde_json::json!({ "ready": ready, "degraded": degraded });
+        (ready, body.to_string())
+    }
+
     /// The `/healthz` body: `status` is `degraded` while a plugin backs off.
     pub fn health_json(&self) -> String {
         let set = self.plugins();
