@@ -22,6 +22,10 @@ pub mod close_code {
     pub const GOING_AWAY: u16 = 1001;
     /// The client broke the WebSocket protocol (bad opcode, unmasked frame...).
     pub const PROTOCOL_ERROR: u16 = 1002;
+    /// The client's close frame carried no code.
+    pub const NO_STATUS: u16 = 1005;
+    /// The connection was lost without a close frame (never sent).
+    pub const ABNORMAL: u16 = 1006;
     /// A text frame was not valid UTF-8.
     pub const INVALID_PAYLOAD: u16 = 1007;
     /// A frame was larger than the configured maximum payload.

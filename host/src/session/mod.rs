@@ -137,7 +137,7 @@ impl Ending {
     }
 
     fn lost() -> Self {
-        Ending::closed_by_peer(1006, "connection lost".to_owned())
+        Ending::closed_by_peer(close_code::ABNORMAL, "connection lost".to_owned())
     }
 }
 
@@ -301,7 +301,7 @@ where
                 ),
             },
             Message::Close(frame) => {
-                let (code, reason) = frame.map_or((1005, String::new()), |f| {
+                let (code, reason) = frame.map_or((close_code::NO_STATUS, String::new()), |f| {
                     (f.code.into(), f.reason.to_string())
                 });
                 // Send tungstenite's close reply before the task ends.
