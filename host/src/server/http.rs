@@ -19,8 +19,6 @@ pub struct Request {
     pub method: String,
     /// The path without the query string.
     pub path: String,
-    /// The path with the query string, as sent.
-    pub target: String,
     /// Header names (lower case) and values.
     pub headers: Vec<(String, String)>,
 }
@@ -242,7 +240,7 @@ fn parse_head(bytes: &[u8]) -> Result<Option<(Request, usize)>, ReadError> {
             )));
         }
     };
-    let target = parsed.path.unwrap_or("/").to_owned();
+    let target = parsed.path.unwrap_or("/");
     let path = target.split('?').next().unwrap_or("/").to_owned();
     let headers = parsed
         .headers
@@ -257,7 +255,6 @@ fn parse_head(bytes: &[u8]) -> Result<Option<(Request, usize)>, ReadError> {
     let request = Request {
         method: parsed.method.unwrap_or("GET").to_owned(),
         path,
-        target,
         headers,
     };
     Ok(Some((request, head_len)))
@@ -280,7 +277,6 @@ mod tests {
     fn upgrade_is_accepted_with_the_rfc_accept_key() {
         let request = parse(UPGRADE);
         assert_eq!(request.path, "/socketcluster/");
-        assert_eq!(request.target, "/socketcluster/?foo=bar");
         assert!(request.wants_websocket());
         let accept = request.websocket_accept().unwrap();
         assert!(accept.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"));
