@@ -468,17 +468,6 @@ async fn http_endpoints() {
 }
 
 #[tokio::test]
-async fn authentication_is_refused_clearly_until_supported() {
-    let (server, _dir) = echo_server(&[]);
-    let mut client = server.client().await;
-    let reply = client
-        .invoke("#authenticate", json!("some.jwt.token"))
-        .await;
-    assert_eq!(reply["error"]["name"], "AuthNotSupportedError");
-    assert_eq!(client.call("echo", json!(1)).await, json!(1));
-}
-
-#[tokio::test]
 async fn running_out_of_file_descriptors_refuses_cleanly_and_recovers() {
     let dir = plugins_dir(&["echo"]);
     let server = TestServer::start_under(&["prlimit", "--nofile=64:64", "--"], dir.path(), &[]);

@@ -96,6 +96,22 @@ pub struct ServeArgs {
     #[arg(long, env = "WASMCLUSTER_CACHE_DIR")]
     pub cache_dir: Option<PathBuf>,
 
+    /// Key that signs and verifies auth tokens (HS256, SocketCluster's
+    /// `authKey`). Share it with every host, and with a SocketCluster server
+    /// whose tokens should be accepted. Without it a random key is made at
+    /// each start, so tokens do not survive a restart.
+    #[arg(long, env = "WASMCLUSTER_AUTH_KEY", hide_env_values = true)]
+    pub auth_key: Option<String>,
+
+    /// Seconds a token signed by the server is valid when its claims set no
+    /// `exp` (SocketCluster's `authDefaultExpiry`).
+    #[arg(
+        long,
+        env = "WASMCLUSTER_AUTH_DEFAULT_EXPIRY_SECS",
+        default_value_t = 86_400
+    )]
+    pub auth_default_expiry_secs: u64,
+
     /// Reload the plugins directory by itself when files in it change (as
     /// SIGUSR2 does), once writes have settled for a moment.
     #[arg(long, env = "WASMCLUSTER_WATCH")]
@@ -153,6 +169,10 @@ pub struct ServerConfig {
     pub pid_file: Option<PathBuf>,
     /// Whether file changes in the plugins directory trigger a reload.
     pub watch: bool,
+    /// The auth key, if the operator set one.
+    pub auth_key: Option<String>,
+    /// Default lifetime of signed tokens, in seconds.
+    pub auth_default_expiry_secs: u64,
 }
 
 impl ServeArgs {
@@ -181,6 +201,9 @@ impl ServeArgs {
                     self.ping_interval_ms, self.ping_timeout_ms
                 ),
             ));
+        }
+        if self.auth_key.as_deref() == Some("") {
+            return Err(invalid("auth-key", "must not be empty"));
         }
         if self.max_payload_bytes < 1024 {
             return Err(invalid("max-payload-bytes", "must be at least 1024"));
@@ -229,6 +252,8 @@ impl ServeArgs {
             shutdown_timeout: Duration::from_secs(self.shutdown_timeout_secs),
             pid_file: self.pid_file,
             watch: self.watch,
+            auth_key: self.auth_key,
+            auth_default_expiry_secs: self.auth_default_expiry_secs,
         })
     }
 }

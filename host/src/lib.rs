@@ -12,11 +12,13 @@
 //! - [`server`]: listener, worker threads, HTTP upgrade and `/healthz`.
 //! - [`protocol`]: SocketCluster frames, parsed and encoded; no I/O.
 //! - [`session`]: one connection's state machine.
+//! - [`auth`]: JWT signing and verification, SocketCluster style.
 //! - [`broker`]: channels and publication delivery.
 //! - [`plugins`]: the wasm engine, loading, per-worker instances, host functions.
 
 #![forbid(unsafe_code)]
 
+pub mod auth;
 pub mod broker;
 pub mod config;
 pub mod plugins;

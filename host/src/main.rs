@@ -39,7 +39,7 @@ enum LogFormat {
 #[derive(Subcommand)]
 enum Command {
     /// Serve SocketCluster clients with the plugins of a directory.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Compile a plugin, link it against this host and print its manifest;
     /// exits non-zero with the reason when the server would refuse it.
     Check {
@@ -58,7 +58,7 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_logging(cli.log_format);
     match cli.command {
-        Command::Serve(args) => serve(args),
+        Command::Serve(args) => serve(*args),
         Command::Check { file } => check(&file),
         Command::Reload { pid_file } => reload(&pid_file),
     }

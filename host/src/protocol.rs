@@ -261,20 +261,38 @@ fn push_json_string(out: &mut String, text: &str) {
     out.push_str(&serde_json::to_string(text).unwrap_or_default());
 }
 
-/// The handshake reply: `{"rid":cid,"data":{"id","pingTimeout","isAuthenticated"}}`.
+/// The handshake reply:
+/// `{"rid":cid,"data":{"id","pingTimeout"[,"authError"],"isAuthenticated"}}`,
+/// in SocketCluster's key order. `authError` is there only when the client
+/// sent a token that was refused.
 pub fn handshake_reply(
     cid: &RawValue,
     socket_id: &str,
     ping_timeout_ms: u64,
+    auth_error: Option<&ErrorObject>,
     authenticated: bool,
 ) -> String {
     let mut out = String::with_capacity(96);
     let _ = write!(out, "{{\"rid\":{},\"data\":{{\"id\":", cid.get());
     push_json_string(&mut out, socket_id);
-    let _ = write!(
-        out,
-        ",\"pingTimeout\":{ping_timeout_ms},\"isAuthenticated\":{authenticated}}}}}"
-    );
+    let _ = write!(out, ",\"pingTimeout\":{ping_timeout_ms}");
+    if let Some(error) = auth_error {
+        out.push_str(",\"authError\":");
+        error.write_json(&mut out);
+    }
+    let _ = write!(out, ",\"isAuthenticated\":{authenticated}}}}}");
+    out
+}
+
+/// The data of an `#authenticate` answer:
+/// `{"isAuthenticated":..,"authError":{..}|null}`.
+pub fn auth_status(authenticated: bool, auth_error: Option<&ErrorObject>) -> String {
+    let mut out = format!("{{\"isAuthenticated\":{authenticated},\"authError\":");
+    match auth_error {
+        Some(error) => error.write_json(&mut out),
+        None => out.push_str("null"),
+    }
+    out.push('}');
     out
 }
 
@@ -348,6 +366,21 @@ impl<'a> ChannelRequest<'a> {
         let data = data.filter(|data| is_object(data))?;
         serde_json::from_str(data.get()).ok()
     }
+}
+
+/// The token in a `#handshake`'s data (`{"authToken": string|null}`), if
+/// one was sent. SocketCluster treats an empty or missing token as none.
+pub fn handshake_token(data: Option<&RawValue>) -> Option<String> {
+    #[derive(Deserialize)]
+    struct Handshake {
+        #[serde(rename = "authToken")]
+        auth_token: Option<String>,
+    }
+    let data = data.filter(|data| is_object(data))?;
+    serde_json::from_str::<Handshake>(data.get())
+        .ok()?
+        .auth_token
+        .filter(|token| !token.is_empty())
 }
 
 /// The data of `#unsubscribe`: a bare channel name string.
@@ -464,7 +497,7 @@ mod tests {
     #[test]
     fn encodes_match_the_captured_frames() {
         assert_eq!(
-            handshake_reply(raw("1"), "K1TZeJiuGyGhFkXdAAAA", 5000, false),
+            handshake_reply(raw("1"), "K1TZeJiuGyGhFkXdAAAA", 5000, None, false),
             r#"{"rid":1,"data":{"id":"K1TZeJiuGyGhFkXdAAAA","pingTimeout":5000,"isAuthenticated":false}}"#
         );
         assert_eq!(ok_response(raw("3"), None), r#"{"rid":3}"#);

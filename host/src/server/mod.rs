@@ -10,6 +10,7 @@ mod http;
 mod plugin_watch;
 mod worker;
 
+use crate::auth::AuthEngine;
 use crate::config::ServerConfig;
 use crate::plugins::{
     EngineError, HostServices, LoadError, PluginEngine, PluginSet, load_dir, reload_dir,
@@ -43,6 +44,9 @@ pub enum ServerError {
         /// What went wrong.
         source: std::io::Error,
     },
+    /// The auth key cannot be used.
+    #[error("the auth key cannot be used: it must not be empty")]
+    AuthKey,
     /// A worker thread could not be started.
     #[error("cannot start worker {index}: {source}")]
     Worker {
@@ -63,6 +67,8 @@ pub struct Shared {
     pub services: Arc<HostServices>,
     /// Counters.
     pub stats: Arc<SessionStats>,
+    /// Signs and verifies auth tokens.
+    pub auth: Arc<AuthEngine>,
 }
 
 impl Shared {
@@ -159,12 +165,14 @@ impl Server {
                     addr: config.listen.clone(),
                     source,
                 })?;
+        let auth = Arc::new(auth_engine(&config)?);
         let (shutdown, shutdown_rx) = watch::channel(false);
         let shared = Arc::new(Shared {
             config,
             plugins: RwLock::new(plugins),
             services,
             stats: Arc::default(),
+            auth,
         });
         let mut workers = Vec::with_capacity(shared.config.workers);
         for index in 0..shared.config.workers {
@@ -305,6 +313,26 @@ impl Server {
             "reload done"
         );
     }
+}
+
+/// The auth engine with the configured key, or a random one (and a
+/// warning, as SocketCluster gives none) when none is configured.
+fn auth_engine(config: &ServerConfig) -> Result<AuthEngine, ServerError> {
+    let key = match &config.auth_key {
+        Some(key) => key.clone(),
+        None => {
+            tracing::warn!(
+                "no --auth-key: signing tokens with a random key; they will not survive a restart \
+                 nor be accepted by other hosts"
+            );
+            rand::random::<[u8; 32]>()
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect()
+        }
+    };
+    AuthEngine::new(key.as_bytes(), config.auth_default_expiry_secs)
+        .map_err(|_| ServerError::AuthKey)
 }
 
 /// First pause after a failed `accept`.

@@ -123,6 +123,7 @@ async fn serve(shared: Arc<Shared>, shutdown: watch::Receiver<bool>, channels: C
         services: shared.services.clone(),
         settings: shared.config.session.clone(),
         stats: shared.stats.clone(),
+        auth: shared.auth.clone(),
         shutdown,
     });
     let _ = ready.send(());

@@ -11,6 +11,7 @@ mod registry;
 
 pub use registry::{SocketRegistry, UnknownSocket};
 
+use crate::auth::{AuthEngine, AuthError};
 use crate::plugins::{HostServices, Socket, WorkerPlugins};
 use crate::protocol::{self, ChannelRequest, ErrorObject, Frame, Packet, PingProtocol, close_code};
 use base64::Engine as _;
@@ -90,6 +91,8 @@ pub struct SessionContext {
     pub stats: Arc<SessionStats>,
     /// Flips to `true` when the server shuts down.
     pub shutdown: watch::Receiver<bool>,
+    /// Verifies the clients' auth tokens.
+    pub auth: Arc<AuthEngine>,
 }
 
 impl SessionContext {
@@ -167,6 +170,8 @@ struct Session<S> {
     pong_deadline: Instant,
     /// Channels this socket is subscribed to.
     subscriptions: HashSet<String>,
+    /// When the socket's auth token expires (seconds since the epoch).
+    token_expiry: Option<u64>,
     /// A sender to this session's own queue, handed to the broker.
     outbox: Outbox,
     /// Frames queued for this socket by the broker and by plugins.
@@ -197,6 +202,7 @@ where
         ping_protocol,
         pings_sent: 0,
         subscriptions: HashSet::new(),
+        token_expiry: None,
         outbox,
         inbox,
     };
@@ -321,7 +327,7 @@ where
             }
             Frame::Pong(protocol) => {
                 self.ping_protocol.get_or_insert(protocol);
-                Ok(())
+                self.check_token_expiry().await
             }
             Frame::Unparsable if self.state == State::Connecting => {
                 Err(Ending::close(close_code::MESSAGE_BEFORE_HANDSHAKE, ""))
@@ -353,37 +359,71 @@ where
             };
         };
         match &*event {
-            "#handshake" => self.on_handshake(cid).await,
+            "#handshake" => self.on_handshake(data, cid).await,
             _ if self.state == State::Connecting => {
                 Err(Ending::close(close_code::MESSAGE_BEFORE_HANDSHAKE, ""))
             }
-            "#authenticate" => self.on_authenticate(cid).await,
-            "#removeAuthToken" => Ok(()),
+            "#authenticate" => self.on_authenticate(data, cid).await,
+            "#removeAuthToken" => {
+                self.clear_auth();
+                Ok(())
+            }
+            _ => {
+                // As SocketCluster: an expired token is dropped first, and
+                // the packet is still handled (unauthenticated).
+                self.check_token_expiry().await?;
+                self.on_event(&event, data, cid).await
+            }
+        }
+    }
+
+    /// Handle a packet that is not one of the auth events.
+    async fn on_event(
+        &mut self,
+        event: &str,
+        data: Option<&RawValue>,
+        cid: Option<&RawValue>,
+    ) -> Result<(), Ending> {
+        match event {
             "#subscribe" => self.on_subscribe(data, cid).await,
             "#unsubscribe" => self.on_unsubscribe(data, cid).await,
             "#publish" => self.on_publish(data, cid).await,
             _ => match cid {
-                Some(cid) => self.on_invoke(&event, data, cid).await,
+                Some(cid) => self.on_invoke(event, data, cid).await,
                 None => {
-                    self.on_transmit(&event, data).await;
+                    self.on_transmit(event, data).await;
                     Ok(())
                 }
             },
         }
     }
 
-    async fn on_handshake(&mut self, cid: Option<&RawValue>) -> Result<(), Ending> {
+    async fn on_handshake(
+        &mut self,
+        data: Option<&RawValue>,
+        cid: Option<&RawValue>,
+    ) -> Result<(), Ending> {
         let Some(cid) = cid else {
             tracing::debug!("handshake without a numeric cid; closing with 4008");
             return Err(Ending::close(close_code::HANDSHAKE_REJECTED, ""));
+        };
+        // A missing or null token is no error; a refused one is reported in
+        // the reply and the connection still opens.
+        let auth_error = match protocol::handshake_token(data) {
+            Some(token) => self.authenticate(&token).err(),
+            None => None,
         };
         let reply = protocol::handshake_reply(
             cid,
             &self.socket.id,
             self.ctx.settings.ping_timeout.as_millis() as u64,
-            false,
+            auth_error.as_ref().map(AuthError::to_error_object).as_ref(),
+            self.socket.auth_token.is_some(),
         );
         self.send(reply).await?;
+        if auth_error.is_some_and(|error| error.is_bad_token) {
+            self.remove_client_token().await?;
+        }
         if self.state == State::Connecting {
             self.state = State::Open;
             self.ctx
@@ -396,17 +436,73 @@ where
         Ok(())
     }
 
-    /// `#authenticate`: JWT authentication is not in this version; say so
-    /// rather than pretend.
-    async fn on_authenticate(&mut self, cid: Option<&RawValue>) -> Result<(), Ending> {
+    /// `#authenticate`: verify the token and answer as SocketCluster does: a
+    /// bad token is an error (and `#removeAuthToken`), a token that is not
+    /// valid yet an unauthenticated status.
+    async fn on_authenticate(
+        &mut self,
+        data: Option<&RawValue>,
+        cid: Option<&RawValue>,
+    ) -> Result<(), Ending> {
         let Some(cid) = cid else {
             return Err(Ending::close(close_code::HANDSHAKE_REJECTED, ""));
         };
-        let error = ErrorObject::new(
-            "AuthNotSupportedError",
-            "This server does not support authentication yet",
-        );
-        self.send(protocol::error_response(cid, &error)).await
+        let token = data
+            .and_then(|data| serde_json::from_str::<String>(data.get()).ok())
+            .unwrap_or_default();
+        match self.authenticate(&token) {
+            Ok(()) => {
+                self.send(protocol::ok_response(
+                    cid,
+                    Some(&protocol::auth_status(true, None)),
+                ))
+                .await
+            }
+            Err(error) if error.is_bad_token => {
+                self.send(protocol::error_response(cid, &error.to_error_object()))
+                    .await?;
+                self.remove_client_token().await
+            }
+            Err(error) => {
+                let status = protocol::auth_status(false, Some(&error.to_error_object()));
+                self.send(protocol::ok_response(cid, Some(&status))).await
+            }
+        }
+    }
+
+    /// Verify a token and make the socket authenticated with its claims; on
+    /// failure the socket is unauthenticated.
+    fn authenticate(&mut self, token: &str) -> Result<(), AuthError> {
+        match self.ctx.auth.verify(token) {
+            Ok(verified) => {
+                self.socket.auth_token = Some(verified.claims);
+                self.token_expiry = verified.expires_at;
+                Ok(())
+            }
+            Err(error) => {
+                self.clear_auth();
+                Err(error)
+            }
+        }
+    }
+
+    fn clear_auth(&mut self) {
+        self.socket.auth_token = None;
+        self.token_expiry = None;
+    }
+
+    /// Tell the client to drop its token.
+    async fn remove_client_token(&mut self) -> Result<(), Ending> {
+        self.send(protocol::event("#removeAuthToken", None)).await
+    }
+
+    /// Drop an expired token, and tell the client.
+    async fn check_token_expiry(&mut self) -> Result<(), Ending> {
+        if self.socket.auth_token.is_some() && AuthEngine::has_expired(self.token_expiry) {
+            self.clear_auth();
+            self.remove_client_token().await?;
+        }
+        Ok(())
     }
 
     async fn on_subscribe(
