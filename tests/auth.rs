@@ -171,3 +171,63 @@ async fn tokens_signed_by_the_server_are_rejected_with_another_key() {
         .expect("an empty key must be refused");
     assert!(refused.contains("invalid --auth-key"), "{refused}");
 }
+
+fn tokens_server() -> (TestServer, tempfile::TempDir) {
+    let dir = plugins_dir(&["echo"]);
+    std::fs::copy(
+        support::fixture_plugin("tokens"),
+        dir.path().join("tokens.wasm"),
+    )
+    .unwrap();
+    let server = TestServer::start(dir.path(), &["--auth-key", KEY]);
+    (server, dir)
+}
+
+#[tokio::test]
+async fn a_plugin_signs_a_token_for_a_socket_and_takes_it_back() {
+    let (server, _dir) = tokens_server();
+    let mut client = server.client().await;
+    assert_eq!(client.call("whoami", json!(null)).await, Value::Null);
+
+    // The token arrives before the RPC's answer, and verifies with the key.
+    client
+        .send(json!({"event": "issue", "data": {"username": "alice"}, "cid": 70}))
+        .await;
+    let set = client.next_packet().await;
+    assert_eq!(set["event"], "#setAuthToken", "{set}");
+    assert_eq!(client.next_packet().await, json!({"rid": 70}));
+    let token = set["data"]["token"].as_str().unwrap();
+    let mut validation = jsonwebtoken::Validation::new(Algorithm::HS256);
+    validation.required_spec_claims.clear();
+    let decoded = jsonwebtoken::decode::<Value>(
+        token,
+        &jsonwebtoken::DecodingKey::from_secret(KEY.as_bytes()).unwrap(),
+        &validation,
+    )
+    .unwrap();
+    assert_eq!(decoded.claims["username"], "alice");
+    let iat = decoded.claims["iat"].as_u64().unwrap();
+    assert_eq!(decoded.claims["exp"].as_u64().unwrap(), iat + 86_400);
+
+    // Plugins see the claims on the socket.
+    assert_eq!(
+        client.call("whoami", json!(null)).await["username"],
+        "alice"
+    );
+
+    // The same token authenticates a new connection.
+    let (_other, reply) = handshake_with(&server, token).await;
+    assert_eq!(reply["data"]["isAuthenticated"], true);
+
+    client.send(json!({"event": "logout", "cid": 71})).await;
+    assert_eq!(
+        client.next_packet().await,
+        json!({"event": "#removeAuthToken"})
+    );
+    assert_eq!(client.next_packet().await, json!({"rid": 71}));
+    assert_eq!(client.call("whoami", json!(null)).await, Value::Null);
+
+    // Claims must be an object.
+    let reply = client.invoke("issue", json!([1, 2])).await;
+    assert_eq!(reply["error"]["name"], "HostError", "{reply}");
+}

@@ -9,6 +9,7 @@ use std::path::Path;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
+use wasmcluster::auth::AuthEngine;
 use wasmcluster::plugins::{
     HostServices, PluginEngine, PluginLimits, Socket, WorkerPlugins, load_dir,
 };
@@ -28,7 +29,7 @@ fn plugin_call(c: &mut Criterion) {
     std::fs::copy(&echo, dir.path().join("echo.wasm")).unwrap();
 
     let engine = PluginEngine::new(None).unwrap();
-    let services = Arc::new(HostServices::default());
+    let services = Arc::new(HostServices::new(Arc::new(AuthEngine::with_random_key(60))));
     let limits = PluginLimits {
         deadline: Duration::from_millis(100),
         memory_bytes: 64 << 20,

@@ -20,6 +20,17 @@ pub struct AuthEngine {
     default_expiry_secs: u64,
 }
 
+/// A token the server signed, with the claims it carries.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SignedToken {
+    /// The JWT.
+    pub token: String,
+    /// Its claims (with `iat` and `exp`), a JSON object.
+    pub claims: String,
+    /// `exp` in seconds since the Unix epoch.
+    pub expires_at: Option<u64>,
+}
+
 /// A verified token: its claims as JSON and when it expires.
 #[derive(Debug, Clone, PartialEq)]
 pub struct VerifiedToken {
@@ -161,7 +172,7 @@ impl AuthEngine {
 
     /// Sign claims (a JSON object) into a token, adding `iat` and, unless
     /// the claims have one, `exp` after the default expiry.
-    pub fn sign(&self, claims: &str) -> Result<String, SignError> {
+    pub fn sign(&self, claims: &str) -> Result<SignedToken, SignError> {
         let Ok(Value::Object(mut claims)) = serde_json::from_str::<Value>(claims) else {
             return Err(SignError::NotAnObject);
         };
@@ -170,8 +181,26 @@ impl AuthEngine {
         claims
             .entry("exp")
             .or_insert((now + self.default_expiry_secs).into());
-        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
-            .map_err(|error| SignError::Signing(error.to_string()))
+        let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
+            .map_err(|error| SignError::Signing(error.to_string()))?;
+        Ok(SignedToken {
+            token,
+            expires_at: claims.get("exp").and_then(Value::as_u64),
+            claims: Value::Object(claims).to_string(),
+        })
+    }
+
+    /// An engine with a random key, for when the operator gave none: its
+    /// tokens do not survive a restart nor work on other hosts.
+    pub fn with_random_key(default_expiry_secs: u64) -> Self {
+        let key: String = rand::random::<[u8; 32]>()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        match AuthEngine::new(key.as_bytes(), default_expiry_secs) {
+            Ok(engine) => engine,
+            Err(EmptyKey) => unreachable!("a 64-character key is not empty"),
+        }
     }
 
     /// Whether a token that expires at `expires_at` has expired.
@@ -221,8 +250,9 @@ mod tests {
     #[test]
     fn signed_tokens_verify_with_iat_and_default_exp() {
         let engine = engine();
-        let token = engine.sign(r#"{"username":"alice"}"#).unwrap();
-        let verified = engine.verify(&token).unwrap();
+        let signed = engine.sign(r#"{"username":"alice"}"#).unwrap();
+        let verified = engine.verify(&signed.token).unwrap();
+        assert_eq!(verified.claims, signed.claims);
         let claims: Value = serde_json::from_str(&verified.claims).unwrap();
         assert_eq!(claims["username"], "alice");
         let iat = claims["iat"].as_u64().unwrap();
@@ -237,13 +267,13 @@ mod tests {
 
     #[test]
     fn claims_must_be_an_object() {
-        assert_eq!(engine().sign("[1]"), Err(SignError::NotAnObject));
+        assert_eq!(engine().sign("[1]").unwrap_err(), SignError::NotAnObject);
     }
 
     #[test]
     fn failures_are_named_as_socketcluster_names_them() {
         let engine = engine();
-        let expired = engine.sign(r#"{"exp":1000}"#).unwrap();
+        let expired = engine.sign(r#"{"exp":1000}"#).unwrap().token;
         let error = engine.verify(&expired).unwrap_err();
         assert_eq!(
             (error.name, error.message.as_str(), error.is_bad_token),
@@ -254,7 +284,11 @@ mod tests {
             Some(("expiry", "1970-01-01T00:16:40.000Z".to_owned()))
         );
 
-        let other_key = AuthEngine::new(b"other", 60).unwrap().sign("{}").unwrap();
+        let other_key = AuthEngine::new(b"other", 60)
+            .unwrap()
+            .sign("{}")
+            .unwrap()
+            .token;
         assert_eq!(
             engine.verify(&other_key).unwrap_err().message,
             "invalid signature"
@@ -269,7 +303,10 @@ mod tests {
         );
 
         let future = now_secs() + 3600;
-        let early = engine.sign(&format!(r#"{{"nbf":{future}}}"#)).unwrap();
+        let early = engine
+            .sign(&format!(r#"{{"nbf":{future}}}"#))
+            .unwrap()
+            .token;
         let error = engine.verify(&early).unwrap_err();
         assert_eq!(
             (error.name, error.is_bad_token),

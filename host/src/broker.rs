@@ -5,7 +5,7 @@
 //! the same bytes are queued for every subscriber.
 
 use crate::protocol;
-use crate::session::{Outbox, SessionKey};
+use crate::session::{Outbound, Outbox, SessionKey};
 use std::collections::HashMap;
 use std::sync::RwLock;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
@@ -50,7 +50,7 @@ impl Broker {
         let frame = Utf8Bytes::from(protocol::publication(channel, data));
         subscribers
             .values()
-            .filter(|outbox| outbox.send(frame.clone()).is_ok())
+            .filter(|outbox| outbox.send(Outbound::Frame(frame.clone())).is_ok())
             .count()
     }
 
@@ -68,8 +68,11 @@ mod tests {
     use super::*;
     use tokio::sync::mpsc;
 
-    fn frame_text(frame: Utf8Bytes) -> String {
-        frame.as_str().to_owned()
+    fn frame_text(queued: Outbound) -> String {
+        match queued {
+            Outbound::Frame(frame) => frame.as_str().to_owned(),
+            other => panic!("expected a frame, got {other:?}"),
+        }
     }
 
     #[test]

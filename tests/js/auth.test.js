@@ -46,3 +46,20 @@ test('expired and tampered tokens are refused and removed', async () => {
     await server.stop();
   }
 });
+
+test('a plugin gives the socket a token with setAuthToken', async () => {
+  const dir = require('node:path').join(__dirname, '..', 'fixtures', 'wasm');
+  const server = await startServer({ plugins: ['echo'], args: ['--auth-key', KEY], extraPlugins: [require('node:path').join(dir, 'tokens.wasm')] });
+  try {
+    const socket = await server.connect();
+    const authenticated = socket.listener('authenticate').once(5000);
+    await socket.invoke('issue', { username: 'carol' });
+    await authenticated;
+    assert.equal(socket.authState, socket.AUTHENTICATED);
+    assert.equal(socket.authToken.username, 'carol');
+    assert.equal(jwt.verify(socket.signedAuthToken, KEY).username, 'carol');
+    assert.equal((await socket.invoke('whoami')).username, 'carol');
+  } finally {
+    await server.stop();
+  }
+});

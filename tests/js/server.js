@@ -26,9 +26,13 @@ function pluginsDir(names) {
   return dir;
 }
 
-/** Start the server with the given plugins and extra flags. */
-async function startServer({ plugins = ['echo', 'chat'], args = [] } = {}) {
+/** Start the server with the given example plugins, other plugin files
+ * (`extraPlugins`, paths) and extra flags. */
+async function startServer({ plugins = ['echo', 'chat'], args = [], extraPlugins = [] } = {}) {
   const dir = pluginsDir(plugins);
+  for (const file of extraPlugins) {
+    fs.copyFileSync(file, path.join(dir, path.basename(file)));
+  }
   let log = '';
   const child = spawn(
     binary,

@@ -6,9 +6,10 @@ use super::bindings::wasmcluster::plugin::types::{self, HostError, LogLevel};
 use super::guest_log::{GuestLog, GuestStream, RecentStderr};
 use super::kv::KvStore;
 use super::limits::InstanceLimits;
+use crate::auth::AuthEngine;
 use crate::broker::Broker;
 use crate::protocol;
-use crate::session::SocketRegistry;
+use crate::session::{Outbound, SocketRegistry};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 use wasmtime::component::ResourceTable;
@@ -16,7 +17,6 @@ use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 /// What host functions act on: shared by every plugin instance on every
 /// worker.
-#[derive(Debug, Default)]
 pub struct HostServices {
     /// Channel subscriptions and publication delivery.
     pub broker: Broker,
@@ -24,6 +24,20 @@ pub struct HostServices {
     pub sockets: SocketRegistry,
     /// The plugins' key-value store.
     pub kv: KvStore,
+    /// Signs the tokens plugins give to sockets.
+    pub auth: Arc<AuthEngine>,
+}
+
+impl HostServices {
+    /// Services signing tokens with `auth`.
+    pub fn new(auth: Arc<AuthEngine>) -> Self {
+        HostServices {
+            broker: Broker::default(),
+            sockets: SocketRegistry::default(),
+            kv: KvStore::default(),
+            auth,
+        }
+    }
 }
 
 /// The data of one plugin instance's `Store`.
@@ -121,12 +135,28 @@ impl Host for HostState {
             .map_err(|_| HostError::UnknownSocket(socket_id))
     }
 
-    fn set_auth_token(&mut self, _socket_id: String, _claims: String) -> Result<(), HostError> {
-        unsupported("set-auth-token")
+    fn set_auth_token(&mut self, socket_id: String, claims: String) -> Result<(), HostError> {
+        let signed = self
+            .services
+            .auth
+            .sign(&claims)
+            .map_err(|error| HostError::InvalidArgument(error.to_string()))?;
+        let queued = Outbound::SetAuthToken {
+            token: signed.token,
+            claims: signed.claims,
+            expires_at: signed.expires_at,
+        };
+        self.services
+            .sockets
+            .deliver(&socket_id, queued)
+            .map_err(|_| HostError::UnknownSocket(socket_id))
     }
 
-    fn deauthenticate(&mut self, _socket_id: String) -> Result<(), HostError> {
-        unsupported("deauthenticate")
+    fn deauthenticate(&mut self, socket_id: String) -> Result<(), HostError> {
+        self.services
+            .sockets
+            .deliver(&socket_id, Outbound::Deauthenticate)
+            .map_err(|_| HostError::UnknownSocket(socket_id))
     }
 
     fn disconnect(

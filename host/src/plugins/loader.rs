@@ -7,6 +7,7 @@ use super::bindings::{Plugin, PluginPre};
 use super::engine::{PluginEngine, deadline_ticks};
 use super::health::PluginHealth;
 use super::host_api::{HostServices, HostState};
+use crate::auth::AuthEngine;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -440,7 +441,8 @@ pub async fn check_file(path: &Path) -> Result<LoadedPlugin, LoadError> {
         deadline: Duration::from_millis(100),
         memory_bytes: 64 << 20,
     };
-    load_file(&engine, path, limits, &Arc::default()).await
+    let services = Arc::new(HostServices::new(Arc::new(AuthEngine::with_random_key(0))));
+    load_file(&engine, path, limits, &services).await
 }
 
 /// What a reload did.

@@ -145,7 +145,8 @@ impl Server {
     /// and bind the listener. Connections are accepted by [`Server::run`].
     pub async fn start(config: ServerConfig) -> Result<Server, ServerError> {
         let engine = PluginEngine::new(config.cache_dir.as_deref())?;
-        let services = Arc::new(HostServices::default());
+        let auth = Arc::new(auth_engine(&config)?);
+        let services = Arc::new(HostServices::new(auth.clone()));
         let plugins = Arc::new(
             load_dir(
                 &engine,
@@ -165,7 +166,6 @@ impl Server {
                     addr: config.listen.clone(),
                     source,
                 })?;
-        let auth = Arc::new(auth_engine(&config)?);
         let (shutdown, shutdown_rx) = watch::channel(false);
         let shared = Arc::new(Shared {
             config,
@@ -318,21 +318,17 @@ impl Server {
 /// The auth engine with the configured key, or a random one (and a
 /// warning, as SocketCluster gives none) when none is configured.
 fn auth_engine(config: &ServerConfig) -> Result<AuthEngine, ServerError> {
-    let key = match &config.auth_key {
-        Some(key) => key.clone(),
+    match &config.auth_key {
+        Some(key) => AuthEngine::new(key.as_bytes(), config.auth_default_expiry_secs)
+            .map_err(|_| ServerError::AuthKey),
         None => {
             tracing::warn!(
                 "no --auth-key: signing tokens with a random key; they will not survive a restart \
                  nor be accepted by other hosts"
             );
-            rand::random::<[u8; 32]>()
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect()
+            Ok(AuthEngine::with_random_key(config.auth_default_expiry_secs))
         }
-    };
-    AuthEngine::new(key.as_bytes(), config.auth_default_expiry_secs)
-        .map_err(|_| ServerError::AuthKey)
+    }
 }
 
 /// First pause after a failed `accept`.

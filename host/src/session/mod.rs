@@ -38,9 +38,30 @@ const MAX_FRAMES_PER_FLUSH: usize = 64;
 /// Identifies a session inside the process (the broker's subscriber key).
 pub type SessionKey = u64;
 
-/// A session's queue of outbound frames, filled by the broker and by
-/// plugins on any worker, drained by the session's task.
-pub type Outbox = mpsc::UnboundedSender<Utf8Bytes>;
+/// What other tasks ask of a session: frames to write, and changes to its
+/// auth state made by plugins (so that the state and the frame that tells
+/// the client stay in order).
+#[derive(Debug)]
+pub enum Outbound {
+    /// A frame to write as it is (publications are shared, not copied).
+    Frame(Utf8Bytes),
+    /// The socket is now authenticated with `claims`; the client gets
+    /// `#setAuthToken` with the signed `token`.
+    SetAuthToken {
+        /// The signed token.
+        token: String,
+        /// Its claims, as plugins will see them.
+        claims: String,
+        /// Its `exp`.
+        expires_at: Option<u64>,
+    },
+    /// The socket's token is dropped and the client told to forget it.
+    Deauthenticate,
+}
+
+/// A session's queue, filled by the broker and by plugins on any worker,
+/// drained by the session's task.
+pub type Outbox = mpsc::UnboundedSender<Outbound>;
 
 /// Which heartbeat a server uses with its clients.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -175,7 +196,7 @@ struct Session<S> {
     /// A sender to this session's own queue, handed to the broker.
     outbox: Outbox,
     /// Frames queued for this socket by the broker and by plugins.
-    inbox: mpsc::UnboundedReceiver<Utf8Bytes>,
+    inbox: mpsc::UnboundedReceiver<Outbound>,
 }
 
 /// Run a session on an upgraded connection until it closes.
@@ -647,18 +668,45 @@ where
     /// the client first.
     async fn send(&mut self, frame: String) -> Result<(), Ending> {
         while let Ok(queued) = self.inbox.try_recv() {
-            self.feed(queued).await?;
+            self.apply(queued).await?;
         }
         self.feed(Utf8Bytes::from(frame)).await
     }
 
-    /// Write frames queued by the broker or plugins, in one flush.
-    async fn write_queued(&mut self, first: Utf8Bytes) -> Result<(), Ending> {
-        self.feed(first).await?;
+    /// Apply what the broker or plugins queued, in one flush.
+    async fn write_queued(&mut self, first: Outbound) -> Result<(), Ending> {
+        self.apply(first).await?;
         while let Ok(queued) = self.inbox.try_recv() {
-            self.feed(queued).await?;
+            self.apply(queued).await?;
         }
         self.flush().await
+    }
+
+    /// Write a queued frame, or apply an auth change a plugin asked for and
+    /// write the frame that tells the client.
+    async fn apply(&mut self, queued: Outbound) -> Result<(), Ending> {
+        match queued {
+            Outbound::Frame(frame) => self.feed(frame).await,
+            Outbound::SetAuthToken {
+                token,
+                claims,
+                expires_at,
+            } => {
+                self.socket.auth_token = Some(claims);
+                self.token_expiry = expires_at;
+                let data = serde_json::json!({ "token": token }).to_string();
+                self.feed(Utf8Bytes::from(protocol::event(
+                    "#setAuthToken",
+                    Some(&data),
+                )))
+                .await
+            }
+            Outbound::Deauthenticate => {
+                self.clear_auth();
+                self.feed(Utf8Bytes::from(protocol::event("#removeAuthToken", None)))
+                    .await
+            }
+        }
     }
 
     async fn feed(&mut self, frame: Utf8Bytes) -> Result<(), Ending> {
@@ -678,7 +726,7 @@ where
         if ending.send_close {
             // Deliver what is already queued (a shutdown must not lose it).
             while let Ok(queued) = self.inbox.try_recv() {
-                if self.feed(queued).await.is_err() {
+                if self.apply(queued).await.is_err() {
                     break;
                 }
             }

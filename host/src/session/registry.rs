@@ -1,6 +1,6 @@
 //! Open sockets by id, so that a plugin on any worker can reach any socket.
 
-use super::Outbox;
+use super::{Outbound, Outbox};
 use std::collections::HashMap;
 use std::sync::RwLock;
 use thiserror::Error;
@@ -33,10 +33,15 @@ impl SocketRegistry {
 
     /// Queue a frame for one socket.
     pub fn send(&self, id: &str, frame: String) -> Result<(), UnknownSocket> {
+        self.deliver(id, Outbound::Frame(Utf8Bytes::from(frame)))
+    }
+
+    /// Queue anything for one socket (a frame, an auth change).
+    pub fn deliver(&self, id: &str, queued: Outbound) -> Result<(), UnknownSocket> {
         let sockets = self.sockets.read().unwrap_or_else(|e| e.into_inner());
         sockets
             .get(id)
-            .and_then(|outbox| outbox.send(Utf8Bytes::from(frame)).ok())
+            .and_then(|outbox| outbox.send(queued).ok())
             .ok_or_else(|| UnknownSocket(id.to_owned()))
     }
 
