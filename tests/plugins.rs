@@ -214,3 +214,42 @@ async fn json_logs_are_one_object_per_line() {
     assert!(lines >= 3, "{log}");
     assert!(log.contains("\"plugin\":\"echo\""), "{log}");
 }
+
+#[tokio::test]
+async fn plugins_kick_sockets_out_of_channels_and_close_them() {
+    let dir = plugins_dir(&["echo"]);
+    std::fs::copy(
+        support::fixture_plugin("control"),
+        dir.path().join("control.wasm"),
+    )
+    .unwrap();
+    let server = TestServer::start(dir.path(), &[]);
+    let mut client = server.client().await;
+    client.subscribe("kickChannel").await;
+
+    client
+        .send(json!({"event": "kick-me", "data": {"channel": "kickChannel", "message": "you were kicked"}, "cid": 80}))
+        .await;
+    assert_eq!(
+        client.next_packet().await,
+        json!({"event": "#kickOut", "data": {"channel": "kickChannel", "message": "you were kicked"}})
+    );
+    assert_eq!(client.next_packet().await, json!({"rid": 80}));
+    // Unsubscribed by the server: a publication no longer arrives.
+    client
+        .call("broadcast", json!({"channel": "kickChannel", "data": 1}))
+        .await;
+    client.expect_silence(Duration::from_millis(200)).await;
+
+    let refused = client
+        .invoke("close-me", json!({"code": 1005, "reason": ""}))
+        .await;
+    assert_eq!(refused["error"]["name"], "HostError", "{refused}");
+
+    // The socket is closed at once; like a SocketCluster procedure that
+    // disconnects its socket, the call gets no answer.
+    client
+        .send(json!({"event": "close-me", "data": {"code": 4321, "reason": "bye"}, "cid": 81}))
+        .await;
+    assert_eq!(client.closed().await, Closed::Code(4321));
+}

@@ -388,6 +388,19 @@ pub fn unsubscribe_channel(data: Option<&RawValue>) -> Option<Cow<'_, str>> {
     serde_json::from_str(data?.get()).ok()
 }
 
+/// The data of `#kickOut`: `{"channel":..,"message":..}` (no `message`
+/// key without a message). `message` must be valid JSON.
+pub fn kick_out(channel: &str, message: Option<&str>) -> String {
+    let mut out = String::from("{\"channel\":");
+    push_json_string(&mut out, channel);
+    if let Some(message) = message {
+        out.push_str(",\"message\":");
+        out.push_str(message);
+    }
+    out.push('}');
+    out
+}
+
 /// Check that text from a plugin is one JSON value before it is spliced into
 /// a frame.
 pub fn validate_json(text: &str) -> Result<(), serde_json::Error> {
@@ -519,6 +532,17 @@ mod tests {
         assert_eq!(
             error_response(raw("5"), &error),
             r#"{"rid":5,"error":{"message":"Custom failure","name":"CustomError","code":42,"details":{"input":"abc"}}}"#
+        );
+    }
+
+    #[test]
+    fn kick_out_matches_the_captured_frame() {
+        assert_eq!(
+            event(
+                "#kickOut",
+                Some(&kick_out("kickChannel", Some("\"you were kicked\"")))
+            ),
+            r##"{"event":"#kickOut","data":{"channel":"kickChannel","message":"you were kicked"}}"##
         );
     }
 

@@ -161,20 +161,40 @@ impl Host for HostState {
 
     fn disconnect(
         &mut self,
-        _socket_id: String,
-        _code: u16,
-        _reason: String,
+        socket_id: String,
+        code: u16,
+        reason: String,
     ) -> Result<(), HostError> {
-        unsupported("disconnect")
+        // 1000-1003, 1007-1014 and 3000-4999 are codes an endpoint may send.
+        if !matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999) {
+            return Err(HostError::InvalidArgument(format!(
+                "{code} is not a close code a server may send"
+            )));
+        }
+        if reason.len() > 123 {
+            return Err(HostError::InvalidArgument(
+                "the close reason must fit in 123 bytes".into(),
+            ));
+        }
+        self.services
+            .sockets
+            .deliver(&socket_id, Outbound::Disconnect { code, reason })
+            .map_err(|_| HostError::UnknownSocket(socket_id))
     }
 
     fn kick_out(
         &mut self,
-        _socket_id: String,
-        _channel: String,
-        _message: Option<String>,
+        socket_id: String,
+        channel: String,
+        message: Option<String>,
     ) -> Result<(), HostError> {
-        unsupported("kick-out")
+        if let Some(message) = &message {
+            check_json("kick-out message", message)?;
+        }
+        self.services
+            .sockets
+            .deliver(&socket_id, Outbound::KickOut { channel, message })
+            .map_err(|_| HostError::UnknownSocket(socket_id))
     }
 
     fn subscriptions(&mut self, _socket_id: String) -> Result<Vec<String>, HostError> {

@@ -57,6 +57,20 @@ pub enum Outbound {
     },
     /// The socket's token is dropped and the client told to forget it.
     Deauthenticate,
+    /// The socket is unsubscribed from `channel` and told so (`#kickOut`).
+    KickOut {
+        /// The channel.
+        channel: String,
+        /// What the client's `kickOut` event carries (JSON), if anything.
+        message: Option<String>,
+    },
+    /// The server closes the connection with this code and reason.
+    Disconnect {
+        /// WebSocket close code.
+        code: u16,
+        /// Close reason.
+        reason: String,
+    },
 }
 
 /// A session's queue, filled by the broker and by plugins on any worker,
@@ -706,6 +720,15 @@ where
                 self.feed(Utf8Bytes::from(protocol::event("#removeAuthToken", None)))
                     .await
             }
+            Outbound::KickOut { channel, message } => {
+                if self.subscriptions.remove(&channel) {
+                    self.ctx.services.broker.unsubscribe(&channel, self.key);
+                }
+                let data = protocol::kick_out(&channel, message.as_deref());
+                self.feed(Utf8Bytes::from(protocol::event("#kickOut", Some(&data))))
+                    .await
+            }
+            Outbound::Disconnect { code, reason } => Err(Ending::close(code, &reason)),
         }
     }
 
