@@ -84,6 +84,14 @@ impl HostState {
         &mut self.limits
     }
 
+    /// Queue something for a socket on any worker.
+    fn deliver(&self, socket_id: String, queued: Outbound) -> Result<(), HostError> {
+        self.services
+            .sockets
+            .deliver(&socket_id, queued)
+            .map_err(|_| HostError::UnknownSocket(socket_id))
+    }
+
     /// What the guest wrote to stderr lately, for a fault report.
     pub fn take_recent_stderr(&self) -> String {
         self.recent_stderr.take()
@@ -129,10 +137,7 @@ impl Host for HostState {
             check_json("transmit data", data)?;
         }
         let frame = protocol::event(&event, data.as_deref());
-        self.services
-            .sockets
-            .send(&socket_id, frame)
-            .map_err(|_| HostError::UnknownSocket(socket_id))
+        self.deliver(socket_id, Outbound::Frame(frame.into()))
     }
 
     fn set_auth_token(&mut self, socket_id: String, claims: String) -> Result<(), HostError> {
@@ -146,17 +151,11 @@ impl Host for HostState {
             claims: signed.claims,
             expires_at: signed.expires_at,
         };
-        self.services
-            .sockets
-            .deliver(&socket_id, queued)
-            .map_err(|_| HostError::UnknownSocket(socket_id))
+        self.deliver(socket_id, queued)
     }
 
     fn deauthenticate(&mut self, socket_id: String) -> Result<(), HostError> {
-        self.services
-            .sockets
-            .deliver(&socket_id, Outbound::Deauthenticate)
-            .map_err(|_| HostError::UnknownSocket(socket_id))
+        self.deliver(socket_id, Outbound::Deauthenticate)
     }
 
     fn disconnect(
@@ -176,10 +175,7 @@ impl Host for HostState {
                 "the close reason must fit in 123 bytes".into(),
             ));
         }
-        self.services
-            .sockets
-            .deliver(&socket_id, Outbound::Disconnect { code, reason })
-            .map_err(|_| HostError::UnknownSocket(socket_id))
+        self.deliver(socket_id, Outbound::Disconnect { code, reason })
     }
 
     fn kick_out(
@@ -191,10 +187,7 @@ impl Host for HostState {
         if let Some(message) = &message {
             check_json("kick-out message", message)?;
         }
-        self.services
-            .sockets
-            .deliver(&socket_id, Outbound::KickOut { channel, message })
-            .map_err(|_| HostError::UnknownSocket(socket_id))
+        self.deliver(socket_id, Outbound::KickOut { channel, message })
     }
 
     fn subscriptions(&mut self, _socket_id: String) -> Result<Vec<String>, HostError> {

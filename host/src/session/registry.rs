@@ -4,7 +4,6 @@ use super::{Outbound, Outbox};
 use std::collections::HashMap;
 use std::sync::RwLock;
 use thiserror::Error;
-use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 /// No open socket has the id.
 #[derive(Debug, Error, PartialEq)]
@@ -29,11 +28,6 @@ impl SocketRegistry {
     pub fn remove(&self, id: &str) {
         let mut sockets = self.sockets.write().unwrap_or_else(|e| e.into_inner());
         sockets.remove(id);
-    }
-
-    /// Queue a frame for one socket.
-    pub fn send(&self, id: &str, frame: String) -> Result<(), UnknownSocket> {
-        self.deliver(id, Outbound::Frame(Utf8Bytes::from(frame)))
     }
 
     /// Queue anything for one socket (a frame, an auth change).
