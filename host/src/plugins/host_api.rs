@@ -9,7 +9,7 @@ use super::limits::InstanceLimits;
 use crate::auth::AuthEngine;
 use crate::broker::Broker;
 use crate::protocol;
-use crate::session::{Outbound, SocketRegistry};
+use crate::session::{Control, Outbound, SocketRegistry};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 use wasmtime::component::ResourceTable;
@@ -146,16 +146,17 @@ impl Host for HostState {
             .auth
             .sign(&claims)
             .map_err(|error| HostError::InvalidArgument(error.to_string()))?;
-        let queued = Outbound::SetAuthToken {
+        let queued = Control::SetAuthToken {
             token: signed.token,
             claims: signed.claims,
             expires_at: signed.expires_at,
-        };
+        }
+        .into();
         self.deliver(socket_id, queued)
     }
 
     fn deauthenticate(&mut self, socket_id: String) -> Result<(), HostError> {
-        self.deliver(socket_id, Outbound::Deauthenticate)
+        self.deliver(socket_id, Control::Deauthenticate.into())
     }
 
     fn disconnect(
@@ -175,7 +176,7 @@ impl Host for HostState {
                 "the close reason must fit in 123 bytes".into(),
             ));
         }
-        self.deliver(socket_id, Outbound::Disconnect { code, reason })
+        self.deliver(socket_id, Control::Disconnect { code, reason }.into())
     }
 
     fn kick_out(
@@ -187,7 +188,7 @@ impl Host for HostState {
         if let Some(message) = &message {
             check_json("kick-out message", message)?;
         }
-        self.deliver(socket_id, Outbound::KickOut { channel, message })
+        self.deliver(socket_id, Control::KickOut { channel, message }.into())
     }
 
     fn subscriptions(&mut self, _socket_id: String) -> Result<Vec<String>, HostError> {

@@ -38,13 +38,20 @@ const MAX_FRAMES_PER_FLUSH: usize = 64;
 /// Identifies a session inside the process (the broker's subscriber key).
 pub type SessionKey = u64;
 
-/// What other tasks ask of a session: frames to write, and changes to its
-/// auth state made by plugins (so that the state and the frame that tells
-/// the client stay in order).
+/// What other tasks ask of a session: frames to write, and changes plugins
+/// make to the socket (kept in order with the frames that tell the client).
 #[derive(Debug)]
 pub enum Outbound {
     /// A frame to write as it is (publications are shared, not copied).
     Frame(Utf8Bytes),
+    /// A change to the socket; boxed, being rare, so that the queue's
+    /// blocks stay small for idle connections.
+    Control(Box<Control>),
+}
+
+/// A change a plugin makes to a socket.
+#[derive(Debug)]
+pub enum Control {
     /// The socket is now authenticated with `claims`; the client gets
     /// `#setAuthToken` with the signed `token`.
     SetAuthToken {
@@ -71,6 +78,12 @@ pub enum Outbound {
         /// Close reason.
         reason: String,
     },
+}
+
+impl From<Control> for Outbound {
+    fn from(control: Control) -> Self {
+        Outbound::Control(Box::new(control))
+    }
 }
 
 /// A session's queue, filled by the broker and by plugins on any worker,
@@ -699,9 +712,12 @@ where
     /// Write a queued frame, or apply an auth change a plugin asked for and
     /// write the frame that tells the client.
     async fn apply(&mut self, queued: Outbound) -> Result<(), Ending> {
-        match queued {
-            Outbound::Frame(frame) => self.feed(frame).await,
-            Outbound::SetAuthToken {
+        let control = match queued {
+            Outbound::Frame(frame) => return self.feed(frame).await,
+            Outbound::Control(control) => *control,
+        };
+        match control {
+            Control::SetAuthToken {
                 token,
                 claims,
                 expires_at,
@@ -715,12 +731,12 @@ where
                 )))
                 .await
             }
-            Outbound::Deauthenticate => {
+            Control::Deauthenticate => {
                 self.clear_auth();
                 self.feed(Utf8Bytes::from(protocol::event("#removeAuthToken", None)))
                     .await
             }
-            Outbound::KickOut { channel, message } => {
+            Control::KickOut { channel, message } => {
                 if self.subscriptions.remove(&channel) {
                     self.ctx.services.broker.unsubscribe(&channel, self.key);
                 }
@@ -728,7 +744,7 @@ where
                 self.feed(Utf8Bytes::from(protocol::event("#kickOut", Some(&data))))
                     .await
             }
-            Outbound::Disconnect { code, reason } => Err(Ending::close(code, &reason)),
+            Control::Disconnect { code, reason } => Err(Ending::close(code, &reason)),
         }
     }
 
