@@ -327,7 +327,7 @@ async fn publications_reach_every_subscriber_on_every_worker() {
 
 #[tokio::test]
 async fn client_publish_can_be_disabled() {
-    let (server, _dir) = echo_server(&["--no-client-publish"]);
+    let (server, _dir) = echo_server(&["--allow-client-publish", "false"]);
     let mut client = server.client().await;
     client.subscribe("news").await;
     let reply = client

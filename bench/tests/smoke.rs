@@ -69,6 +69,11 @@ fn start_server() -> Server {
 }
 
 fn loadgen(server: &Server, args: &[&str]) -> Value {
+    loadgen_for(server, "0.5", args)
+}
+
+/// Run a scenario for `seconds`; its JSON result.
+fn loadgen_for(server: &Server, seconds: &str, args: &[&str]) -> Value {
     let pid = server.child.id().to_string();
     let output = Command::new(env!("CARGO_BIN_EXE_loadgen"))
         .args(&args[..1])
@@ -78,7 +83,7 @@ fn loadgen(server: &Server, args: &[&str]) -> Value {
             "--server-pid",
             &pid,
             "--duration-secs",
-            "0.5",
+            seconds,
         ])
         .args(["--tag", r#"{"target":"wasmcluster"}"#])
         .args(&args[1..])
@@ -145,8 +150,10 @@ fn every_scenario_runs_against_the_server() {
         new_build.display()
     );
     let plugins_dir = server._plugins.path().to_str().unwrap().to_owned();
-    let swap = loadgen(
+    // Long enough for the new build to compile when it is not cached yet.
+    let swap = loadgen_for(
         &server,
+        "4",
         &[
             "hot-swap",
             "--connections",

@@ -3,6 +3,7 @@
 
 use crate::plugins::PluginLimits;
 use crate::protocol::PingProtocol;
+use crate::server::OriginPolicy;
 use crate::session::{PingMode, SessionSettings};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -45,10 +46,36 @@ pub struct ServeArgs {
     #[arg(long, env = "WASMCLUSTER_PATH", default_value = "/socketcluster/")]
     pub path: String,
 
-    /// Refuse `#publish` from clients (SocketCluster's `allowClientPublish: false`);
-    /// plugins can still publish.
-    #[arg(long, env = "WASMCLUSTER_NO_CLIENT_PUBLISH")]
-    pub no_client_publish: bool,
+    /// Whether clients may `#publish` (SocketCluster's `allowClientPublish`);
+    /// with `false` they get "Client publish feature is disabled", and only
+    /// plugins publish.
+    #[arg(
+        long,
+        env = "WASMCLUSTER_ALLOW_CLIENT_PUBLISH",
+        default_value_t = true,
+        action = clap::ArgAction::Set,
+        value_name = "BOOL"
+    )]
+    pub allow_client_publish: bool,
+
+    /// Require authentication: an unauthenticated socket may only call the
+    /// RPCs a plugin marks public (such as `login`); its other RPCs,
+    /// subscriptions and publications get `AuthRequiredError`, and its
+    /// transmits are dropped.
+    #[arg(long, env = "WASMCLUSTER_REQUIRE_AUTH")]
+    pub require_auth: bool,
+
+    /// Origins allowed to open a WebSocket, comma-separated, as
+    /// SocketCluster's `origins`: `host:port`, `host:*`, `*:port`, or `*:*`
+    /// for any. Another origin gets HTTP 403. A request without an `Origin`
+    /// header (not a browser) passes only with `*:*`.
+    #[arg(
+        long,
+        env = "WASMCLUSTER_ORIGINS",
+        default_value = "*:*",
+        value_delimiter = ','
+    )]
+    pub origins: Vec<String>,
 
     /// Milliseconds between two server pings.
     #[arg(long, env = "WASMCLUSTER_PING_INTERVAL_MS", default_value_t = 8_000)]
@@ -155,6 +182,8 @@ pub struct ServerConfig {
     pub workers: usize,
     /// WebSocket endpoint path.
     pub path: String,
+    /// Which browser origins may open a WebSocket.
+    pub origins: OriginPolicy,
     /// Protocol settings of every session.
     pub session: SessionSettings,
     /// Largest accepted message.
@@ -241,8 +270,11 @@ impl ServeArgs {
                 ping_timeout: Duration::from_millis(self.ping_timeout_ms),
                 handshake_timeout: Duration::from_millis(self.handshake_timeout_ms),
                 ping_mode,
-                allow_client_publish: !self.no_client_publish,
+                allow_client_publish: self.allow_client_publish,
+                require_auth: self.require_auth,
             },
+            origins: OriginPolicy::parse(&self.origins)
+                .map_err(|reason| invalid("origins", reason))?,
             max_payload_bytes: self.max_payload_bytes,
             plugin_limits: PluginLimits {
                 deadline: Duration::from_millis(self.plugin_deadline_ms),

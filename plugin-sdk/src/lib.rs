@@ -96,12 +96,15 @@ impl Socket {
     }
 }
 
-/// What a plugin does with a client publication in [`Plugin::on_publish_in`].
+/// What a middleware hook that may rewrite does with the data of a client
+/// action: [`Plugin::on_publish_in`], [`Plugin::on_invoke_in`] and
+/// [`Plugin::on_transmit_in`]. To deny, return an [`Error`] instead.
 #[derive(Debug, Clone, PartialEq)]
-pub enum PublishIn {
-    /// Publish the data as the client sent it.
+pub enum Inbound {
+    /// Let the action proceed with the data as it is.
     AsSent,
-    /// Publish this data instead.
+    /// Let it proceed with this data instead: the next middleware, and then
+    /// the plugin that handles the action, see it.
     Rewritten(Payload),
 }
 
@@ -163,16 +166,43 @@ pub trait Plugin: Sized + 'static {
         socket: &Socket,
         channel: &str,
         data: Payload,
-    ) -> Result<PublishIn, Error> {
+    ) -> Result<Inbound, Error> {
         let _ = (socket, channel, data);
-        Ok(PublishIn::AsSent)
+        Ok(Inbound::AsSent)
     }
 
     /// Allow or deny a verified auth token (its claims in `claims`). Needs
-    /// [`Hook::Authenticate`].
+    /// [`Hook::Authenticate`]. An error with an `isBadToken: true` detail
+    /// also makes the client drop its token.
     fn on_authenticate(&mut self, socket: &Socket, claims: Payload) -> Result<(), Error> {
         let _ = (socket, claims);
         Ok(())
+    }
+
+    /// Allow, rewrite or deny any client RPC, before the plugin that answers
+    /// `event` sees it (this plugin's own or another's). Needs
+    /// [`Hook::Invoke`].
+    fn on_invoke_in(
+        &mut self,
+        socket: &Socket,
+        event: &str,
+        data: Payload,
+    ) -> Result<Inbound, Error> {
+        let _ = (socket, event, data);
+        Ok(Inbound::AsSent)
+    }
+
+    /// Allow, rewrite or deny any client transmit, before the plugin that
+    /// receives `event` sees it. A denied transmit is dropped. Needs
+    /// [`Hook::Transmit`].
+    fn on_transmit_in(
+        &mut self,
+        socket: &Socket,
+        event: &str,
+        data: Payload,
+    ) -> Result<Inbound, Error> {
+        let _ = (socket, event, data);
+        Ok(Inbound::AsSent)
     }
 
     /// A timer set with [`host::set_timer`] fired. Needs [`Hook::Timer`].
@@ -199,7 +229,7 @@ pub trait Plugin: Sized + 'static {
 #[doc(hidden)]
 pub mod __private {
     use super::bindings::wasmcluster::plugin::types as wit;
-    use super::{Error, Payload, Plugin, PublishIn};
+    use super::{Error, Inbound, Payload, Plugin};
     use std::cell::RefCell;
     use std::thread::LocalKey;
 
@@ -238,13 +268,13 @@ pub mod __private {
         }
     }
 
-    pub fn publish_decision(result: Result<PublishIn, Error>) -> wit::PublishDecision {
+    pub fn inbound_decision(result: Result<Inbound, Error>) -> wit::InboundDecision {
         match result {
-            Ok(PublishIn::AsSent) => wit::PublishDecision::Allow,
-            Ok(PublishIn::Rewritten(data)) => wit::PublishDecision::AllowWith(
+            Ok(Inbound::AsSent) => wit::InboundDecision::Allow,
+            Ok(Inbound::Rewritten(data)) => wit::InboundDecision::AllowWith(
                 data.into_json_text().unwrap_or_else(|| "null".into()),
             ),
-            Err(error) => wit::PublishDecision::Deny(error.into_wit()),
+            Err(error) => wit::InboundDecision::Deny(error.into_wit()),
         }
     }
 
@@ -343,8 +373,8 @@ macro_rules! export {
                     socket: __wit::Socket,
                     channel: ::std::string::String,
                     data: ::std::option::Option<::std::string::String>,
-                ) -> __wit::PublishDecision {
-                    __wc::publish_decision(__wc::with(&STATE, |p| {
+                ) -> __wit::InboundDecision {
+                    __wc::inbound_decision(__wc::with(&STATE, |p| {
                         $crate::Plugin::on_publish_in(
                             p,
                             &socket,
@@ -362,6 +392,34 @@ macro_rules! export {
                             p,
                             &socket,
                             $crate::Payload::from_json_text(token),
+                        )
+                    }))
+                }
+                fn on_invoke_in(
+                    socket: __wit::Socket,
+                    event: ::std::string::String,
+                    data: ::std::option::Option<::std::string::String>,
+                ) -> __wit::InboundDecision {
+                    __wc::inbound_decision(__wc::with(&STATE, |p| {
+                        $crate::Plugin::on_invoke_in(
+                            p,
+                            &socket,
+                            &event,
+                            $crate::Payload::from(data),
+                        )
+                    }))
+                }
+                fn on_transmit_in(
+                    socket: __wit::Socket,
+                    event: ::std::string::String,
+                    data: ::std::option::Option<::std::string::String>,
+                ) -> __wit::InboundDecision {
+                    __wc::inbound_decision(__wc::with(&STATE, |p| {
+                        $crate::Plugin::on_transmit_in(
+                            p,
+                            &socket,
+                            &event,
+                            $crate::Payload::from(data),
                         )
                     }))
                 }

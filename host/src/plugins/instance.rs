@@ -40,11 +40,35 @@ pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// Which export a call enters, and for which event: named in fault logs
 /// and errors. Formatted only when something fails.
 #[derive(Clone, Copy)]
-enum Call<'a> {
+pub(super) enum Call<'a> {
     Invoke(&'a str),
     Transmit(&'a str),
     Connect,
     Disconnect,
+    Handshake,
+    Authenticate,
+    Subscribe(&'a str),
+    PublishIn(&'a str),
+    InvokeIn(&'a str),
+    TransmitIn(&'a str),
+}
+
+impl Call<'_> {
+    /// The event or channel the call is about, for error details.
+    pub(super) fn subject(&self) -> &str {
+        match self {
+            Call::Invoke(subject)
+            | Call::Transmit(subject)
+            | Call::Subscribe(subject)
+            | Call::PublishIn(subject)
+            | Call::InvokeIn(subject)
+            | Call::TransmitIn(subject) => subject,
+            Call::Connect => "#connect",
+            Call::Disconnect => "#disconnect",
+            Call::Handshake => "#handshake",
+            Call::Authenticate => "#authenticate",
+        }
+    }
 }
 
 impl std::fmt::Display for Call<'_> {
@@ -54,13 +78,19 @@ impl std::fmt::Display for Call<'_> {
             Call::Transmit(event) => write!(f, "on-transmit '{event}'"),
             Call::Connect => f.write_str("on-connect"),
             Call::Disconnect => f.write_str("on-disconnect"),
+            Call::Handshake => f.write_str("on-handshake"),
+            Call::Authenticate => f.write_str("on-authenticate"),
+            Call::Subscribe(channel) => write!(f, "on-subscribe '{channel}'"),
+            Call::PublishIn(channel) => write!(f, "on-publish-in '{channel}'"),
+            Call::InvokeIn(event) => write!(f, "on-invoke-in '{event}'"),
+            Call::TransmitIn(event) => write!(f, "on-transmit-in '{event}'"),
         }
     }
 }
 
 /// Why a call into a plugin did not produce an answer.
 #[derive(Debug)]
-enum CallFailure {
+pub(super) enum CallFailure {
     /// The call trapped, timed out or ran out of memory.
     Fault(String),
     /// No instance could take the call (rebuild failed, backing off).
@@ -101,6 +131,13 @@ pub struct WorkerPlugins {
     /// Set by a reload: the plugins that replaced these. Calls made on an
     /// outdated `WorkerPlugins` are passed on to it.
     successor: RefCell<Option<Rc<WorkerPlugins>>>,
+}
+
+impl WorkerPlugins {
+    /// The plugins and their routing.
+    pub(super) fn set(&self) -> &PluginSet {
+        &self.set
+    }
 }
 
 impl WorkerPlugins {
@@ -181,7 +218,7 @@ impl WorkerPlugins {
     }
 
     /// The newest set of plugins, following reloads.
-    fn newest(self: &Rc<Self>) -> Rc<Self> {
+    pub(super) fn newest(self: &Rc<Self>) -> Rc<Self> {
         let mut current = self.clone();
         loop {
             let next = current.successor.borrow().clone();
@@ -194,7 +231,7 @@ impl WorkerPlugins {
 
     /// Call `f` on plugin `index`'s instance with a fresh deadline, building
     /// the instance first if an earlier fault dropped it.
-    async fn call<R>(
+    pub(super) async fn call<R>(
         &self,
         index: usize,
         what: Call<'_>,
@@ -508,7 +545,7 @@ fn describe_fault(error: &wasmtime::Error, plugin: &LoadedPlugin) -> (FaultKind,
     (FaultKind::Trap, trap)
 }
 
-fn failure_error(failure: CallFailure, plugin: &str, event: &str) -> ErrorObject {
+pub(super) fn failure_error(failure: CallFailure, plugin: &str, event: &str) -> ErrorObject {
     let (name, message) = match failure {
         CallFailure::Fault(message) => ("PluginError", message),
         CallFailure::Unavailable(message) => ("PluginUnavailable", message),
@@ -522,7 +559,7 @@ fn failure_error(failure: CallFailure, plugin: &str, event: &str) -> ErrorObject
         .with("event", event)
 }
 
-fn invalid_answer(plugin: &str, event: &str, why: &str) -> ErrorObject {
+pub(super) fn invalid_answer(plugin: &str, event: &str, why: &str) -> ErrorObject {
     ErrorObject::new(
         "PluginError",
         format!("Plugin '{plugin}' {why} to '{event}'"),
@@ -533,7 +570,7 @@ fn invalid_answer(plugin: &str, event: &str, why: &str) -> ErrorObject {
 
 /// The client-facing error object for an error a plugin returned, or why it
 /// is not acceptable.
-fn plugin_error(error: WitError) -> Result<ErrorObject, String> {
+pub(super) fn plugin_error(error: WitError) -> Result<ErrorObject, String> {
     let details = match error.details.as_deref() {
         None => serde_json::Map::new(),
         Some(json) => match serde_json::from_str::<serde_json::Value>(json) {

@@ -8,7 +8,7 @@ use super::engine::{PluginEngine, deadline_ticks};
 use super::health::PluginHealth;
 use super::host_api::{HostServices, HostState};
 use crate::auth::AuthEngine;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,9 +17,27 @@ use wasmtime::Store;
 use wasmtime::component::{Component, ComponentExportIndex, TypedFunc};
 
 /// The hooks this host runs. A plugin that declares another hook is refused:
-/// ignoring a middleware hook would let through what the plugin means to
-/// deny.
-const SUPPORTED_HOOKS: [Hook; 2] = [Hook::Connect, Hook::Disconnect];
+/// ignoring a hook would silently break what the plugin means to do.
+const SUPPORTED_HOOKS: [Hook; 8] = [
+    Hook::Handshake,
+    Hook::Connect,
+    Hook::Disconnect,
+    Hook::Subscribe,
+    Hook::PublishIn,
+    Hook::Authenticate,
+    Hook::Invoke,
+    Hook::Transmit,
+];
+
+/// The middleware hooks, each run as a chain over the plugins declaring it.
+const MIDDLEWARE_HOOKS: [Hook; 6] = [
+    Hook::Handshake,
+    Hook::Subscribe,
+    Hook::PublishIn,
+    Hook::Authenticate,
+    Hook::Invoke,
+    Hook::Transmit,
+];
 
 /// Limits every call of a plugin runs under.
 #[derive(Debug, Clone, Copy)]
@@ -294,6 +312,11 @@ pub struct PluginSet {
     rpc_routes: HashMap<String, usize>,
     /// Transmit event to the index of its plugin.
     transmit_routes: HashMap<String, usize>,
+    /// For each middleware hook, the plugins declaring it in the order they
+    /// run: higher priority first, then by name.
+    chains: Vec<(Hook, Vec<usize>)>,
+    /// RPC events unauthenticated sockets may call under `require_auth`.
+    public_rpc_events: HashSet<String>,
 }
 
 impl PluginSet {
@@ -307,13 +330,50 @@ impl PluginSet {
         self.transmit_routes.get(event).copied()
     }
 
+    /// The plugins running middleware `hook`, in order.
+    pub fn chain(&self, hook: Hook) -> &[usize] {
+        self.chains
+            .iter()
+            .find(|(chain_hook, _)| *chain_hook == hook)
+            .map_or(&[], |(_, chain)| chain)
+    }
+
+    /// Whether a plugin marks RPC `event` as open to unauthenticated sockets.
+    pub fn is_public_rpc(&self, event: &str) -> bool {
+        self.public_rpc_events.contains(event)
+    }
+
     /// An empty set.
     fn empty() -> Self {
         PluginSet {
             plugins: Vec::new(),
             rpc_routes: HashMap::new(),
             transmit_routes: HashMap::new(),
+            chains: Vec::new(),
+            public_rpc_events: HashSet::new(),
         }
+    }
+
+    /// Order the middleware of every hook: higher priority first, then by
+    /// name, so that the order does not depend on file names.
+    fn order_chains(&mut self) {
+        let plugins = &self.plugins;
+        self.chains = MIDDLEWARE_HOOKS
+            .iter()
+            .map(|&hook| {
+                let mut chain: Vec<usize> = (0..plugins.len())
+                    .filter(|&index| plugins[index].manifest.hooks.contains(&hook))
+                    .collect();
+                chain.sort_by(|&a, &b| {
+                    let (a, b) = (&plugins[a], &plugins[b]);
+                    b.manifest
+                        .priority
+                        .cmp(&a.manifest.priority)
+                        .then_with(|| a.name.cmp(&b.name))
+                });
+                (hook, chain)
+            })
+            .collect();
     }
 
     /// Add a plugin and route its events, unless its name or one of its
@@ -351,7 +411,10 @@ impl PluginSet {
         for event in &plugin.manifest.transmit_events {
             self.transmit_routes.insert(event.clone(), index);
         }
+        self.public_rpc_events
+            .extend(plugin.manifest.public_rpc_events.iter().cloned());
         self.plugins.push(plugin);
+        self.order_chains();
         Ok(())
     }
 
@@ -631,7 +694,7 @@ fn check_manifest(manifest: &Manifest) -> Result<(), String> {
         ("RPC", &manifest.rpc_events),
         ("transmit", &manifest.transmit_events),
     ] {
-        let mut seen = std::collections::HashSet::new();
+        let mut seen = HashSet::new();
         for event in events {
             if event.is_empty() || event.starts_with('#') {
                 return Err(format!(
@@ -658,8 +721,8 @@ fn check_manifest(manifest: &Manifest) -> Result<(), String> {
         .find(|hook| !SUPPORTED_HOOKS.contains(hook))
     {
         return Err(format!(
-            "hook {hook:?} is not supported by this version of wasmcluster yet \
-             (supported: connect, disconnect); the plugin would not be enforced as written"
+            "hook {hook:?} is not supported by this version of wasmcluster yet; \
+             the plugin would not work as written"
         ));
     }
     Ok(())

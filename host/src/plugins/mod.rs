@@ -18,6 +18,7 @@ mod instance;
 mod kv;
 mod limits;
 mod loader;
+mod middleware;
 
 pub use engine::{EngineError, PluginEngine};
 pub use health::{FaultKind, PluginHealth};
@@ -27,6 +28,7 @@ pub use loader::{
     LoadError, LoadedPlugin, PluginLimits, PluginSet, ReloadSummary, check_file, is_plugin_file,
     load_dir, reload_dir,
 };
+pub use middleware::Rewritten;
 
 /// Bindings generated from `wit/plugin.wit`.
 #[allow(missing_docs, clippy::all)]
@@ -40,3 +42,7 @@ mod bindings {
 
 /// A client connection as plugins see it (the WIT `socket` record).
 pub use bindings::wasmcluster::plugin::types::Socket;
+
+/// What middleware `on-handshake` hooks learn of a connection (the WIT
+/// `handshake-info` record).
+pub use bindings::wasmcluster::plugin::types::HandshakeInfo;

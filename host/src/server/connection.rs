@@ -3,7 +3,7 @@
 
 use super::Shared;
 use super::http::{self, ReadError, Response};
-use crate::session::{self, SessionContext};
+use crate::session::{self, SessionContext, UpgradeRequest};
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -22,7 +22,7 @@ const WRITE_BUFFER: usize = 16 * 1024;
 /// What to do with a request.
 enum Action {
     /// Switch to WebSocket with this `101` answer.
-    Upgrade(String),
+    Upgrade(String, UpgradeRequest),
     /// Answer and close.
     Respond(Response),
 }
@@ -45,10 +45,10 @@ pub async fn handle(
                 return;
             }
         };
-    // The request is dropped here: nothing of it stays with a long-lived
-    // WebSocket connection.
-    let accept = match route(request, &shared) {
-        Action::Upgrade(accept) => accept,
+    // The request is dropped here: only what handshake middleware needs
+    // stays, until the handshake.
+    let (accept, upgrade) = match route(request, &shared) {
+        Action::Upgrade(accept, upgrade) => (accept, upgrade),
         Action::Respond(response) => {
             let _ = response.send(&mut stream).await;
             return;
@@ -68,7 +68,7 @@ pub async fn handle(
     drop(early);
     // Boxed: the HTTP part of this future is not kept beside the session for
     // the life of the connection.
-    Box::pin(session::run(ws, peer, ctx)).await;
+    Box::pin(session::run(ws, peer, upgrade, ctx)).await;
 }
 
 /// Decide what a request gets.
@@ -85,8 +85,24 @@ fn route(request: http::Request, shared: &Shared) -> Action {
                 .with_header("Upgrade", "websocket"),
             );
         }
+        let origin = request.header("origin");
+        if !shared.config.origins.allows(origin) {
+            let origin = origin.unwrap_or("(none)");
+            tracing::info!(origin, "WebSocket upgrade refused: origin not allowed");
+            return Action::Respond(Response::text(
+                403,
+                "Forbidden",
+                &format!("Failed to authorize socket handshake - Invalid origin: {origin}\n"),
+            ));
+        }
         match request.websocket_accept() {
-            Ok(accept) => Action::Upgrade(accept),
+            Ok(accept) => Action::Upgrade(
+                accept,
+                UpgradeRequest {
+                    url: request.target.clone(),
+                    origin: origin.map(str::to_owned),
+                },
+            ),
             Err(response) => Action::Respond(response),
         }
     } else if request.wants_websocket() {

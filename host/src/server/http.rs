@@ -19,6 +19,8 @@ pub struct Request {
     pub method: String,
     /// The path without the query string.
     pub path: String,
+    /// The request target as sent: path and query string.
+    pub target: String,
     /// Header names (lower case) and values.
     pub headers: Vec<(String, String)>,
 }
@@ -255,6 +257,7 @@ fn parse_head(bytes: &[u8]) -> Result<Option<(Request, usize)>, ReadError> {
     let request = Request {
         method: parsed.method.unwrap_or("GET").to_owned(),
         path,
+        target: target.to_owned(),
         headers,
     };
     Ok(Some((request, head_len)))

@@ -7,6 +7,7 @@
 
 mod connection;
 mod http;
+mod origin;
 mod plugin_watch;
 mod worker;
 
@@ -26,6 +27,8 @@ use tokio::net::TcpListener;
 use tokio::signal::unix::SignalKind;
 use tokio::sync::watch;
 use worker::Worker;
+
+pub use origin::OriginPolicy;
 
 /// Why the server could not start or run.
 #[derive(Debug, Error)]

@@ -11,8 +11,8 @@ mod registry;
 
 pub use registry::{SocketRegistry, UnknownSocket};
 
-use crate::auth::{AuthEngine, AuthError};
-use crate::plugins::{HostServices, Socket, WorkerPlugins};
+use crate::auth::{AuthEngine, AuthError, VerifiedToken};
+use crate::plugins::{HandshakeInfo, HostServices, Socket, WorkerPlugins};
 use crate::protocol::{self, ChannelRequest, ErrorObject, Frame, Packet, PingProtocol, close_code};
 use base64::Engine as _;
 use futures_util::{FutureExt, SinkExt, StreamExt};
@@ -116,6 +116,46 @@ pub struct SessionSettings {
     pub ping_mode: PingMode,
     /// Whether clients may `#publish`.
     pub allow_client_publish: bool,
+    /// Whether unauthenticated sockets are limited to public RPCs.
+    pub require_auth: bool,
+}
+
+/// What a session keeps of its HTTP upgrade request, for the `handshake`
+/// middleware; dropped once the handshake is done.
+#[derive(Debug)]
+pub struct UpgradeRequest {
+    /// Path and query string of the request.
+    pub url: String,
+    /// Its `Origin` header.
+    pub origin: Option<String>,
+}
+
+/// Why a token did not authenticate a socket: SocketCluster's `authError`.
+struct AuthRefusal {
+    error: ErrorObject,
+    /// Whether the client is told to drop the token.
+    is_bad_token: bool,
+}
+
+impl From<AuthError> for AuthRefusal {
+    fn from(error: AuthError) -> Self {
+        AuthRefusal {
+            error: error.to_error_object(),
+            is_bad_token: error.is_bad_token,
+        }
+    }
+}
+
+impl AuthRefusal {
+    /// An `authenticate` middleware denied the token; like a SocketCluster
+    /// middleware error, it is a bad token only when it says so.
+    fn denied(error: ErrorObject) -> Self {
+        let is_bad_token = error.details.get("isBadToken") == Some(&serde_json::Value::Bool(true));
+        AuthRefusal {
+            error,
+            is_bad_token,
+        }
+    }
 }
 
 /// Counters shared by every session, for health output and metrics.
@@ -192,6 +232,15 @@ impl Ending {
     }
 }
 
+/// The error for an action an unauthenticated socket may not take while the
+/// server requires authentication.
+fn auth_required(action: &str) -> ErrorObject {
+    ErrorObject::new(
+        "AuthRequiredError",
+        format!("{action} needs an authenticated socket: this server requires authentication"),
+    )
+}
+
 /// A new socket id in the style of SocketCluster's base64id: 20 URL-safe
 /// characters.
 fn new_socket_id() -> String {
@@ -224,11 +273,17 @@ struct Session<S> {
     outbox: Outbox,
     /// Frames queued for this socket by the broker and by plugins.
     inbox: mpsc::UnboundedReceiver<Outbound>,
+    /// The upgrade request, until the handshake middleware has seen it.
+    upgrade: Option<Box<UpgradeRequest>>,
 }
 
 /// Run a session on an upgraded connection until it closes.
-pub async fn run<S>(ws: WebSocketStream<S>, peer: SocketAddr, ctx: Rc<SessionContext>)
-where
+pub async fn run<S>(
+    ws: WebSocketStream<S>,
+    peer: SocketAddr,
+    upgrade: UpgradeRequest,
+    ctx: Rc<SessionContext>,
+) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let (outbox, inbox) = mpsc::unbounded_channel();
@@ -253,6 +308,7 @@ where
         token_expiry: None,
         outbox,
         inbox,
+        upgrade: Some(Box::new(upgrade)),
     };
     let ending = session.serve().await;
     session.finish(ending).await;
@@ -457,19 +513,39 @@ where
         };
         // A missing or null token is no error; a refused one is reported in
         // the reply and the connection still opens.
-        let auth_error = match protocol::handshake_token(data) {
-            Some(token) => self.authenticate(&token).err(),
+        let verified = protocol::handshake_token(data).map(|token| self.ctx.auth.verify(&token));
+        if let Some(upgrade) = self.upgrade.take() {
+            let info = HandshakeInfo {
+                remote_address: self.socket.remote_address.clone(),
+                url: upgrade.url,
+                origin: upgrade.origin,
+                auth_token: match &verified {
+                    Some(Ok(token)) => Some(token.claims.clone()),
+                    _ => None,
+                },
+            };
+            let plugins = self.ctx.current_plugins();
+            if let Err(error) = Box::pin(plugins.check_handshake(&info)).await {
+                return self.refuse_handshake(cid, error).await;
+            }
+        }
+        let refusal = match verified {
+            Some(Ok(token)) => self.accept_token(token).await.err(),
+            Some(Err(error)) => {
+                self.clear_auth();
+                Some(AuthRefusal::from(error))
+            }
             None => None,
         };
         let reply = protocol::handshake_reply(
             cid,
             &self.socket.id,
             self.ctx.settings.ping_timeout.as_millis() as u64,
-            auth_error.as_ref().map(AuthError::to_error_object).as_ref(),
+            refusal.as_ref().map(|refusal| &refusal.error),
             self.socket.auth_token.is_some(),
         );
         self.send(reply).await?;
-        if auth_error.is_some_and(|error| error.is_bad_token) {
+        if refusal.is_some_and(|refusal| refusal.is_bad_token) {
             self.remove_client_token().await?;
         }
         if self.state == State::Connecting {
@@ -484,9 +560,36 @@ where
         Ok(())
     }
 
+    /// A `handshake` middleware denied the connection: answer the handshake
+    /// with its error and close with its `statusCode` (4008 unless the
+    /// plugin chose a code of 4000-4999), as SocketCluster does.
+    async fn refuse_handshake(
+        &mut self,
+        cid: &RawValue,
+        mut error: ErrorObject,
+    ) -> Result<(), Ending> {
+        let code = error
+            .details
+            .get("statusCode")
+            .and_then(serde_json::Value::as_u64)
+            .and_then(|code| u16::try_from(code).ok())
+            .filter(|code| (4000..=4999).contains(code))
+            .unwrap_or(close_code::HANDSHAKE_REJECTED);
+        error = error.with("statusCode", code);
+        tracing::info!(
+            socket = self.socket.id,
+            code,
+            "handshake denied by middleware: {}: {}",
+            error.name,
+            error.message
+        );
+        self.send(protocol::error_response(cid, &error)).await?;
+        Err(Ending::close(code, ""))
+    }
+
     /// `#authenticate`: verify the token and answer as SocketCluster does: a
     /// bad token is an error (and `#removeAuthToken`), a token that is not
-    /// valid yet an unauthenticated status.
+    /// valid yet (or denied by middleware) an unauthenticated status.
     async fn on_authenticate(
         &mut self,
         data: Option<&RawValue>,
@@ -498,7 +601,14 @@ where
         let token = data
             .and_then(|data| serde_json::from_str::<String>(data.get()).ok())
             .unwrap_or_default();
-        match self.authenticate(&token) {
+        let outcome = match self.ctx.auth.verify(&token) {
+            Ok(verified) => self.accept_token(verified).await,
+            Err(error) => {
+                self.clear_auth();
+                Err(AuthRefusal::from(error))
+            }
+        };
+        match outcome {
             Ok(()) => {
                 self.send(protocol::ok_response(
                     cid,
@@ -506,32 +616,38 @@ where
                 ))
                 .await
             }
-            Err(error) if error.is_bad_token => {
-                self.send(protocol::error_response(cid, &error.to_error_object()))
+            Err(refusal) if refusal.is_bad_token => {
+                self.send(protocol::error_response(cid, &refusal.error))
                     .await?;
                 self.remove_client_token().await
             }
-            Err(error) => {
-                let status = protocol::auth_status(false, Some(&error.to_error_object()));
+            Err(refusal) => {
+                let status = protocol::auth_status(false, Some(&refusal.error));
                 self.send(protocol::ok_response(cid, Some(&status))).await
             }
         }
     }
 
-    /// Verify a token and make the socket authenticated with its claims; on
-    /// failure the socket is unauthenticated.
-    fn authenticate(&mut self, token: &str) -> Result<(), AuthError> {
-        match self.ctx.auth.verify(token) {
-            Ok(verified) => {
-                self.socket.auth_token = Some(verified.claims);
-                self.token_expiry = verified.expires_at;
-                Ok(())
-            }
-            Err(error) => {
-                self.clear_auth();
-                Err(error)
-            }
+    /// Run the `authenticate` middleware on a verified token and, when it
+    /// allows it, authenticate the socket with its claims; otherwise the
+    /// socket is unauthenticated.
+    async fn accept_token(&mut self, verified: VerifiedToken) -> Result<(), AuthRefusal> {
+        let plugins = self.ctx.current_plugins();
+        if let Err(error) =
+            Box::pin(plugins.check_authenticate(&self.socket, &verified.claims)).await
+        {
+            self.clear_auth();
+            return Err(AuthRefusal::denied(error));
         }
+        self.socket.auth_token = Some(verified.claims);
+        self.token_expiry = verified.expires_at;
+        Ok(())
+    }
+
+    /// Whether `require_auth` holds this socket back: the server requires
+    /// authentication and the socket has no token.
+    fn must_authenticate(&self) -> bool {
+        self.ctx.settings.require_auth && self.socket.auth_token.is_none()
     }
 
     fn clear_auth(&mut self) {
@@ -566,6 +682,19 @@ where
             let error = ErrorObject::invalid_action("Subscribe channel name was malformatted");
             return self.send(protocol::error_response(cid, &error)).await;
         };
+        if self.must_authenticate() {
+            let error = auth_required(&format!("Subscribing to '{}'", request.channel));
+            return self.send(protocol::error_response(cid, &error)).await;
+        }
+        let plugins = self.ctx.current_plugins();
+        let checked = plugins.check_subscribe(
+            &self.socket,
+            &request.channel,
+            request.data.map(RawValue::get),
+        );
+        if let Err(error) = Box::pin(checked).await {
+            return self.send(protocol::error_response(cid, &error)).await;
+        }
         if self.subscriptions.insert(request.channel.to_string()) {
             self.ctx
                 .services
@@ -605,20 +734,35 @@ where
         data: Option<&RawValue>,
         cid: Option<&RawValue>,
     ) -> Result<(), Ending> {
-        let error = if !self.ctx.settings.allow_client_publish {
-            Some(ErrorObject::invalid_action(
+        let outcome = self.publish(data).await;
+        self.answer(cid, outcome.err()).await
+    }
+
+    /// Check a client publication against the policies and the `publish-in`
+    /// middleware, and publish what they let through.
+    async fn publish(&mut self, data: Option<&RawValue>) -> Result<(), ErrorObject> {
+        if !self.ctx.settings.allow_client_publish {
+            return Err(ErrorObject::invalid_action(
                 "Client publish feature is disabled",
-            ))
-        } else if let Some(request) = ChannelRequest::parse(data) {
-            let data = request.data.map(RawValue::get);
-            self.ctx.services.broker.publish(&request.channel, data);
-            None
-        } else {
-            Some(ErrorObject::invalid_action(
-                "Publish channel name was malformatted",
-            ))
-        };
-        self.answer(cid, error).await
+            ));
+        }
+        let request = ChannelRequest::parse(data)
+            .ok_or_else(|| ErrorObject::invalid_action("Publish channel name was malformatted"))?;
+        if self.must_authenticate() {
+            return Err(auth_required(&format!(
+                "Publishing to '{}'",
+                request.channel
+            )));
+        }
+        let data = request.data.map(RawValue::get);
+        let plugins = self.ctx.current_plugins();
+        let rewritten =
+            Box::pin(plugins.filter_publish(&self.socket, &request.channel, data)).await?;
+        self.ctx
+            .services
+            .broker
+            .publish(&request.channel, rewritten.as_deref().or(data));
+        Ok(())
     }
 
     /// Answer a reserved event when it was an RPC: `{"rid"}` or the error.
@@ -646,20 +790,49 @@ where
         data: Option<&RawValue>,
         cid: &RawValue,
     ) -> Result<(), Ending> {
-        let plugins = self.ctx.current_plugins();
-        // Plugin calls are boxed so that their large futures are not part of
-        // every idle session's state.
-        let reply =
-            match Box::pin(plugins.invoke(&self.socket, event, data.map(RawValue::get))).await {
-                Ok(data) => protocol::ok_response(cid, data.as_deref()),
-                Err(error) => protocol::error_response(cid, &error),
-            };
+        let reply = match self.invoke(event, data.map(RawValue::get)).await {
+            Ok(data) => protocol::ok_response(cid, data.as_deref()),
+            Err(error) => protocol::error_response(cid, &error),
+        };
         self.send(reply).await
     }
 
-    async fn on_transmit(&mut self, event: &str, data: Option<&RawValue>) {
+    /// Check an RPC against `require_auth` and the `invoke` middleware, then
+    /// have its plugin answer it.
+    async fn invoke(&self, event: &str, data: Option<&str>) -> Result<Option<String>, ErrorObject> {
         let plugins = self.ctx.current_plugins();
-        if !Box::pin(plugins.transmit(&self.socket, event, data.map(RawValue::get))).await {
+        if self.must_authenticate() && !plugins.is_public_rpc(event) {
+            return Err(auth_required(&format!("RPC '{event}'")));
+        }
+        // Plugin calls are boxed so that their large futures are not part of
+        // every idle session's state.
+        let rewritten = Box::pin(plugins.filter_invoke(&self.socket, event, data)).await?;
+        Box::pin(plugins.invoke(&self.socket, event, rewritten.as_deref().or(data))).await
+    }
+
+    async fn on_transmit(&mut self, event: &str, data: Option<&RawValue>) {
+        let data = data.map(RawValue::get);
+        let plugins = self.ctx.current_plugins();
+        let refused = if self.must_authenticate() {
+            Err(auth_required(&format!("Transmit '{event}'")))
+        } else {
+            Box::pin(plugins.filter_transmit(&self.socket, event, data)).await
+        };
+        let rewritten = match refused {
+            Ok(rewritten) => rewritten,
+            Err(error) => {
+                tracing::debug!(
+                    socket = self.socket.id,
+                    event,
+                    "dropped a transmit: {}: {}",
+                    error.name,
+                    error.message
+                );
+                return;
+            }
+        };
+        let data = rewritten.as_deref().or(data);
+        if !Box::pin(plugins.transmit(&self.socket, event, data)).await {
             self.ctx
                 .stats
                 .unknown_transmits

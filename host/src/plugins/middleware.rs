@@ -1,0 +1,239 @@
+//! Middleware: the hooks through which plugins allow, rewrite or deny what a
+//! client does (handshake, authenticate, subscribe, publish, invoke,
+//! transmit), whichever plugin handles the action itself.
+//!
+//! Each hook runs as a chain over the plugins that declare it, in the order
+//! of [`PluginSet::chain`](super::PluginSet::chain): higher priority first,
+//! then by name. The first deny ends the chain and its error is what the
+//! client receives; a rewrite is what the next plugin in the chain sees.
+//! Middleware fails closed: a hook that traps, times out, runs out of memory
+//! or answers something invalid denies the action.
+
+use super::bindings::wasmcluster::plugin::types::{
+    Decision, ErrorObject as WitError, HandshakeInfo, Hook, InboundDecision,
+};
+use super::instance::{Call, CallFailure, failure_error, invalid_answer, plugin_error};
+use super::loader::Instance;
+use super::{Socket, WorkerPlugins};
+use crate::protocol::{self, ErrorObject};
+use std::rc::Rc;
+
+/// What one hook decided, in the host's terms.
+enum Verdict {
+    Allow,
+    Rewrite(String),
+    Deny(WitError),
+}
+
+impl From<Decision> for Verdict {
+    fn from(decision: Decision) -> Self {
+        match decision {
+            Decision::Allow => Verdict::Allow,
+            Decision::Deny(error) => Verdict::Deny(error),
+        }
+    }
+}
+
+impl From<InboundDecision> for Verdict {
+    fn from(decision: InboundDecision) -> Self {
+        match decision {
+            InboundDecision::Allow => Verdict::Allow,
+            InboundDecision::AllowWith(json) => Verdict::Rewrite(json),
+            InboundDecision::Deny(error) => Verdict::Deny(error),
+        }
+    }
+}
+
+/// The data an action proceeds with after its middleware: `None` when no
+/// plugin rewrote it.
+pub type Rewritten = Option<String>;
+
+impl WorkerPlugins {
+    /// Run the `handshake` hooks for a connection's `#handshake`.
+    pub async fn check_handshake(self: &Rc<Self>, info: &HandshakeInfo) -> Result<(), ErrorObject> {
+        self.run_chain(Hook::Handshake, Call::Handshake, None, async |i, _| {
+            let decision = i.exports.call_on_handshake(&mut i.store, info).await?;
+            Ok(decision.into())
+        })
+        .await
+        .map(drop)
+    }
+
+    /// Run the `authenticate` hooks for a verified token's `claims`.
+    pub async fn check_authenticate(
+        self: &Rc<Self>,
+        socket: &Socket,
+        claims: &str,
+    ) -> Result<(), ErrorObject> {
+        let claims = claims.to_owned();
+        self.run_chain(
+            Hook::Authenticate,
+            Call::Authenticate,
+            None,
+            async |i, _| {
+                let decision = i
+                    .exports
+                    .call_on_authenticate(&mut i.store, socket, &claims)
+                    .await?;
+                Ok(decision.into())
+            },
+        )
+        .await
+        .map(drop)
+    }
+
+    /// Run the `subscribe` hooks for a subscription to `channel`.
+    pub async fn check_subscribe(
+        self: &Rc<Self>,
+        socket: &Socket,
+        channel: &str,
+        data: Option<&str>,
+    ) -> Result<(), ErrorObject> {
+        self.run_chain(
+            Hook::Subscribe,
+            Call::Subscribe(channel),
+            data,
+            async |i, data| {
+                let decision = i
+                    .exports
+                    .call_on_subscribe(&mut i.store, socket, channel, data)
+                    .await?;
+                Ok(decision.into())
+            },
+        )
+        .await
+        .map(drop)
+    }
+
+    /// Run the `publish-in` hooks for a client publication on `channel`.
+    pub async fn filter_publish(
+        self: &Rc<Self>,
+        socket: &Socket,
+        channel: &str,
+        data: Option<&str>,
+    ) -> Result<Rewritten, ErrorObject> {
+        self.run_chain(
+            Hook::PublishIn,
+            Call::PublishIn(channel),
+            data,
+            async |i, data| {
+                let decision = i
+                    .exports
+                    .call_on_publish_in(&mut i.store, socket, channel, data)
+                    .await?;
+                Ok(decision.into())
+            },
+        )
+        .await
+    }
+
+    /// Run the `invoke` hooks for a client RPC `event`.
+    pub async fn filter_invoke(
+        self: &Rc<Self>,
+        socket: &Socket,
+        event: &str,
+        data: Option<&str>,
+    ) -> Result<Rewritten, ErrorObject> {
+        self.run_chain(
+            Hook::Invoke,
+            Call::InvokeIn(event),
+            data,
+            async |i, data| {
+                let decision = i
+                    .exports
+                    .call_on_invoke_in(&mut i.store, socket, event, data)
+                    .await?;
+                Ok(decision.into())
+            },
+        )
+        .await
+    }
+
+    /// Run the `transmit` hooks for a client transmit `event`.
+    pub async fn filter_transmit(
+        self: &Rc<Self>,
+        socket: &Socket,
+        event: &str,
+        data: Option<&str>,
+    ) -> Result<Rewritten, ErrorObject> {
+        self.run_chain(
+            Hook::Transmit,
+            Call::TransmitIn(event),
+            data,
+            async |i, data| {
+                let decision = i
+                    .exports
+                    .call_on_transmit_in(&mut i.store, socket, event, data)
+                    .await?;
+                Ok(decision.into())
+            },
+        )
+        .await
+    }
+
+    /// Whether some plugin lets unauthenticated sockets call RPC `event`.
+    pub fn is_public_rpc(self: &Rc<Self>, event: &str) -> bool {
+        self.newest().set().is_public_rpc(event)
+    }
+
+    /// Call `hook` on every plugin of its chain, in order, with the data as
+    /// the previous plugins left it. A chain that a reload interrupts starts
+    /// again on the new plugins: hooks decide, they do not act, so running
+    /// one twice is harmless.
+    async fn run_chain(
+        self: &Rc<Self>,
+        hook: Hook,
+        what: Call<'_>,
+        data: Option<&str>,
+        hook_call: impl AsyncFn(&mut Instance, Option<&String>) -> wasmtime::Result<Verdict>,
+    ) -> Result<Rewritten, ErrorObject> {
+        let mut plugins = self.newest();
+        if plugins.set().chain(hook).is_empty() {
+            return Ok(None);
+        }
+        let data = data.map(str::to_owned);
+        'chain: loop {
+            let current = plugins.clone();
+            let mut rewritten: Rewritten = None;
+            for &index in current.set().chain(hook) {
+                let plugin = &current.set().plugins[index];
+                let input = rewritten.as_ref().or(data.as_ref());
+                let verdict = current
+                    .call(index, what, async |i: &mut Instance| {
+                        hook_call(i, input).await
+                    })
+                    .await;
+                match verdict {
+                    Ok(Verdict::Allow) => {}
+                    Ok(Verdict::Rewrite(json)) => {
+                        if protocol::validate_json(&json).is_err() {
+                            return Err(invalid_answer(
+                                &plugin.name,
+                                what.subject(),
+                                &format!("rewrote the data with invalid JSON in {what}"),
+                            ));
+                        }
+                        rewritten = Some(json);
+                    }
+                    Ok(Verdict::Deny(error)) => {
+                        return Err(plugin_error(error).unwrap_or_else(|why| {
+                            invalid_answer(
+                                &plugin.name,
+                                what.subject(),
+                                &format!("{why} in {what}"),
+                            )
+                        }));
+                    }
+                    Err(CallFailure::Retired) => {
+                        plugins = current.newest();
+                        continue 'chain;
+                    }
+                    Err(failure) => {
+                        return Err(failure_error(failure, &plugin.name, what.subject()));
+                    }
+                }
+            }
+            return Ok(rewritten);
+        }
+    }
+}
