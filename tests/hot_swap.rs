@@ -6,7 +6,7 @@ mod support;
 use serde_json::json;
 use std::path::Path;
 use std::time::{Duration, Instant};
-use support::{Client, TestServer, fixture_plugin, plugins_dir};
+use support::{Client, TestServer, example_plugin, fixture_plugin, plugins_dir};
 
 /// Put `source` at `dir/name` the way the README tells operators to: write
 /// a temporary file, then rename it over the old one.
@@ -298,6 +298,40 @@ async fn watch_reloads_when_a_new_build_is_renamed_into_place() {
         client.invoke("flaky-ok", json!(null)).await["error"]["name"],
         "UnknownEventError"
     );
+}
+
+#[tokio::test]
+async fn watch_reloads_when_a_kubernetes_volume_swaps_its_data_link() {
+    // The layout the kubelet gives a ConfigMap volume: the visible file is a
+    // symlink through `..data`, itself a symlink to a timestamped folder.
+    use std::os::unix::fs::symlink;
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    std::fs::create_dir(root.join("..v1")).unwrap();
+    std::fs::copy(example_plugin("echo"), root.join("..v1/echo.wasm")).unwrap();
+    symlink("..v1", root.join("..data")).unwrap();
+    symlink("..data/echo.wasm", root.join("echo.wasm")).unwrap();
+    let server = TestServer::start(root, &["--watch"]);
+    let mut client = server.client().await;
+    assert_eq!(
+        client.call("version", json!(null)).await["version"],
+        "0.1.0"
+    );
+
+    // An update: a new folder, a new link renamed over `..data`.
+    std::fs::create_dir(root.join("..v2")).unwrap();
+    std::fs::copy(fixture_plugin("echo-v2"), root.join("..v2/echo.wasm")).unwrap();
+    symlink("..v2", root.join("..data_tmp")).unwrap();
+    std::fs::rename(root.join("..data_tmp"), root.join("..data")).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while client.call("version", json!(null)).await["version"] != "0.2.0" {
+        assert!(
+            Instant::now() < deadline,
+            "--watch did not reload:\n{}",
+            server.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test]
