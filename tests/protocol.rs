@@ -465,6 +465,20 @@ async fn http_endpoints() {
     assert_eq!(status, "HTTP/1.1 426 Upgrade Required");
     let (status, _) = server.http_get("/nothing-here", "").await;
     assert_eq!(status, "HTTP/1.1 404 Not Found");
+
+    // The status page, and the counters it turns into rates.
+    let (status, body) = server.http_get("/", "").await;
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    assert!(body.contains("<title>wasmcluster status</title>"), "{body}");
+    assert!(health["messagesIn"].as_u64().unwrap() >= 1, "{health}");
+    assert!(health["messagesOut"].as_u64().unwrap() >= 1, "{health}");
+}
+
+#[tokio::test]
+async fn the_status_page_can_be_turned_off() {
+    let (server, _dir) = echo_server(&["--status-page", "false"]);
+    let (status, _) = server.http_get("/", "").await;
+    assert_eq!(status, "HTTP/1.1 404 Not Found");
 }
 
 #[tokio::test]

@@ -149,6 +149,17 @@ pub struct ServeArgs {
     #[arg(long, env = "WASMCLUSTER_PID_FILE")]
     pub pid_file: Option<PathBuf>,
 
+    /// Serve the status page at `/` (workers, plugins, connections, message
+    /// rates, refreshed live from `/healthz`).
+    #[arg(
+        long,
+        env = "WASMCLUSTER_STATUS_PAGE",
+        default_value_t = true,
+        action = clap::ArgAction::Set,
+        value_name = "BOOL"
+    )]
+    pub status_page: bool,
+
     /// Seconds to wait for connections to close on SIGTERM/SIGINT.
     #[arg(long, env = "WASMCLUSTER_SHUTDOWN_TIMEOUT_SECS", default_value_t = 10)]
     pub shutdown_timeout_secs: u64,
@@ -184,6 +195,8 @@ pub struct ServerConfig {
     pub path: String,
     /// Which browser origins may open a WebSocket.
     pub origins: OriginPolicy,
+    /// Whether `/` serves the status page.
+    pub status_page: bool,
     /// Protocol settings of every session.
     pub session: SessionSettings,
     /// Largest accepted message.
@@ -273,6 +286,7 @@ impl ServeArgs {
                 allow_client_publish: self.allow_client_publish,
                 require_auth: self.require_auth,
             },
+            status_page: self.status_page,
             origins: OriginPolicy::parse(&self.origins)
                 .map_err(|reason| invalid("origins", reason))?,
             max_payload_bytes: self.max_payload_bytes,

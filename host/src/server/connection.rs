@@ -19,6 +19,9 @@ const READ_BUFFER: usize = 1024;
 /// after every batch anyway.
 const WRITE_BUFFER: usize = 16 * 1024;
 
+/// The status page served at `/`: static, it polls `/healthz`.
+const STATUS_PAGE: &str = include_str!("status.html");
+
 /// What to do with a request.
 enum Action {
     /// Switch to WebSocket with this `101` answer.
@@ -115,6 +118,8 @@ fn route(request: http::Request, shared: &Shared) -> Action {
                 request.path
             ),
         ))
+    } else if request.path == "/" && request.method == "GET" && shared.config.status_page {
+        Action::Respond(Response::html(STATUS_PAGE).with_header("Cache-Control", "no-cache"))
     } else if request.path == "/healthz" && request.method == "GET" {
         Action::Respond(Response::json(200, "OK", shared.health_json()))
     } else if request.path == "/readyz" && request.method == "GET" {

@@ -128,6 +128,17 @@ impl Response {
         }
     }
 
+    /// A `200 OK` HTML page.
+    pub fn html(body: &str) -> Self {
+        Response {
+            status: 200,
+            reason: "OK",
+            content_type: "text/html; charset=utf-8",
+            headers: Vec::new(),
+            body: body.to_owned(),
+        }
+    }
+
     /// An `application/json` response.
     pub fn json(status: u16, reason: &'static str, body: String) -> Self {
         Response {

@@ -19,7 +19,7 @@ use crate::plugins::{
 use crate::session::SessionStats;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use thiserror::Error;
@@ -68,8 +68,11 @@ pub struct Shared {
     plugins: RwLock<Arc<PluginSet>>,
     /// Broker, socket registry, KV.
     pub services: Arc<HostServices>,
-    /// Counters.
-    pub stats: Arc<SessionStats>,
+    /// Each worker's counters (one per worker, so that workers never write
+    /// to the same cache line); summed when read.
+    pub worker_stats: Vec<Arc<SessionStats>>,
+    /// When the server started.
+    pub started: std::time::Instant,
     /// Signs and verifies auth tokens.
     pub auth: Arc<AuthEngine>,
 }
@@ -99,6 +102,14 @@ impl Shared {
         (ready, body.to_string())
     }
 
+    /// A counter summed over every worker.
+    pub fn total(&self, counter: impl Fn(&SessionStats) -> &AtomicU64) -> u64 {
+        self.worker_stats
+            .iter()
+            .map(|stats| counter(stats).load(Ordering::Relaxed))
+            .sum()
+    }
+
     /// The `/healthz` body: `status` is `degraded` while a plugin backs off.
     pub fn health_json(&self) -> String {
         let set = self.plugins();
@@ -123,7 +134,10 @@ impl Shared {
             "workers": self.config.workers,
             "connections": self.services.sockets.len(),
             "channels": self.services.broker.channel_count(),
-            "unknownTransmits": self.stats.unknown_transmits.load(Ordering::Relaxed),
+            "unknownTransmits": self.total(|stats| &stats.unknown_transmits),
+            "messagesIn": self.total(|stats| &stats.messages_in),
+            "messagesOut": self.total(|stats| &stats.messages_out),
+            "uptimeSecs": self.started.elapsed().as_secs(),
             "plugins": plugins,
         })
         .to_string()
@@ -171,10 +185,13 @@ impl Server {
                 })?;
         let (shutdown, shutdown_rx) = watch::channel(false);
         let shared = Arc::new(Shared {
-            config,
             plugins: RwLock::new(plugins),
             services,
-            stats: Arc::default(),
+            worker_stats: std::iter::repeat_with(Arc::default)
+                .take(config.workers)
+                .collect(),
+            started: std::time::Instant::now(),
+            config,
             auth,
         });
         let mut workers = Vec::with_capacity(shared.config.workers);

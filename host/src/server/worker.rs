@@ -45,7 +45,7 @@ impl Worker {
         let thread = std::thread::Builder::new()
             .name(format!("worker-{index}"))
             .spawn(move || {
-                LocalSet::new().block_on(&runtime, serve(shared, shutdown, channels));
+                LocalSet::new().block_on(&runtime, serve(index, shared, shutdown, channels));
             })?;
         Ok(Worker {
             index,
@@ -111,7 +111,12 @@ struct Channels {
 
 /// The worker's event loop: start the plugins, then serve connections and
 /// reloads until the accept loop stops, then let the sessions close.
-async fn serve(shared: Arc<Shared>, shutdown: watch::Receiver<bool>, channels: Channels) {
+async fn serve(
+    index: usize,
+    shared: Arc<Shared>,
+    shutdown: watch::Receiver<bool>,
+    channels: Channels,
+) {
     let Channels {
         mut incoming,
         mut reloads,
@@ -122,7 +127,7 @@ async fn serve(shared: Arc<Shared>, shutdown: watch::Receiver<bool>, channels: C
         plugins: RefCell::new(Rc::new(plugins)),
         services: shared.services.clone(),
         settings: shared.config.session.clone(),
-        stats: shared.stats.clone(),
+        stats: shared.worker_stats[index].clone(),
         auth: shared.auth.clone(),
         shutdown,
     });

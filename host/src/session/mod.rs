@@ -163,6 +163,10 @@ impl AuthRefusal {
 pub struct SessionStats {
     /// Transmits dropped because no plugin declares their event.
     pub unknown_transmits: AtomicU64,
+    /// WebSocket messages received from clients.
+    pub messages_in: AtomicU64,
+    /// WebSocket messages written to clients.
+    pub messages_out: AtomicU64,
 }
 
 /// What a session needs from its worker.
@@ -397,6 +401,7 @@ where
         // control frames do not.
         if matches!(message, Message::Text(_) | Message::Binary(_)) {
             self.pong_deadline = Instant::now() + self.ctx.settings.ping_timeout;
+            self.ctx.stats.messages_in.fetch_add(1, Ordering::Relaxed);
         }
         match message {
             Message::Text(text) => self.on_text(&text).await?,
@@ -922,6 +927,7 @@ where
     }
 
     async fn feed(&mut self, frame: Utf8Bytes) -> Result<(), Ending> {
+        self.ctx.stats.messages_out.fetch_add(1, Ordering::Relaxed);
         self.ws
             .feed(Message::Text(frame))
             .await
