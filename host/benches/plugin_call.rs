@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use wasmcluster::auth::AuthEngine;
 use wasmcluster::plugins::{
-    HostServices, PluginEngine, PluginLimits, Socket, WorkerPlugins, load_dir,
+    HostServices, PluginEngine, PluginLimits, PluginOptions, Socket, WorkerPlugins, load_dir,
 };
 
 fn plugin_call(c: &mut Criterion) {
@@ -30,13 +30,13 @@ fn plugin_call(c: &mut Criterion) {
 
     let engine = PluginEngine::new(None).unwrap();
     let services = Arc::new(HostServices::new(Arc::new(AuthEngine::with_random_key(60))));
-    let limits = PluginLimits {
+    let options = PluginOptions::new(PluginLimits {
         deadline: Duration::from_millis(100),
         memory_bytes: 64 << 20,
-    };
+    });
     let set = Arc::new(
         runtime
-            .block_on(load_dir(&engine, dir.path(), limits, &services))
+            .block_on(load_dir(&engine, dir.path(), &options, &services))
             .unwrap(),
     );
     let plugins = Rc::new(runtime.block_on(WorkerPlugins::start(set.clone(), services.clone())));

@@ -1,12 +1,13 @@
 //! The `wasmcluster` command line.
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::parser::ValueSource;
+use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
-use wasmcluster::config::ServeArgs;
+use wasmcluster::config::{ConfigFile, ServeArgs, ServerConfig};
 use wasmcluster::server::Server;
 
 /// A SocketCluster-compatible real-time server whose application logic runs
@@ -52,16 +53,103 @@ enum Command {
         #[arg(long, env = "WASMCLUSTER_PID_FILE")]
         pid_file: PathBuf,
     },
+    /// Help with the config file of `serve --config`.
+    Config {
+        /// Print a commented config file with every option and its default.
+        #[arg(long, required = true)]
+        example: bool,
+    },
 }
 
-fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            let _ = writeln!(std::io::stderr(), "error: {}", one_line(&error));
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// An error and its causes on one line, without a backtrace (this is read
+/// by operators), skipping causes that an outer message already quotes.
+fn one_line(error: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
+}
+
+fn run() -> anyhow::Result<()> {
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches)?;
     init_logging(cli.log_format);
     match cli.command {
-        Command::Serve(args) => serve(*args),
+        Command::Serve(args) => {
+            let config = match args.config.clone() {
+                Some(path) => config_with_file(&path)?,
+                None => args.into_config()?,
+            };
+            serve(config)
+        }
         Command::Check { file } => check(&file),
         Command::Reload { pid_file } => reload(&pid_file),
+        Command::Config { .. } => {
+            let example = wasmcluster::config::example_file(serve_command());
+            std::io::stdout().write_all(example.as_bytes())?;
+            Ok(())
+        }
     }
+}
+
+/// The `serve` subcommand's definition.
+fn serve_command() -> &'static clap::Command {
+    static CLI: std::sync::OnceLock<clap::Command> = std::sync::OnceLock::new();
+    CLI.get_or_init(Cli::command)
+        .find_subcommand("serve")
+        .expect("the serve subcommand exists")
+}
+
+/// Parse the command line again with the config file's values as the flags'
+/// defaults (flag > environment > file > default), and add the file's
+/// plugin sections. Errors name the file, the line and the key.
+fn config_with_file(path: &Path) -> anyhow::Result<ServerConfig> {
+    let file = ConfigFile::load(path)?;
+    let serve = file.apply(serve_command().clone())?;
+    let cli = Cli::command().mut_subcommand("serve", |_| serve);
+    let matches = cli.get_matches();
+    let Some(("serve", serve_matches)) = matches.subcommand() else {
+        unreachable!("config_with_file is only called for `serve`");
+    };
+    let args = ServeArgs::from_arg_matches(serve_matches)?;
+    let mut config =
+        args.into_config()
+            .map_err(|error| match from_file(serve_matches, error.flag, &file) {
+                Some(location) => {
+                    anyhow::anyhow!("{location}: key '{}': {}", error.flag, error.reason)
+                }
+                None => error.into(),
+            })?;
+    config.plugin_options.per_plugin = file.plugin_overrides()?;
+    Ok(config)
+}
+
+/// Where the file sets `flag`, when its value came from the file (not from
+/// the command line or the environment).
+fn from_file(matches: &ArgMatches, flag: &str, file: &ConfigFile) -> Option<String> {
+    let id = flag.replace('-', "_");
+    let source = matches.value_source(&id)?;
+    (source == ValueSource::DefaultValue)
+        .then(|| file.location_of(flag))
+        .flatten()
 }
 
 /// Log to stderr, filtered by `RUST_LOG` (default `info`).
@@ -135,8 +223,7 @@ fn reload(pid_file: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let config = args.into_config()?;
+fn serve(config: ServerConfig) -> anyhow::Result<()> {
     let pid_file = config.pid_file.clone();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -90,17 +90,24 @@ impl TestServer {
 
     /// Start the server; on failure return its stderr.
     pub fn try_start(plugins: &Path, extra: &[&str]) -> Result<TestServer, String> {
-        Self::try_start_under(&[], plugins, extra)
+        Self::try_start_under(&[], &[], plugins, extra)
+    }
+
+    /// Start the server with extra environment variables.
+    pub fn start_with_env(env: &[(&str, &str)], plugins: &Path, extra: &[&str]) -> TestServer {
+        Self::try_start_under(&[], env, plugins, extra)
+            .unwrap_or_else(|log| panic!("server did not start:\n{log}"))
     }
 
     /// Start the server through a wrapper command (such as `prlimit`).
     pub fn start_under(wrapper: &[&str], plugins: &Path, extra: &[&str]) -> TestServer {
-        Self::try_start_under(wrapper, plugins, extra)
+        Self::try_start_under(wrapper, &[], plugins, extra)
             .unwrap_or_else(|log| panic!("server did not start:\n{log}"))
     }
 
     fn try_start_under(
         wrapper: &[&str],
+        env: &[(&str, &str)],
         plugins: &Path,
         extra: &[&str],
     ) -> Result<TestServer, String> {
@@ -122,6 +129,7 @@ impl TestServer {
             .arg("--cache-dir")
             .arg(cache_dir())
             .args(extra)
+            .envs(env.iter().copied())
             .env("RUST_LOG", "info")
             .env_remove("RUST_BACKTRACE")
             .stdout(Stdio::piped())

@@ -40,12 +40,62 @@ const MIDDLEWARE_HOOKS: [Hook; 6] = [
 ];
 
 /// Limits every call of a plugin runs under.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PluginLimits {
     /// How long one call may run before it is interrupted.
     pub deadline: Duration,
     /// The most linear memory one instance may have.
     pub memory_bytes: usize,
+}
+
+/// What the operator set for one plugin (a `[plugin.NAME]` section of the
+/// config file); what is not set falls back to [`PluginOptions::defaults`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PluginOverrides {
+    /// This plugin's call deadline.
+    pub deadline: Option<Duration>,
+    /// This plugin's memory cap, in bytes.
+    pub memory_bytes: Option<usize>,
+    /// The JSON object its `init` receives.
+    pub config: Option<String>,
+}
+
+/// How plugins are run: the default limits and each plugin's overrides, by
+/// the name in its manifest.
+#[derive(Debug, Clone)]
+pub struct PluginOptions {
+    /// Limits of plugins without overrides (and of `describe`, which runs
+    /// before the plugin's name is known).
+    pub defaults: PluginLimits,
+    /// Overrides by plugin name.
+    pub per_plugin: HashMap<String, PluginOverrides>,
+}
+
+impl PluginOptions {
+    /// Default limits, no overrides.
+    pub fn new(defaults: PluginLimits) -> Self {
+        PluginOptions {
+            defaults,
+            per_plugin: HashMap::new(),
+        }
+    }
+
+    /// The limits and `init` config of plugin `name`.
+    fn for_plugin(&self, name: &str) -> (PluginLimits, String) {
+        let overrides = self.per_plugin.get(name);
+        let limits = PluginLimits {
+            deadline: overrides
+                .and_then(|o| o.deadline)
+                .unwrap_or(self.defaults.deadline),
+            memory_bytes: overrides
+                .and_then(|o| o.memory_bytes)
+                .unwrap_or(self.defaults.memory_bytes),
+        };
+        let config = overrides
+            .and_then(|o| o.config.clone())
+            .unwrap_or_else(|| "{}".to_owned());
+        (limits, config)
+    }
 }
 
 /// Why a plugin was not loaded, or why the set of plugins cannot start.
@@ -465,12 +515,12 @@ fn plugin_files(dir: &Path) -> Result<Vec<PathBuf>, LoadError> {
 pub async fn load_dir(
     engine: &PluginEngine,
     dir: &Path,
-    limits: PluginLimits,
+    options: &PluginOptions,
     services: &Arc<HostServices>,
 ) -> Result<PluginSet, LoadError> {
     let mut set = PluginSet::empty();
     for path in plugin_files(dir)? {
-        match load_file(engine, &path, limits, services).await {
+        match load_file(engine, &path, options, services).await {
             Ok(plugin) => {
                 log_loaded(&plugin, "plugin loaded");
                 set.add(Arc::new(plugin))?;
@@ -500,12 +550,12 @@ pub async fn check_file(path: &Path) -> Result<LoadedPlugin, LoadError> {
         stage: "engine",
         reason: error.to_string(),
     })?;
-    let limits = PluginLimits {
+    let options = PluginOptions::new(PluginLimits {
         deadline: Duration::from_millis(100),
         memory_bytes: 64 << 20,
-    };
+    });
     let services = Arc::new(HostServices::new(Arc::new(AuthEngine::with_random_key(0))));
-    load_file(&engine, path, limits, &services).await
+    load_file(&engine, path, &options, &services).await
 }
 
 /// What a reload did.
@@ -537,7 +587,7 @@ pub async fn reload_dir(
     engine: &PluginEngine,
     dir: &Path,
     current: &PluginSet,
-    limits: PluginLimits,
+    options: &PluginOptions,
     services: &Arc<HostServices>,
 ) -> Result<(PluginSet, ReloadSummary), LoadError> {
     let files = plugin_files(dir)?;
@@ -561,7 +611,7 @@ pub async fn reload_dir(
         }
     }
     for (path, old) in candidates {
-        let loaded = match load_file(engine, path, limits, services).await {
+        let loaded = match load_file(engine, path, options, services).await {
             Ok(plugin) => next.add(Arc::new(plugin)).map(|()| next.plugins.last()),
             Err(error) => Err(error),
         };
@@ -599,7 +649,7 @@ pub async fn reload_dir(
 pub async fn load_file(
     engine: &PluginEngine,
     path: &Path,
-    limits: PluginLimits,
+    options: &PluginOptions,
     services: &Arc<HostServices>,
 ) -> Result<LoadedPlugin, LoadError> {
     let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
@@ -633,18 +683,16 @@ pub async fn load_file(
     let file_name: Arc<str> = path
         .file_stem()
         .map_or("plugin".into(), |s| s.to_string_lossy().into());
-    let mut trial = instantiate(
-        &pre,
-        state_exports.as_ref(),
-        file_name,
-        services.clone(),
-        limits,
-    )
-    .await
-    .map_err(|error| start_error("instantiate", format!("{error:#}")))?;
-    trial
-        .store
-        .set_epoch_deadline(deadline_ticks(limits.deadline));
+    let trial_instance = async |name: Arc<str>, limits: PluginLimits| {
+        let mut trial = instantiate(&pre, state_exports.as_ref(), name, services.clone(), limits)
+            .await
+            .map_err(|error| start_error("instantiate", format!("{error:#}")))?;
+        trial
+            .store
+            .set_epoch_deadline(deadline_ticks(limits.deadline));
+        Ok::<_, LoadError>(trial)
+    };
+    let mut trial = trial_instance(file_name, options.defaults).await?;
     let manifest = trial
         .exports
         .call_describe(&mut trial.store)
@@ -654,7 +702,11 @@ pub async fn load_file(
         path: path.to_owned(),
         reason,
     })?;
-    let config = "{}".to_owned();
+    let (limits, config) = options.for_plugin(&manifest.name);
+    if limits != options.defaults {
+        // `init` runs under the plugin's own limits, as every later call.
+        trial = trial_instance(manifest.name.as_str().into(), limits).await?;
+    }
     run_init(&mut trial, &config, limits)
         .await
         .map_err(|reason| start_error("init", reason))?;

@@ -25,8 +25,8 @@ pub use health::{FaultKind, PluginHealth};
 pub use host_api::HostServices;
 pub use instance::WorkerPlugins;
 pub use loader::{
-    LoadError, LoadedPlugin, PluginLimits, PluginSet, ReloadSummary, check_file, is_plugin_file,
-    load_dir, reload_dir,
+    LoadError, LoadedPlugin, PluginLimits, PluginOptions, PluginOverrides, PluginSet,
+    ReloadSummary, check_file, is_plugin_file, load_dir, reload_dir,
 };
 pub use middleware::Rewritten;
 

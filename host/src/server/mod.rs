@@ -168,11 +168,19 @@ impl Server {
             load_dir(
                 &engine,
                 &config.plugins_dir,
-                config.plugin_limits,
+                &config.plugin_options,
                 &services,
             )
             .await?,
         );
+        for name in config.plugin_options.per_plugin.keys() {
+            if !plugins.plugins.iter().any(|plugin| *plugin.name == **name) {
+                tracing::warn!(
+                    plugin = name,
+                    "the config file has a [plugin.{name}] section, but no loaded plugin has that name"
+                );
+            }
+        }
         if plugins.plugins.is_empty() {
             tracing::warn!(dir = %config.plugins_dir.display(), "no plugins loaded: only pub/sub is served");
         }
@@ -302,7 +310,7 @@ impl Server {
             &self.engine,
             &config.plugins_dir,
             &current,
-            config.plugin_limits,
+            &config.plugin_options,
             &self.shared.services,
         )
         .await

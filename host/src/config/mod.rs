@@ -1,7 +1,12 @@
 //! Server configuration: command-line flags (each with a `WASMCLUSTER_*`
-//! environment variable) and their checked form, [`ServerConfig`].
+//! environment variable and a key in the config file) and their checked
+//! form, [`ServerConfig`].
 
-use crate::plugins::PluginLimits;
+mod file;
+
+pub use file::{ConfigFile, ConfigFileError, example as example_file};
+
+use crate::plugins::{PluginLimits, PluginOptions};
 use crate::protocol::PingProtocol;
 use crate::server::OriginPolicy;
 use crate::session::{PingMode, SessionSettings};
@@ -25,6 +30,12 @@ pub enum PingProtocolArg {
 /// Flags of `wasmcluster serve`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ServeArgs {
+    /// A TOML config file: every flag here has a key of the same name, and
+    /// `[plugin.NAME]` sections set one plugin's limits and `init` config.
+    /// Flags and environment variables override the file.
+    #[arg(long, env = "WASMCLUSTER_CONFIG")]
+    pub config: Option<PathBuf>,
+
     /// Address to listen on.
     #[arg(long, env = "WASMCLUSTER_HOST", default_value = "127.0.0.1")]
     pub host: String,
@@ -201,8 +212,8 @@ pub struct ServerConfig {
     pub session: SessionSettings,
     /// Largest accepted message.
     pub max_payload_bytes: usize,
-    /// Deadline and memory cap of plugin calls.
-    pub plugin_limits: PluginLimits,
+    /// Deadline, memory cap and `init` config of each plugin.
+    pub plugin_options: PluginOptions,
     /// Compiled-module cache directory.
     pub cache_dir: Option<PathBuf>,
     /// How long shutdown waits for connections to close.
@@ -290,10 +301,10 @@ impl ServeArgs {
             origins: OriginPolicy::parse(&self.origins)
                 .map_err(|reason| invalid("origins", reason))?,
             max_payload_bytes: self.max_payload_bytes,
-            plugin_limits: PluginLimits {
+            plugin_options: PluginOptions::new(PluginLimits {
                 deadline: Duration::from_millis(self.plugin_deadline_ms),
                 memory_bytes: self.plugin_memory_mib * 1024 * 1024,
-            },
+            }),
             cache_dir: self.cache_dir,
             shutdown_timeout: Duration::from_secs(self.shutdown_timeout_secs),
             pid_file: self.pid_file,
