@@ -211,6 +211,36 @@ async fn a_plugin_that_cannot_be_rebuilt_backs_off_and_recovers() {
 }
 
 #[tokio::test]
+async fn a_quiet_worker_recovers_from_a_back_off_without_traffic() {
+    let dir = plugins_dir(&["echo"]);
+    let server = TestServer::start(dir.path(), &[]);
+    let mut client = server.client().await;
+    for _ in 0..10 {
+        let reply = client.invoke("crash", json!(null)).await;
+        assert_eq!(reply["error"]["name"], "PluginError", "{reply}");
+    }
+    let (status, _) = server.http_get("/readyz", "").await;
+    assert_eq!(status, "HTTP/1.1 503 Service Unavailable");
+    // No more calls: the instance is rebuilt when the back-off ends, and the
+    // server is ready again by itself (a load balancer sends it no traffic
+    // while it is unready, so waiting for a call would never end).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, body) = server.http_get("/readyz", "").await;
+        if status == "HTTP/1.1 200 OK" {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still unready: {body}\n{}",
+            server.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(server.log().contains("plugin recovered"));
+}
+
+#[tokio::test]
 async fn calls_that_fault_again_and_again_back_off() {
     let dir = plugins_dir(&["echo"]);
     let server = TestServer::start(dir.path(), &[]);

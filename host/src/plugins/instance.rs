@@ -116,6 +116,8 @@ struct Slot {
     /// Set when a reload replaced this plugin: calls that were waiting for
     /// the slot go to the successor instead.
     retired: bool,
+    /// Whether a task will rebuild the instance when its back-off ends.
+    recovery_scheduled: bool,
 }
 
 /// One worker's instances of every loaded plugin.
@@ -248,10 +250,11 @@ impl WorkerPlugins {
         {
             return Err(CallFailure::Unavailable(slot.reason.clone()));
         }
-        if slot.instance.is_none() {
-            Box::pin(rebuild(&mut slot, plugin, &self.services))
-                .await
-                .map_err(CallFailure::Unavailable)?;
+        if slot.instance.is_none()
+            && let Err(reason) = Box::pin(rebuild(&mut slot, plugin, &self.services)).await
+        {
+            schedule_recovery(&mut slot, &self.slots[index], plugin, &self.services);
+            return Err(CallFailure::Unavailable(reason));
         }
         let Some(instance) = slot.instance.as_mut() else {
             return Err(CallFailure::Unavailable(slot.reason.clone()));
@@ -285,6 +288,7 @@ impl WorkerPlugins {
                         plugin.name, slot.consecutive_faults
                     );
                     start_backoff(&mut slot, plugin, reason);
+                    schedule_recovery(&mut slot, &self.slots[index], plugin, &self.services);
                 }
                 Err(CallFailure::Fault(description))
             }
@@ -465,12 +469,59 @@ async fn hand_over_state(
 }
 
 /// A slot with a fresh instance, or backing off when none can be built.
-async fn new_slot(plugin: &LoadedPlugin, services: &Arc<HostServices>) -> Rc<Mutex<Slot>> {
+async fn new_slot(plugin: &Arc<LoadedPlugin>, services: &Arc<HostServices>) -> Rc<Mutex<Slot>> {
     let mut slot = Slot::default();
-    if let Err(reason) = rebuild(&mut slot, plugin, services).await {
+    let result = rebuild(&mut slot, plugin, services).await;
+    let shared = Rc::new(Mutex::new(slot));
+    if let Err(reason) = result {
         tracing::error!(plugin = &*plugin.name, "{reason}");
+        let mut slot = shared.try_lock().expect("a new slot is not locked");
+        schedule_recovery(&mut slot, &shared, plugin, services);
     }
-    Rc::new(Mutex::new(slot))
+    shared
+}
+
+/// Rebuild a backing-off instance as soon as its delay is over, without
+/// waiting for an event: a worker that gets no traffic for this plugin must
+/// not stay degraded (and the server unready) forever. One task per slot;
+/// it runs on the worker's `LocalSet` until a rebuild succeeds or a reload
+/// retires the slot.
+fn schedule_recovery(
+    slot: &mut Slot,
+    shared: &Rc<Mutex<Slot>>,
+    plugin: &Arc<LoadedPlugin>,
+    services: &Arc<HostServices>,
+) {
+    if slot.recovery_scheduled || slot.backoff_until.is_none() {
+        return;
+    }
+    slot.recovery_scheduled = true;
+    let (shared, plugin, services) = (shared.clone(), plugin.clone(), services.clone());
+    tokio::task::spawn_local(async move {
+        loop {
+            let until = shared.lock().await.backoff_until;
+            if let Some(until) = until {
+                tokio::time::sleep_until(until).await;
+            }
+            let mut slot = shared.lock().await;
+            let waiting = slot
+                .backoff_until
+                .filter(|_| !slot.retired && slot.instance.is_none());
+            match waiting {
+                None => {
+                    slot.recovery_scheduled = false;
+                    return;
+                }
+                Some(until) if Instant::now() < until => continue,
+                Some(_) => {
+                    if rebuild(&mut slot, &plugin, &services).await.is_ok() {
+                        slot.recovery_scheduled = false;
+                        return;
+                    }
+                }
+            }
+        }
+    });
 }
 
 /// Build a fresh instance into `slot`; on failure, back off and return why.
