@@ -10,9 +10,14 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
+use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// A client's byte stream: plain TCP or TLS.
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
 /// How long a test waits for any single expected frame.
 pub const WAIT: Duration = Duration::from_secs(10);
@@ -228,7 +233,7 @@ pub enum Closed {
 
 /// A raw SocketCluster client.
 pub struct Client {
-    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    ws: WebSocketStream<Box<dyn Io>>,
     /// Packets read while waiting for something else, returned first.
     pending: std::collections::VecDeque<Value>,
     next_cid: u64,
@@ -241,16 +246,32 @@ pub struct Client {
 impl Client {
     /// Open a WebSocket to `url`.
     pub async fn connect(url: &str) -> Client {
-        let (ws, _) = tokio_tungstenite::connect_async(url)
+        let tcp = TcpStream::connect(host_and_port(url))
             .await
             .expect("connect");
-        Client {
+        Self::over(url, Box::new(tcp))
+            .await
+            .expect("WebSocket upgrade")
+    }
+
+    /// Open a `wss://` WebSocket to `url`, trusting only `root_pem`.
+    pub async fn connect_tls(url: &str, root_pem: &str) -> Result<Client, String> {
+        let stream = tls_connect(url, root_pem).await?;
+        Self::over(url, Box::new(stream)).await
+    }
+
+    /// Upgrade an open stream to a WebSocket.
+    async fn over(url: &str, stream: Box<dyn Io>) -> Result<Client, String> {
+        let (ws, _) = tokio_tungstenite::client_async(url, stream)
+            .await
+            .map_err(|error| error.to_string())?;
+        Ok(Client {
             ws,
             pending: Default::default(),
             next_cid: 1,
             auto_pong: true,
             id: String::new(),
-        }
+        })
     }
 
     /// Send a text frame as it is.
@@ -425,4 +446,40 @@ impl Client {
         let _ = self.ws.close(Some(frame)).await;
         while let Some(Ok(_)) = self.ws.next().await {}
     }
+}
+
+/// `host:port` of a `ws://` or `wss://` URL.
+pub fn host_and_port(url: &str) -> String {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    rest.split('/').next().unwrap().to_owned()
+}
+
+/// A TLS connection to the host of `url` (name `localhost`), trusting only
+/// the certificate `root_pem`.
+pub async fn tls_connect(
+    url: &str,
+    root_pem: &str,
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>, String> {
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
+    use tokio_rustls::rustls::{self, ClientConfig, RootCertStore};
+    let mut roots = RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(root_pem.as_bytes()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = TcpStream::connect(host_and_port(url))
+        .await
+        .map_err(|error| error.to_string())?;
+    let name = ServerName::try_from("localhost").unwrap();
+    connector
+        .connect(name, tcp)
+        .await
+        .map_err(|error| error.to_string())
 }

@@ -44,6 +44,17 @@ pub struct ServeArgs {
     #[arg(long, short, env = "WASMCLUSTER_PORT", default_value_t = 8000)]
     pub port: u16,
 
+    /// PEM certificate chain to serve `wss://` and `https://` with (needs
+    /// --tls-key). Re-read on SIGUSR2. Without it the server speaks plain
+    /// `ws://`, for setups that terminate TLS in front of it.
+    #[arg(long, env = "WASMCLUSTER_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert (PKCS#8, PKCS#1 or SEC1). Re-read on
+    /// SIGUSR2.
+    #[arg(long, env = "WASMCLUSTER_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
     /// Directory whose `*.wasm` plugin components are loaded.
     #[arg(long, env = "WASMCLUSTER_PLUGINS", default_value = "plugins")]
     pub plugins: PathBuf,
@@ -193,6 +204,15 @@ fn invalid(flag: &'static str, reason: impl Into<String>) -> ConfigError {
     }
 }
 
+/// The PEM files of `--tls-cert` and `--tls-key`.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    /// Certificate chain.
+    pub cert: PathBuf,
+    /// Private key.
+    pub key: PathBuf,
+}
+
 /// Everything the server needs, checked.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -208,6 +228,8 @@ pub struct ServerConfig {
     pub origins: OriginPolicy,
     /// Whether `/` serves the status page.
     pub status_page: bool,
+    /// Certificate and key files, when the server terminates TLS.
+    pub tls: Option<TlsFiles>,
     /// Protocol settings of every session.
     pub session: SessionSettings,
     /// Largest accepted message.
@@ -298,6 +320,10 @@ impl ServeArgs {
                 require_auth: self.require_auth,
             },
             status_page: self.status_page,
+            tls: self
+                .tls_cert
+                .zip(self.tls_key)
+                .map(|(cert, key)| TlsFiles { cert, key }),
             origins: OriginPolicy::parse(&self.origins)
                 .map_err(|reason| invalid("origins", reason))?,
             max_payload_bytes: self.max_payload_bytes,

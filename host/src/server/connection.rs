@@ -7,7 +7,7 @@ use crate::session::{self, SessionContext, UpgradeRequest};
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
@@ -30,14 +30,31 @@ enum Action {
     Respond(Response),
 }
 
-/// Serve one connection to the end.
+/// Serve one connection to the end, through TLS when the server has a
+/// certificate.
 pub async fn handle(
-    mut stream: TcpStream,
+    stream: TcpStream,
     peer: SocketAddr,
     ctx: Rc<SessionContext>,
     shared: Arc<Shared>,
 ) {
     let _ = stream.set_nodelay(true);
+    let Some(tls) = &shared.tls else {
+        return serve(stream, peer, ctx, &shared).await;
+    };
+    let handshake = tls.acceptor().accept(stream);
+    match tokio::time::timeout(shared.config.session.handshake_timeout, handshake).await {
+        Ok(Ok(stream)) => Box::pin(serve(stream, peer, ctx, &shared)).await,
+        Ok(Err(error)) => tracing::debug!(%peer, "TLS handshake failed: {error}"),
+        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+    }
+}
+
+/// Serve the HTTP request of a connection, and then its WebSocket session.
+async fn serve<S>(mut stream: S, peer: SocketAddr, ctx: Rc<SessionContext>, shared: &Shared)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let config = &shared.config;
     let (request, early) =
         match http::read_request(&mut stream, config.session.handshake_timeout).await {
@@ -50,7 +67,7 @@ pub async fn handle(
         };
     // The request is dropped here: only what handshake middleware needs
     // stays, until the handshake.
-    let (accept, upgrade) = match route(request, &shared) {
+    let (accept, upgrade) = match route(request, shared) {
         Action::Upgrade(accept, upgrade) => (accept, upgrade),
         Action::Respond(response) => {
             let _ = response.send(&mut stream).await;

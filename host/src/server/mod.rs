@@ -9,6 +9,7 @@ mod connection;
 mod http;
 mod origin;
 mod plugin_watch;
+mod tls;
 mod worker;
 
 use crate::auth::AuthEngine;
@@ -29,6 +30,7 @@ use tokio::sync::watch;
 use worker::Worker;
 
 pub use origin::OriginPolicy;
+pub use tls::{Tls, TlsError};
 
 /// Why the server could not start or run.
 #[derive(Debug, Error)]
@@ -50,6 +52,9 @@ pub enum ServerError {
     /// The auth key cannot be used.
     #[error("the auth key cannot be used: it must not be empty")]
     AuthKey,
+    /// The TLS certificate or key cannot be served.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
     /// A worker thread could not be started.
     #[error("cannot start worker {index}: {source}")]
     Worker {
@@ -75,6 +80,8 @@ pub struct Shared {
     pub started: std::time::Instant,
     /// Signs and verifies auth tokens.
     pub auth: Arc<AuthEngine>,
+    /// The TLS acceptor, when the server terminates TLS.
+    pub tls: Option<Tls>,
 }
 
 impl Shared {
@@ -162,6 +169,10 @@ impl Server {
     /// and bind the listener. Connections are accepted by [`Server::run`].
     pub async fn start(config: ServerConfig) -> Result<Server, ServerError> {
         let engine = PluginEngine::new(config.cache_dir.as_deref())?;
+        let tls = match &config.tls {
+            Some(files) => Some(Tls::load(&files.cert, &files.key)?),
+            None => None,
+        };
         let auth = Arc::new(auth_engine(&config)?);
         let services = Arc::new(HostServices::new(auth.clone()));
         let plugins = Arc::new(
@@ -201,6 +212,7 @@ impl Server {
             started: std::time::Instant::now(),
             config,
             auth,
+            tls,
         });
         let mut workers = Vec::with_capacity(shared.config.workers);
         for index in 0..shared.config.workers {
@@ -280,7 +292,10 @@ impl Server {
                         backoff = (backoff * 2).min(MAX_ACCEPT_BACKOFF);
                     }
                 },
-                Some(()) = async { reload_signal.as_mut()?.recv().await } => self.reload().await,
+                Some(()) = async { reload_signal.as_mut()?.recv().await } => {
+                    self.reload_tls();
+                    self.reload().await;
+                }
                 Some(()) = async {
                     watch.as_mut()?.settled_change().await;
                     Some(())
@@ -299,6 +314,21 @@ impl Server {
 }
 
 impl Server {
+    /// Re-read the TLS certificate and key (SIGUSR2): new connections get
+    /// the new pair, open ones keep theirs; a bad pair is logged and the
+    /// current one stays.
+    fn reload_tls(&self) {
+        let Some(tls) = &self.shared.tls else {
+            return;
+        };
+        match tls.reload() {
+            Ok(()) => tracing::info!("TLS certificate reloaded: new connections get it"),
+            Err(error) => {
+                tracing::error!("TLS certificate not reloaded, the current one stays: {error}")
+            }
+        }
+    }
+
     /// Re-read the plugins directory and switch every worker to the result
     /// (see [`reload_dir`]). Connections are untouched; a broken build is
     /// refused and the old version keeps serving.
