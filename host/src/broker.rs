@@ -66,7 +66,7 @@ impl Broker {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::sync::mpsc;
+    use crate::session::outbox;
 
     fn frame_text(queued: Outbound) -> String {
         match queued {
@@ -78,7 +78,7 @@ mod tests {
     #[test]
     fn publishes_reach_subscribers_once() {
         let broker = Broker::default();
-        let (tx, mut rx) = mpsc::unbounded_channel();
+        let (tx, mut rx) = outbox(16);
         broker.subscribe("news", 1, &tx);
         broker.subscribe("news", 1, &tx);
         assert_eq!(broker.publish("news", Some("1")), 1);
@@ -86,13 +86,13 @@ mod tests {
             frame_text(rx.try_recv().unwrap()),
             r##"{"event":"#publish","data":{"channel":"news","data":1}}"##
         );
-        assert!(rx.try_recv().is_err());
+        assert!(rx.try_recv().is_none());
     }
 
     #[test]
     fn unsubscribe_forgets_empty_channels() {
         let broker = Broker::default();
-        let (tx, _rx) = mpsc::unbounded_channel();
+        let (tx, _rx) = outbox(16);
         broker.subscribe("a", 1, &tx);
         broker.unsubscribe("a", 1);
         assert_eq!(broker.channel_count(), 0);

@@ -38,6 +38,9 @@ pub mod close_code {
     pub const HANDSHAKE_REJECTED: u16 = 4008;
     /// Something other than `#handshake` arrived before the handshake.
     pub const MESSAGE_BEFORE_HANDSHAKE: u16 = 4009;
+    /// wasmcluster's own: the socket's outbound queue was full, its client
+    /// does not read what it is sent (`--max-queued-messages`).
+    pub const QUEUE_FULL: u16 = 4100;
 }
 
 /// Which heartbeat frames a connection uses.

@@ -156,6 +156,11 @@ impl TestServer {
         })
     }
 
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The WebSocket URL of the SocketCluster endpoint.
     pub fn url(&self) -> String {
         format!("ws://{}/socketcluster/", self.addr)

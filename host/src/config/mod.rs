@@ -9,7 +9,7 @@ pub use file::{ConfigFile, ConfigFileError, example as example_file};
 use crate::plugins::{PluginLimits, PluginOptions};
 use crate::protocol::PingProtocol;
 use crate::server::OriginPolicy;
-use crate::session::{PingMode, SessionSettings};
+use crate::session::{PingMode, RateLimit, SessionSettings};
 use std::path::PathBuf;
 use std::time::Duration;
 use thiserror::Error;
@@ -133,6 +133,37 @@ pub struct ServeArgs {
     #[arg(long, env = "WASMCLUSTER_MAX_PAYLOAD_BYTES", default_value_t = 100 * 1024 * 1024)]
     pub max_payload_bytes: usize,
 
+    /// Most open connections; an upgrade beyond it gets HTTP 503 (0: no limit
+    /// but the process's file descriptors).
+    #[arg(long, env = "WASMCLUSTER_MAX_CONNECTIONS", default_value_t = 0)]
+    pub max_connections: usize,
+
+    /// Most messages queued for one socket. A client that does not read
+    /// what it is sent is disconnected (close code 4100) once its queue is
+    /// full, so that it cannot grow the server's memory.
+    #[arg(
+        long,
+        env = "WASMCLUSTER_MAX_QUEUED_MESSAGES",
+        default_value_t = 10_000
+    )]
+    pub max_queued_messages: usize,
+
+    /// Most channels one socket may subscribe to (SocketCluster's
+    /// `socketChannelLimit`; 0: no limit).
+    #[arg(long, env = "WASMCLUSTER_SOCKET_CHANNEL_LIMIT", default_value_t = 1000)]
+    pub socket_channel_limit: usize,
+
+    /// Inbound messages per second allowed per socket (token bucket; 0: no
+    /// limit). An RPC over the limit gets `RateLimitError`, other messages
+    /// are dropped.
+    #[arg(long, env = "WASMCLUSTER_RATE_LIMIT", default_value_t = 0)]
+    pub rate_limit: u32,
+
+    /// Messages a socket may send at once above --rate-limit after a quiet
+    /// moment (default: the rate itself).
+    #[arg(long, env = "WASMCLUSTER_RATE_LIMIT_BURST")]
+    pub rate_limit_burst: Option<u32>,
+
     /// Milliseconds one plugin call may run before it is interrupted.
     #[arg(long, env = "WASMCLUSTER_PLUGIN_DEADLINE_MS", default_value_t = 100)]
     pub plugin_deadline_ms: u64,
@@ -234,6 +265,8 @@ pub struct ServerConfig {
     pub session: SessionSettings,
     /// Largest accepted message.
     pub max_payload_bytes: usize,
+    /// Most open connections (0: no limit).
+    pub max_connections: usize,
     /// Deadline, memory cap and `init` config of each plugin.
     pub plugin_options: PluginOptions,
     /// Compiled-module cache directory.
@@ -283,6 +316,18 @@ impl ServeArgs {
         if self.max_payload_bytes < 1024 {
             return Err(invalid("max-payload-bytes", "must be at least 1024"));
         }
+        if self.max_queued_messages == 0 {
+            return Err(invalid("max-queued-messages", "must be at least 1"));
+        }
+        if self.rate_limit_burst == Some(0) {
+            return Err(invalid("rate-limit-burst", "must be at least 1"));
+        }
+        if self.rate_limit_burst.is_some() && self.rate_limit == 0 {
+            return Err(invalid(
+                "rate-limit-burst",
+                "needs --rate-limit (messages per second) to be set",
+            ));
+        }
         if self.plugin_deadline_ms == 0 {
             return Err(invalid("plugin-deadline-ms", "must be more than 0"));
         }
@@ -318,6 +363,12 @@ impl ServeArgs {
                 ping_mode,
                 allow_client_publish: self.allow_client_publish,
                 require_auth: self.require_auth,
+                max_queued_messages: self.max_queued_messages,
+                socket_channel_limit: self.socket_channel_limit,
+                rate_limit: (self.rate_limit > 0).then(|| RateLimit {
+                    per_second: self.rate_limit,
+                    burst: self.rate_limit_burst.unwrap_or(self.rate_limit),
+                }),
             },
             status_page: self.status_page,
             tls: self
@@ -327,6 +378,7 @@ impl ServeArgs {
             origins: OriginPolicy::parse(&self.origins)
                 .map_err(|reason| invalid("origins", reason))?,
             max_payload_bytes: self.max_payload_bytes,
+            max_connections: self.max_connections,
             plugin_options: PluginOptions::new(PluginLimits {
                 deadline: Duration::from_millis(self.plugin_deadline_ms),
                 memory_bytes: self.plugin_memory_mib * 1024 * 1024,

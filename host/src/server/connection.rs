@@ -7,6 +7,7 @@ use crate::session::{self, SessionContext, UpgradeRequest};
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::WebSocketStream;
@@ -74,6 +75,20 @@ where
             return;
         }
     };
+    let Some(_slot) = WebSocketSlot::take(shared) else {
+        tracing::warn!(
+            limit = config.max_connections,
+            "connection limit reached: refusing an upgrade (503)"
+        );
+        let response = Response::text(
+            503,
+            "Service Unavailable",
+            "The server is at its connection limit; try again later\n",
+        )
+        .with_header("Retry-After", "1");
+        let _ = response.send(&mut stream).await;
+        return;
+    };
     if stream.write_all(accept.as_bytes()).await.is_err() {
         return;
     }
@@ -89,6 +104,28 @@ where
     // Boxed: the HTTP part of this future is not kept beside the session for
     // the life of the connection.
     Box::pin(session::run(ws, peer, upgrade, ctx)).await;
+}
+
+/// One of the `--max-connections` WebSocket connections, released on drop.
+struct WebSocketSlot<'a>(&'a AtomicUsize);
+
+impl<'a> WebSocketSlot<'a> {
+    /// Take a slot, unless the limit is reached.
+    fn take(shared: &'a Shared) -> Option<Self> {
+        let limit = shared.config.max_connections;
+        let open = &shared.websockets;
+        open.fetch_update(Ordering::AcqRel, Ordering::Acquire, |count| {
+            (limit == 0 || count < limit).then_some(count + 1)
+        })
+        .ok()
+        .map(|_| WebSocketSlot(open))
+    }
+}
+
+impl Drop for WebSocketSlot<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// Decide what a request gets.

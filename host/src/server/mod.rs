@@ -20,7 +20,7 @@ use crate::plugins::{
 use crate::session::SessionStats;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use thiserror::Error;
@@ -82,6 +82,8 @@ pub struct Shared {
     pub auth: Arc<AuthEngine>,
     /// The TLS acceptor, when the server terminates TLS.
     pub tls: Option<Tls>,
+    /// WebSocket connections open now, for `--max-connections`.
+    pub websockets: AtomicUsize,
 }
 
 impl Shared {
@@ -213,6 +215,7 @@ impl Server {
             config,
             auth,
             tls,
+            websockets: AtomicUsize::new(0),
         });
         let mut workers = Vec::with_capacity(shared.config.workers);
         for index in 0..shared.config.workers {

@@ -7,9 +7,15 @@
 //! sessions and plugins queue for it, and sends pings. Inbound packets of
 //! one socket are handled in order, as SocketCluster does.
 
+mod outbox;
+mod rate;
 mod registry;
 
+pub use outbox::{Gone, Inbox, Outbox, OverflowSignal, outbox};
+pub use rate::RateLimit;
 pub use registry::{SocketRegistry, UnknownSocket};
+
+use rate::TokenBucket;
 
 use crate::auth::{AuthEngine, AuthError, VerifiedToken};
 use crate::plugins::{HandshakeInfo, HostServices, Socket, WorkerPlugins};
@@ -25,7 +31,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio::time::{Instant, MissedTickBehavior, interval_at, sleep_until};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -34,6 +40,10 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes, error
 /// The most frames handled before their answers are flushed, so that a
 /// client streaming without pause still gets its answers regularly.
 const MAX_FRAMES_PER_FLUSH: usize = 64;
+
+/// How long closing a connection may take (queued frames, the close frame,
+/// the client's close reply) before it is dropped.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Identifies a session inside the process (the broker's subscriber key).
 pub type SessionKey = u64;
@@ -86,10 +96,6 @@ impl From<Control> for Outbound {
     }
 }
 
-/// A session's queue, filled by the broker and by plugins on any worker,
-/// drained by the session's task.
-pub type Outbox = mpsc::UnboundedSender<Outbound>;
-
 /// Which heartbeat a server uses with its clients.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PingMode {
@@ -118,6 +124,13 @@ pub struct SessionSettings {
     pub allow_client_publish: bool,
     /// Whether unauthenticated sockets are limited to public RPCs.
     pub require_auth: bool,
+    /// Most messages queued for one socket before it is closed with 4100.
+    pub max_queued_messages: usize,
+    /// Most channels one socket may subscribe to (SocketCluster's
+    /// `socketChannelLimit`); 0 for no limit.
+    pub socket_channel_limit: usize,
+    /// Inbound messages allowed per socket, when limited.
+    pub rate_limit: Option<RateLimit>,
 }
 
 /// What a session keeps of its HTTP upgrade request, for the `handshake`
@@ -234,6 +247,14 @@ impl Ending {
     fn lost() -> Self {
         Ending::closed_by_peer(close_code::ABNORMAL, "connection lost".to_owned())
     }
+
+    /// The client does not read: its queue is full.
+    fn queue_full() -> Self {
+        Ending::close(
+            close_code::QUEUE_FULL,
+            "Outbound queue full: the client does not read what it is sent",
+        )
+    }
 }
 
 /// The error for an action an unauthenticated socket may not take while the
@@ -276,7 +297,11 @@ struct Session<S> {
     /// A sender to this session's own queue, handed to the broker.
     outbox: Outbox,
     /// Frames queued for this socket by the broker and by plugins.
-    inbox: mpsc::UnboundedReceiver<Outbound>,
+    inbox: Inbox,
+    /// Fires when a sender found the queue full.
+    overflow: OverflowSignal,
+    /// The inbound rate limit, when one is set.
+    rate: Option<TokenBucket>,
     /// The upgrade request, until the handshake middleware has seen it.
     upgrade: Option<Box<UpgradeRequest>>,
 }
@@ -290,7 +315,12 @@ pub async fn run<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let (outbox, inbox) = mpsc::unbounded_channel();
+    let (outbox, inbox) = outbox(ctx.settings.max_queued_messages);
+    let overflow = inbox.overflow();
+    let rate = ctx
+        .settings
+        .rate_limit
+        .map(|limit| TokenBucket::new(limit, Instant::now()));
     let ping_protocol = match ctx.settings.ping_mode {
         PingMode::Auto => None,
         PingMode::Fixed(protocol) => Some(protocol),
@@ -312,6 +342,8 @@ pub async fn run<S>(
         token_expiry: None,
         outbox,
         inbox,
+        overflow,
+        rate,
         upgrade: Some(Box::new(upgrade)),
     };
     let ending = session.serve().await;
@@ -336,6 +368,7 @@ where
             let step = tokio::select! {
                 frame = self.ws.next() => self.on_frames(frame).await,
                 Some(frame) = self.inbox.recv() => self.write_queued(frame).await,
+                () = self.overflow.wait() => Err(Ending::queue_full()),
                 _ = pings.tick() => self.ping().await,
                 () = sleep_until(self.pong_deadline) => Err(Ending::close(close_code::PONG_TIMEOUT, "")),
                 () = sleep_until(handshake_deadline), if self.state == State::Connecting => {
@@ -472,6 +505,7 @@ where
             _ if self.state == State::Connecting => {
                 Err(Ending::close(close_code::MESSAGE_BEFORE_HANDSHAKE, ""))
             }
+            _ if !self.within_rate() => self.refuse_over_rate(&event, cid).await,
             "#authenticate" => self.on_authenticate(data, cid).await,
             "#removeAuthToken" => {
                 self.clear_auth();
@@ -484,6 +518,41 @@ where
                 self.on_event(&event, data, cid).await
             }
         }
+    }
+
+    /// Take a token for an inbound packet; `false` when the socket is over
+    /// its rate limit.
+    fn within_rate(&mut self) -> bool {
+        self.rate
+            .as_mut()
+            .is_none_or(|bucket| bucket.take(Instant::now()))
+    }
+
+    /// Refuse a packet over the rate limit: an RPC gets `RateLimitError`,
+    /// anything else is dropped.
+    async fn refuse_over_rate(
+        &mut self,
+        event: &str,
+        cid: Option<&RawValue>,
+    ) -> Result<(), Ending> {
+        let limit = self.rate.as_ref().map(TokenBucket::limit);
+        let Some((cid, limit)) = cid.zip(limit) else {
+            tracing::debug!(
+                socket = self.socket.id,
+                event,
+                "dropped a packet over the rate limit"
+            );
+            return Ok(());
+        };
+        let error = ErrorObject::new(
+            "RateLimitError",
+            format!(
+                "Socket {} exceeded its rate limit of {} messages per second (burst {})",
+                self.socket.id, limit.per_second, limit.burst
+            ),
+        )
+        .with("retryAfterMs", rate::retry_after(limit).as_millis() as u64);
+        self.send(protocol::error_response(cid, &error)).await
     }
 
     /// Handle a packet that is not one of the auth events.
@@ -691,6 +760,19 @@ where
             let error = auth_required(&format!("Subscribing to '{}'", request.channel));
             return self.send(protocol::error_response(cid, &error)).await;
         }
+        let limit = self.ctx.settings.socket_channel_limit;
+        if limit > 0 && self.subscriptions.len() >= limit {
+            // SocketCluster's check and wording, as its clients see them.
+            let error = ErrorObject::new(
+                "BrokerError",
+                format!(
+                    "Failed to subscribe socket to the {} channel - InvalidActionError: Socket {} \
+                     tried to exceed the channel subscription limit of {limit}",
+                    request.channel, self.socket.id
+                ),
+            );
+            return self.send(protocol::error_response(cid, &error)).await;
+        }
         let plugins = self.ctx.current_plugins();
         let checked = plugins.check_subscribe(
             &self.socket,
@@ -872,7 +954,7 @@ where
     /// for it, so that a publication fanned out before an RPC answer reaches
     /// the client first.
     async fn send(&mut self, frame: String) -> Result<(), Ending> {
-        while let Ok(queued) = self.inbox.try_recv() {
+        while let Some(queued) = self.inbox.try_recv() {
             self.apply(queued).await?;
         }
         self.feed(Utf8Bytes::from(frame)).await
@@ -881,7 +963,7 @@ where
     /// Apply what the broker or plugins queued, in one flush.
     async fn write_queued(&mut self, first: Outbound) -> Result<(), Ending> {
         self.apply(first).await?;
-        while let Ok(queued) = self.inbox.try_recv() {
+        while let Some(queued) = self.inbox.try_recv() {
             self.apply(queued).await?;
         }
         self.flush().await
@@ -926,37 +1008,56 @@ where
         }
     }
 
+    /// Write a frame; a client that does not read blocks this until its
+    /// queue overflows, which ends the session.
     async fn feed(&mut self, frame: Utf8Bytes) -> Result<(), Ending> {
         self.ctx.stats.messages_out.fetch_add(1, Ordering::Relaxed);
-        self.ws
-            .feed(Message::Text(frame))
-            .await
-            .map_err(|_| Ending::lost())
+        tokio::select! {
+            written = self.ws.feed(Message::Text(frame)) => written.map_err(|_| Ending::lost()),
+            () = self.overflow.wait() => Err(Ending::queue_full()),
+        }
     }
 
     async fn flush(&mut self) -> Result<(), Ending> {
-        self.ws.flush().await.map_err(|_| Ending::lost())
+        tokio::select! {
+            flushed = self.ws.flush() => flushed.map_err(|_| Ending::lost()),
+            () = self.overflow.wait() => Err(Ending::queue_full()),
+        }
     }
 
     /// Close the connection if the server ends it, release the socket's
     /// subscriptions, and tell plugins.
     async fn finish(mut self, ending: Ending) {
+        if ending.code == close_code::QUEUE_FULL {
+            tracing::warn!(
+                socket = self.socket.id,
+                code = ending.code,
+                limit = self.ctx.settings.max_queued_messages,
+                "outbound queue full: the client does not read what it is sent; disconnecting"
+            );
+        }
         if ending.send_close {
-            // Deliver what is already queued (a shutdown must not lose it).
-            while let Ok(queued) = self.inbox.try_recv() {
-                if self.apply(queued).await.is_err() {
-                    break;
+            let closing = async {
+                // Deliver what is already queued (a shutdown must not lose
+                // it), unless the queue is what overflowed.
+                if !self.overflow.happened() {
+                    while let Some(queued) = self.inbox.try_recv() {
+                        if self.apply(queued).await.is_err() {
+                            break;
+                        }
+                    }
                 }
-            }
-            let frame = CloseFrame {
-                code: ending.code.into(),
-                reason: Utf8Bytes::from(ending.reason.clone()),
+                let frame = CloseFrame {
+                    code: ending.code.into(),
+                    reason: Utf8Bytes::from(ending.reason.clone()),
+                };
+                if self.ws.close(Some(frame)).await.is_ok() {
+                    // Let the client's close reply arrive so the TCP close is clean.
+                    while let Some(Ok(_)) = self.ws.next().await {}
+                }
             };
-            if self.ws.close(Some(frame)).await.is_ok() {
-                // Let the client's close reply arrive so the TCP close is clean.
-                let drain = async { while let Some(Ok(_)) = self.ws.next().await {} };
-                let _ = tokio::time::timeout(Duration::from_secs(2), drain).await;
-            }
+            // A client that does not read may never take the close frame.
+            let _ = tokio::time::timeout(CLOSE_TIMEOUT, closing).await;
         }
         for channel in self.subscriptions.drain() {
             self.ctx.services.broker.unsubscribe(&channel, self.key);

@@ -1,0 +1,134 @@
+//! A session's outbound queue, bounded: a client that stops reading cannot
+//! make the server hold an ever longer queue of frames for it. When a
+//! sender finds the queue full, the message is dropped and the session is
+//! told to close the connection ([`Inbox::overflowed`]).
+
+use super::Outbound;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use tokio::sync::{Notify, mpsc};
+
+/// The session is gone: nothing is queued for it any more.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Gone;
+
+/// Set once by the first sender that finds the queue full.
+#[derive(Debug, Default)]
+struct Overflow {
+    happened: AtomicBool,
+    notify: Notify,
+}
+
+/// The sending side, held by the broker, the socket registry and the
+/// session itself.
+#[derive(Debug, Clone)]
+pub struct Outbox {
+    tx: mpsc::Sender<Outbound>,
+    overflow: Arc<Overflow>,
+}
+
+/// The receiving side, drained by the session.
+#[derive(Debug)]
+pub struct Inbox {
+    rx: mpsc::Receiver<Outbound>,
+    overflow: Arc<Overflow>,
+}
+
+/// A queue holding at most `capacity` messages.
+pub fn outbox(capacity: usize) -> (Outbox, Inbox) {
+    let (tx, rx) = mpsc::channel(capacity.max(1));
+    let overflow = Arc::new(Overflow::default());
+    (
+        Outbox {
+            tx,
+            overflow: overflow.clone(),
+        },
+        Inbox { rx, overflow },
+    )
+}
+
+impl Outbox {
+    /// Queue a message. A full queue drops it and makes the session close
+    /// (its client is not reading); that is not an error for the sender.
+    pub fn send(&self, message: Outbound) -> Result<(), Gone> {
+        match self.tx.try_send(message) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                if !self.overflow.happened.swap(true, Ordering::AcqRel) {
+                    self.overflow.notify.notify_one();
+                }
+                Ok(())
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(Gone),
+        }
+    }
+}
+
+impl Inbox {
+    /// The next queued message.
+    pub async fn recv(&mut self) -> Option<Outbound> {
+        self.rx.recv().await
+    }
+
+    /// A queued message, if one is waiting.
+    pub fn try_recv(&mut self) -> Option<Outbound> {
+        self.rx.try_recv().ok()
+    }
+
+    /// The signal of a full queue, to wait for beside `recv`.
+    pub fn overflow(&self) -> OverflowSignal {
+        OverflowSignal(self.overflow.clone())
+    }
+}
+
+/// Tells a session that a sender found its queue full.
+#[derive(Debug)]
+pub struct OverflowSignal(Arc<Overflow>);
+
+impl OverflowSignal {
+    /// Whether a sender found the queue full.
+    pub fn happened(&self) -> bool {
+        self.0.happened.load(Ordering::Acquire)
+    }
+
+    /// Resolves once a sender has found the queue full.
+    pub async fn wait(&self) {
+        let notified = self.0.notify.notified();
+        if self.happened() {
+            return;
+        }
+        notified.await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+    fn frame(text: &'static str) -> Outbound {
+        Outbound::Frame(Utf8Bytes::from_static(text))
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_drops_and_signals_once() {
+        let (outbox, mut inbox) = outbox(2);
+        assert_eq!(outbox.send(frame("1")), Ok(()));
+        assert_eq!(outbox.send(frame("2")), Ok(()));
+        let signal = inbox.overflow();
+        assert!(!signal.happened());
+        assert_eq!(outbox.send(frame("3")), Ok(()));
+        assert!(signal.happened());
+        signal.wait().await;
+        assert!(matches!(inbox.recv().await, Some(Outbound::Frame(f)) if f == "1"));
+        assert!(matches!(inbox.try_recv(), Some(Outbound::Frame(f)) if f == "2"));
+        assert!(inbox.try_recv().is_none());
+    }
+
+    #[tokio::test]
+    async fn sending_to_a_closed_session_says_gone() {
+        let (outbox, inbox) = outbox(2);
+        drop(inbox);
+        assert_eq!(outbox.send(frame("1")), Err(Gone));
+    }
+}
