@@ -253,3 +253,35 @@ async fn plugins_kick_sockets_out_of_channels_and_close_them() {
         .await;
     assert_eq!(client.closed().await, Closed::Code(4321));
 }
+
+#[tokio::test]
+async fn plugins_tell_a_clean_close_from_a_lost_connection() {
+    let dir = plugins_dir(&["presence"]);
+    let server = TestServer::start(dir.path(), &[]);
+    let mut watcher = server.client().await;
+    watcher.subscribe("presence:lobby").await;
+
+    let mut clean = server.client().await;
+    clean
+        .call("presence.join", json!({"room": "lobby", "name": "clean"}))
+        .await;
+    assert_eq!(watcher.publication().await.1["type"], "joined");
+    clean.close(1000).await;
+    let (_, left) = watcher.publication().await;
+    assert_eq!(
+        (&left["type"], &left["name"]),
+        (&json!("left"), &json!("clean"))
+    );
+
+    let mut cut = server.client().await;
+    cut.call("presence.join", json!({"room": "lobby", "name": "cut"}))
+        .await;
+    assert_eq!(watcher.publication().await.1["type"], "joined");
+    // The TCP connection ends without a close frame: a lost connection.
+    drop(cut);
+    let (_, lost) = watcher.publication().await;
+    assert_eq!(
+        lost,
+        json!({"type": "lost", "id": lost["id"], "name": "cut", "code": 1006})
+    );
+}

@@ -34,8 +34,9 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
 use tokio::time::{Instant, MissedTickBehavior, interval_at, sleep_until};
 use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::error::{CapacityError, ProtocolError};
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes, error::CapacityError};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 
 /// The most frames handled before their answers are flushed, so that a
 /// client streaming without pause still gets its answers regularly.
@@ -420,6 +421,11 @@ where
                     close_code::INVALID_PAYLOAD,
                     "Invalid UTF-8 in a text frame",
                 ));
+            }
+            // The TCP connection ended without a close frame: lost, not a
+            // protocol error (and there is nobody to send a close frame to).
+            Some(Err(WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake))) => {
+                return Err(Ending::lost());
             }
             Some(Err(WsError::Protocol(error))) => {
                 tracing::debug!(socket = self.socket.id, "WebSocket protocol error: {error}");
