@@ -8,7 +8,7 @@ WORKERS ?=
 CARGO ?= cargo
 WASM_TARGET := wasm32-wasip2
 export CARGO_TARGET_DIR ?= $(CURDIR)/target
-EXAMPLES := echo chat
+EXAMPLES := echo chat presence auth
 FIXTURES := flaky init-trap bad-import not-a-plugin echo-v2 chat-v2 plain-world tokens control guard guard-low
 BIN := $(CARGO_TARGET_DIR)/release/wasmcluster
 
@@ -37,7 +37,7 @@ build:
 
 ## Serve the example plugins on 127.0.0.1:$(PORT).
 run: plugins build
-	$(BIN) serve --host 127.0.0.1 --port $(PORT) --plugins plugins $(if $(WORKERS),-w $(WORKERS)) --cache-dir $(CARGO_TARGET_DIR)/wasm-cache
+	$(BIN) serve --config examples/wasmcluster.toml --host 127.0.0.1 --port $(PORT) --plugins plugins $(if $(WORKERS),-w $(WORKERS)) --cache-dir $(CARGO_TARGET_DIR)/wasm-cache
 
 ## Formatting and lints, for the host and for the plugins.
 lint: setup

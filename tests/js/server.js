@@ -27,11 +27,19 @@ function pluginsDir(names) {
 }
 
 /** Start the server with the given example plugins, other plugin files
- * (`extraPlugins`, paths) and extra flags. */
-async function startServer({ plugins = ['echo', 'chat'], args = [], extraPlugins = [] } = {}) {
+ * (`extraPlugins`, paths), extra flags and, with `config` (TOML text), a
+ * config file passed with `--config`. */
+async function startServer({ plugins = ['echo', 'chat'], args = [], extraPlugins = [], config } = {}) {
   const dir = pluginsDir(plugins);
   for (const file of extraPlugins) {
     fs.copyFileSync(file, path.join(dir, path.basename(file)));
+  }
+  if (config !== undefined) {
+    // In the plugins directory, which stop() removes; not a .wasm file, so
+    // never loaded as a plugin.
+    const file = path.join(dir, 'wasmcluster.toml');
+    fs.writeFileSync(file, config);
+    args = ['--config', file, ...args];
   }
   let log = '';
   const child = spawn(
