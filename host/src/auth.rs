@@ -176,11 +176,19 @@ impl AuthEngine {
         let Ok(Value::Object(mut claims)) = serde_json::from_str::<Value>(claims) else {
             return Err(SignError::NotAnObject);
         };
-        let now = now_secs();
-        claims.entry("iat").or_insert(now.into());
+        // As the `jsonwebtoken` package SocketCluster signs with: `iat`
+        // defaults to now, and a default `exp` counts from `iat`.
+        let iat = match claims.get("iat").and_then(Value::as_u64) {
+            Some(iat) => iat,
+            None => {
+                let now = now_secs();
+                claims.entry("iat").or_insert(now.into());
+                now
+            }
+        };
         claims
             .entry("exp")
-            .or_insert((now + self.default_expiry_secs).into());
+            .or_insert((iat + self.default_expiry_secs).into());
         let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
             .map_err(|error| SignError::Signing(error.to_string()))?;
         Ok(SignedToken {
@@ -258,6 +266,16 @@ mod tests {
         let iat = claims["iat"].as_u64().unwrap();
         assert_eq!(claims["exp"].as_u64().unwrap(), iat + 86_400);
         assert_eq!(verified.expires_at, Some(iat + 86_400));
+    }
+
+    #[test]
+    fn a_given_iat_is_kept_and_the_default_exp_counts_from_it() {
+        let signed = engine().sign(r#"{"username":"alice","iat":1000}"#).unwrap();
+        let claims: Value = serde_json::from_str(&signed.claims).unwrap();
+        assert_eq!(
+            (claims["iat"].as_u64(), claims["exp"].as_u64()),
+            (Some(1000), Some(87_400))
+        );
     }
 
     #[test]
