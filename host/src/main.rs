@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 use wasmcluster::config::{ConfigFile, ServeArgs, ServerConfig};
 use wasmcluster::server::Server;
 
+mod new;
+
 /// A SocketCluster-compatible real-time server whose application logic runs
 /// as sandboxed WebAssembly plugins.
 #[derive(Parser)]
@@ -53,6 +55,9 @@ enum Command {
         #[arg(long, env = "WASMCLUSTER_PID_FILE")]
         pid_file: PathBuf,
     },
+    /// Create a plugin crate (Cargo.toml, src/lib.rs, README.md) that builds
+    /// to a wasm component at once.
+    New(new::NewArgs),
     /// Help with the config file of `serve --config`.
     Config {
         /// Print a commented config file with every option and its default.
@@ -102,6 +107,7 @@ fn run() -> anyhow::Result<()> {
         }
         Command::Check { file } => check(&file),
         Command::Reload { pid_file } => reload(&pid_file),
+        Command::New(args) => new_plugin(&args),
         Command::Config { .. } => {
             let example = wasmcluster::config::example_file(serve_command());
             std::io::stdout().write_all(example.as_bytes())?;
@@ -207,6 +213,24 @@ fn check(file: &Path) -> anyhow::Result<()> {
         "no"
     };
     writeln!(out, "  hot-swap state hand-off  {state}")?;
+    Ok(())
+}
+
+/// `wasmcluster new NAME`: create a plugin crate and say how to build it.
+fn new_plugin(args: &new::NewArgs) -> anyhow::Result<()> {
+    let created = new::create(args)?;
+    let dir = created.dir.display();
+    let wasm = &created.wasm;
+    let mut out = std::io::stdout();
+    writeln!(out, "Created the plugin crate {dir}")?;
+    writeln!(out, "  SDK: wasmcluster-sdk = {}", created.sdk)?;
+    writeln!(out)?;
+    writeln!(out, "Build and check it:")?;
+    writeln!(out, "  cd {dir}")?;
+    writeln!(out, "  rustup target add wasm32-wasip2   # once")?;
+    writeln!(out, "  cargo build --release --target wasm32-wasip2")?;
+    writeln!(out, "  wasmcluster check {wasm}")?;
+    writeln!(out, "Then copy {wasm} into the server's plugins directory.")?;
     Ok(())
 }
 
