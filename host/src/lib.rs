@@ -14,6 +14,7 @@
 //! - [`session`]: one connection's state machine.
 //! - [`auth`]: JWT signing and verification, SocketCluster style.
 //! - [`broker`]: channels and publication delivery.
+//! - [`metrics`]: `GET /metrics`, Prometheus counters, gauges and histograms.
 //! - [`plugins`]: the wasm engine, loading, per-worker instances, host functions.
 
 #![forbid(unsafe_code)]
@@ -21,6 +22,7 @@
 pub mod auth;
 pub mod broker;
 pub mod config;
+pub mod metrics;
 pub mod plugins;
 pub mod protocol;
 pub mod server;

@@ -19,8 +19,11 @@ use super::health::FaultKind;
 use super::host_api::HostServices;
 use super::limits::MemoryCapExceeded;
 use super::loader::{Instance, LoadedPlugin, PluginSet};
+use crate::metrics::{self, RpcStats};
 use crate::protocol::{self, ErrorObject};
+use crate::session::SessionStats;
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -130,9 +133,37 @@ pub struct WorkerPlugins {
     slots: Vec<Rc<Mutex<Slot>>>,
     /// What host functions act on.
     services: Arc<HostServices>,
+    /// The worker's counters (middleware denials, RPC histograms).
+    pub(super) stats: Arc<SessionStats>,
+    /// Each RPC event the set routes: its plugin and this worker's histogram
+    /// of it, so that measuring an RPC costs no lookup beyond routing it.
+    rpc_routes: HashMap<Box<str>, RpcRoute>,
     /// Set by a reload: the plugins that replaced these. Calls made on an
     /// outdated `WorkerPlugins` are passed on to it.
     successor: RefCell<Option<Rc<WorkerPlugins>>>,
+}
+
+/// Where an RPC event goes on a worker, and where it is measured.
+struct RpcRoute {
+    /// The plugin's index in the set.
+    index: usize,
+    /// This worker's measurements of the event.
+    stats: Arc<RpcStats>,
+}
+
+/// The RPC routing of `set`, with a histogram of `stats` for each event.
+fn rpc_routes(set: &PluginSet, stats: &SessionStats) -> HashMap<Box<str>, RpcRoute> {
+    let mut routes = HashMap::new();
+    for plugin in &set.plugins {
+        for event in &plugin.manifest.rpc_events {
+            let Some(index) = set.rpc_route(event) else {
+                continue;
+            };
+            let stats = stats.rpc.series(&set.plugins[index].name, event);
+            routes.insert(event.as_str().into(), RpcRoute { index, stats });
+        }
+    }
+    routes
 }
 
 impl WorkerPlugins {
@@ -144,16 +175,29 @@ impl WorkerPlugins {
 
 impl WorkerPlugins {
     /// Instantiate and `init` every plugin for one worker. A plugin whose
-    /// instance cannot be built here backs off and is retried.
+    /// instance cannot be built here backs off and is retried. Counters go
+    /// to a private [`SessionStats`]; a worker uses
+    /// [`WorkerPlugins::start_counting`].
     pub async fn start(set: Arc<PluginSet>, services: Arc<HostServices>) -> Self {
+        Self::start_counting(set, services, Arc::default()).await
+    }
+
+    /// [`WorkerPlugins::start`], counting on the worker's `stats`.
+    pub async fn start_counting(
+        set: Arc<PluginSet>,
+        services: Arc<HostServices>,
+        stats: Arc<SessionStats>,
+    ) -> Self {
         let mut slots = Vec::with_capacity(set.plugins.len());
         for plugin in &set.plugins {
             slots.push(new_slot(plugin, &services).await);
         }
         WorkerPlugins {
+            rpc_routes: rpc_routes(&set, &stats),
             set,
             slots,
             services,
+            stats,
             successor: RefCell::default(),
         }
     }
@@ -204,9 +248,11 @@ impl WorkerPlugins {
             }
         }
         let next = Rc::new(WorkerPlugins {
+            rpc_routes: rpc_routes(&set, &self.stats),
             set,
             slots,
             services: self.services.clone(),
+            stats: self.stats.clone(),
             successor: RefCell::default(),
         });
         // From here to the caller's swap there is no await: nothing can
@@ -305,12 +351,18 @@ impl WorkerPlugins {
     ) -> Result<Option<String>, ErrorObject> {
         let mut plugins = self.newest();
         loop {
-            let Some(index) = plugins.set.rpc_route(event) else {
+            // Unknown events are answered without being measured: they
+            // create no label set.
+            let Some(route) = plugins.rpc_routes.get(event) else {
                 return Err(ErrorObject::unknown_event(event));
             };
-            match plugins.invoke_at(index, socket, event, data).await {
+            let started = metrics::start();
+            match plugins.invoke_at(route.index, socket, event, data).await {
                 Err(Retired) => plugins = plugins.newest(),
-                Ok(answer) => return answer,
+                Ok(answer) => {
+                    route.stats.observe(started, answer.is_err());
+                    return answer;
+                }
             }
         }
     }

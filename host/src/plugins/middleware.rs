@@ -15,6 +15,7 @@ use super::bindings::wasmcluster::plugin::types::{
 use super::instance::{Call, CallFailure, failure_error, invalid_answer, plugin_error};
 use super::loader::Instance;
 use super::{Socket, WorkerPlugins};
+use crate::metrics::{self, HookKind};
 use crate::protocol::{self, ErrorObject};
 use std::rc::Rc;
 
@@ -47,6 +48,19 @@ impl From<InboundDecision> for Verdict {
 /// The data an action proceeds with after its middleware: `None` when no
 /// plugin rewrote it.
 pub type Rewritten = Option<String>;
+
+/// The metrics label of a middleware hook; `None` for the other hooks.
+fn hook_kind(hook: Hook) -> Option<HookKind> {
+    Some(match hook {
+        Hook::Handshake => HookKind::Handshake,
+        Hook::Authenticate => HookKind::Authenticate,
+        Hook::Subscribe => HookKind::Subscribe,
+        Hook::PublishIn => HookKind::PublishIn,
+        Hook::Invoke => HookKind::Invoke,
+        Hook::Transmit => HookKind::Transmit,
+        _ => return None,
+    })
+}
 
 impl WorkerPlugins {
     /// Run the `handshake` hooks for a connection's `#handshake`.
@@ -177,9 +191,9 @@ impl WorkerPlugins {
     }
 
     /// Call `hook` on every plugin of its chain, in order, with the data as
-    /// the previous plugins left it. A chain that a reload interrupts starts
-    /// again on the new plugins: hooks decide, they do not act, so running
-    /// one twice is harmless.
+    /// the previous plugins left it, and count a deny. A chain that a reload
+    /// interrupts starts again on the new plugins: hooks decide, they do not
+    /// act, so running one twice is harmless.
     async fn run_chain(
         self: &Rc<Self>,
         hook: Hook,
@@ -187,10 +201,27 @@ impl WorkerPlugins {
         data: Option<&str>,
         hook_call: impl AsyncFn(&mut Instance, Option<&String>) -> wasmtime::Result<Verdict>,
     ) -> Result<Rewritten, ErrorObject> {
-        let mut plugins = self.newest();
-        if plugins.set().chain(hook).is_empty() {
+        if self.newest().set().chain(hook).is_empty() {
             return Ok(None);
         }
+        let decided = self.chain_decision(hook, what, data, hook_call).await;
+        if decided.is_err()
+            && let Some(kind) = hook_kind(hook)
+        {
+            metrics::bump(&self.stats.middleware_denials[kind as usize]);
+        }
+        decided
+    }
+
+    /// [`WorkerPlugins::run_chain`] on a chain with plugins.
+    async fn chain_decision(
+        self: &Rc<Self>,
+        hook: Hook,
+        what: Call<'_>,
+        data: Option<&str>,
+        hook_call: impl AsyncFn(&mut Instance, Option<&String>) -> wasmtime::Result<Verdict>,
+    ) -> Result<Rewritten, ErrorObject> {
+        let mut plugins = self.newest();
         let data = data.map(str::to_owned);
         'chain: loop {
             let current = plugins.clone();

@@ -3,6 +3,7 @@
 
 use super::Shared;
 use super::http::{self, ReadError, Response};
+use crate::metrics::{self, Format};
 use crate::session::{self, SessionContext, UpgradeRequest};
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -76,6 +77,7 @@ where
         }
     };
     let Some(_slot) = WebSocketSlot::take(shared) else {
+        metrics::bump(&ctx.stats.upgrades_refused);
         tracing::warn!(
             limit = config.max_connections,
             "connection limit reached: refusing an upgrade (503)"
@@ -92,6 +94,7 @@ where
     if stream.write_all(accept.as_bytes()).await.is_err() {
         return;
     }
+    metrics::bump(&ctx.stats.connections_accepted);
     let ws_config = WebSocketConfig::default()
         .read_buffer_size(READ_BUFFER)
         .write_buffer_size(WRITE_BUFFER)
@@ -176,6 +179,15 @@ fn route(request: http::Request, shared: &Shared) -> Action {
         Action::Respond(Response::html(STATUS_PAGE).with_header("Cache-Control", "no-cache"))
     } else if request.path == "/healthz" && request.method == "GET" {
         Action::Respond(Response::json(200, "OK", shared.health_json()))
+    } else if request.path == "/metrics" && request.method == "GET" {
+        let format = Format::negotiate(request.header("accept"));
+        let body = metrics::render(shared, format);
+        Action::Respond(Response::with_content_type(
+            200,
+            "OK",
+            format.content_type(),
+            body,
+        ))
     } else if request.path == "/readyz" && request.method == "GET" {
         match shared.readiness() {
             (true, body) => Action::Respond(Response::json(200, "OK", body)),

@@ -150,6 +150,22 @@ impl Response {
         }
     }
 
+    /// A response with any content type.
+    pub fn with_content_type(
+        status: u16,
+        reason: &'static str,
+        content_type: &'static str,
+        body: String,
+    ) -> Self {
+        Response {
+            status,
+            reason,
+            content_type,
+            headers: Vec::new(),
+            body,
+        }
+    }
+
     /// Add a header.
     pub fn with_header(mut self, name: &'static str, value: &str) -> Self {
         self.headers.push((name, value.to_owned()));

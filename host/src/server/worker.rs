@@ -2,6 +2,7 @@
 //! connections with its own instance of every plugin.
 
 use super::{Shared, connection};
+use crate::metrics;
 use crate::plugins::{PluginSet, WorkerPlugins};
 use crate::session::SessionContext;
 use std::cell::RefCell;
@@ -122,12 +123,16 @@ async fn serve(
         mut reloads,
         ready,
     } = channels;
-    let plugins = WorkerPlugins::start(shared.plugins(), shared.services.clone()).await;
+    let stats = shared.worker_stats[index].clone();
+    metrics::enter_worker(stats.clone());
+    let plugins =
+        WorkerPlugins::start_counting(shared.plugins(), shared.services.clone(), stats.clone())
+            .await;
     let ctx = Rc::new(SessionContext {
         plugins: RefCell::new(Rc::new(plugins)),
         services: shared.services.clone(),
         settings: shared.config.session.clone(),
-        stats: shared.worker_stats[index].clone(),
+        stats,
         auth: shared.auth.clone(),
         shutdown,
     });

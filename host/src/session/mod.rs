@@ -18,6 +18,7 @@ pub use registry::{SocketRegistry, UnknownSocket};
 use rate::TokenBucket;
 
 use crate::auth::{AuthEngine, AuthError, VerifiedToken};
+use crate::metrics::{self, HookKind, MessageKind, PublicationSource, RpcTable};
 use crate::plugins::{HandshakeInfo, HostServices, Socket, WorkerPlugins};
 use crate::protocol::{self, ChannelRequest, ErrorObject, Frame, Packet, PingProtocol, close_code};
 use base64::Engine as _;
@@ -172,8 +173,12 @@ impl AuthRefusal {
     }
 }
 
-/// Counters shared by every session, for health output and metrics.
+/// One worker's counters, shared by its sessions and plugin instances, for
+/// health output and metrics ([`crate::metrics`]). Each worker has its own,
+/// aligned so that no two workers write to one cache line (or a pair of
+/// adjacent lines, which some CPUs fetch together); readers sum them.
 #[derive(Debug, Default)]
+#[repr(align(128))]
 pub struct SessionStats {
     /// Transmits dropped because no plugin declares their event.
     pub unknown_transmits: AtomicU64,
@@ -181,6 +186,22 @@ pub struct SessionStats {
     pub messages_in: AtomicU64,
     /// WebSocket messages written to clients.
     pub messages_out: AtomicU64,
+    /// Packets received, by [`MessageKind`] (its index).
+    pub messages_in_by_kind: [AtomicU64; MessageKind::ALL.len()],
+    /// WebSocket upgrades accepted.
+    pub connections_accepted: AtomicU64,
+    /// WebSocket upgrades refused by `--max-connections`.
+    pub upgrades_refused: AtomicU64,
+    /// Sockets closed because their outbound queue was full (4100).
+    pub queue_overflows: AtomicU64,
+    /// Packets over a socket's rate limit.
+    pub rate_limited: AtomicU64,
+    /// Actions denied by middleware, by [`HookKind`] (its index).
+    pub middleware_denials: [AtomicU64; HookKind::ALL.len()],
+    /// Publications, by [`PublicationSource`] (its index).
+    pub publications: [AtomicU64; PublicationSource::ALL.len()],
+    /// RPC durations and errors by plugin and event.
+    pub rpc: RpcTable,
 }
 
 /// What a session needs from its worker.
@@ -469,7 +490,11 @@ where
 
     /// Handle one text frame: a pong, a packet or a batch of packets.
     async fn on_text(&mut self, text: &str) -> Result<(), Ending> {
-        match protocol::parse_frame(text) {
+        let frame = protocol::parse_frame(text);
+        if !matches!(frame, Frame::Packets(_)) {
+            self.count_in(MessageKind::Other);
+        }
+        match frame {
             Frame::Pong(_) if self.state == State::Connecting => {
                 Err(Ending::close(close_code::MESSAGE_BEFORE_HANDSHAKE, ""))
             }
@@ -499,6 +524,7 @@ where
     /// Handle one packet, in the order SocketCluster's `_processInboundPacket` does.
     async fn on_packet(&mut self, packet: Packet<'_>) -> Result<(), Ending> {
         let Packet::Event { event, data, cid } = packet else {
+            self.count_in(MessageKind::Other);
             // Responses to server invokes and other values: nothing to do.
             return if self.state == State::Connecting {
                 Err(Ending::close(close_code::MESSAGE_BEFORE_HANDSHAKE, ""))
@@ -506,6 +532,7 @@ where
                 Ok(())
             };
         };
+        self.count_in(MessageKind::of_event(&event, cid.is_some()));
         match &*event {
             "#handshake" => self.on_handshake(data, cid).await,
             _ if self.state == State::Connecting => {
@@ -526,6 +553,11 @@ where
         }
     }
 
+    /// Count an inbound packet of this kind.
+    fn count_in(&self, kind: MessageKind) {
+        metrics::bump(&self.ctx.stats.messages_in_by_kind[kind as usize]);
+    }
+
     /// Take a token for an inbound packet; `false` when the socket is over
     /// its rate limit.
     fn within_rate(&mut self) -> bool {
@@ -541,6 +573,7 @@ where
         event: &str,
         cid: Option<&RawValue>,
     ) -> Result<(), Ending> {
+        metrics::bump(&self.ctx.stats.rate_limited);
         let limit = self.rate.as_ref().map(TokenBucket::limit);
         let Some((cid, limit)) = cid.zip(limit) else {
             tracing::debug!(
@@ -855,6 +888,7 @@ where
             .services
             .broker
             .publish(&request.channel, rewritten.as_deref().or(data));
+        metrics::bump(&self.ctx.stats.publications[PublicationSource::Client as usize]);
         Ok(())
     }
 
@@ -1035,6 +1069,7 @@ where
     /// subscriptions, and tell plugins.
     async fn finish(mut self, ending: Ending) {
         if ending.code == close_code::QUEUE_FULL {
+            metrics::bump(&self.ctx.stats.queue_overflows);
             tracing::warn!(
                 socket = self.socket.id,
                 code = ending.code,
