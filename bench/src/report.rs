@@ -301,8 +301,55 @@ pub fn run(input: &Path, preamble: Option<&Path>) -> Result<()> {
         );
     }
     out.push_str("\nEach cell: median of the runs (min–max).\n");
+    scale_out_table(&mut out, &get);
     std::io::stdout().write_all(out.as_bytes())?;
     Ok(())
+}
+
+/// Rows of the scale-out table: a figure of the `fanout` case on one host
+/// against the same figure with publishers on a second host and the
+/// subscribers' host reached through Redis (`fanout-cross-host`).
+const SCALE_OUT: &[(&str, &str, bool)] = &[
+    ("deliveries_per_s", "fanout: deliveries/s", true),
+    ("p50_ms", "fanout: latency p50 (ms)", false),
+    ("p99_ms", "fanout: latency p99 (ms)", false),
+    ("lost", "fanout: publications lost", false),
+];
+
+/// The scale-out table, when the results have a cross-host run.
+fn scale_out_table(out: &mut String, get: &impl Fn(&str, &str, &str) -> Option<Summary>) {
+    if get("fanout-cross-host", "wasmcluster", "deliveries_per_s").is_none() {
+        return;
+    }
+    out.push_str(
+        "\n## Scale-out: one host against two hosts and Redis\n\n\
+         Publishers on one wasmcluster host, subscribers on another, both with \
+         `--broker redis://...` (a local `redis-server`), against the same fan-out on a \
+         single host. All three processes share the machine's cores with the load \
+         generator.\n\n\
+         | figure | 1 host | 2 hosts + Redis | 2 hosts vs 1 |\n|---|---|---|---|\n",
+    );
+    for (field, title, higher_is_better) in SCALE_OUT {
+        let one = get("fanout", "wasmcluster", field);
+        let two = get("fanout-cross-host", "wasmcluster", field);
+        let ratio = match (&one, &two) {
+            (Some(one), Some(two)) if one.median > 0.0 && two.median > 0.0 => {
+                Some(if *higher_is_better {
+                    two.median / one.median
+                } else {
+                    one.median / two.median
+                })
+            }
+            _ => None,
+        };
+        let _ = writeln!(
+            out,
+            "| {title} | {} | {} | {} |",
+            cell(one.as_ref()),
+            cell(two.as_ref()),
+            ratio.map_or("—".into(), |r| format!("{}x", format_number(r)))
+        );
+    }
 }
 
 #[cfg(test)]

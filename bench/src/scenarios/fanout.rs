@@ -34,7 +34,15 @@ pub struct FanoutArgs {
     /// Approximate size of each publication's data.
     #[arg(long, default_value_t = 64)]
     pub payload_bytes: usize,
+    /// Connect the publishers to this other host (same path) instead of
+    /// `--addr`: publications then cross hosts through the broker.
+    #[arg(long)]
+    pub publish_to: Option<std::net::SocketAddr>,
 }
+
+/// How long a cross-host run waits after subscribing, so that the
+/// subscribers' host is listening to the channel in the broker.
+const BROKER_SETTLE: Duration = Duration::from_millis(500);
 
 /// State shared by publishers and subscribers.
 struct Shared {
@@ -53,7 +61,15 @@ pub async fn run(common: &Common, args: &FanoutArgs) -> Result<Value> {
     for subscriber in &mut subscribers {
         subscribe(subscriber).await?;
     }
-    let publishers = open_many(common, args.publishers).await?;
+    let publishers = match args.publish_to {
+        Some(addr) => {
+            tokio::time::sleep(BROKER_SETTLE).await;
+            let mut elsewhere = common.clone();
+            elsewhere.target.addr = addr;
+            open_many(&elsewhere, args.publishers).await?
+        }
+        None => open_many(common, args.publishers).await?,
+    };
     let shared = Arc::new(Shared {
         base: Instant::now(),
         published: AtomicU64::new(0),
@@ -103,6 +119,7 @@ pub async fn run(common: &Common, args: &FanoutArgs) -> Result<Value> {
         "publishers": args.publishers,
         "rate": args.rate,
         "payload_bytes": args.payload_bytes,
+        "cross_host": args.publish_to.is_some(),
         "published": published,
         "delivered": delivered,
         "lost": expected.saturating_sub(delivered),

@@ -1,48 +1,169 @@
 //! Channels and their subscribers: delivery of publications to every
-//! subscribed socket, on every worker.
+//! subscribed socket, on every worker, and through an engine to other hosts.
 //!
-//! This is the local (in-process) engine. A publication is encoded once and
-//! the same bytes are queued for every subscriber.
+//! Delivery to this process's sockets is always local: a publication is
+//! encoded once and the same bytes are queued for every subscriber. The
+//! [`BrokerEngine`] carries publications beyond the process: the local
+//! engine does nothing more (one host), the Redis engine ([`RedisEngine`])
+//! shares them with every host subscribed to the channel.
+
+mod redis;
+
+pub use redis::{RedisEngine, RedisError};
 
 use crate::protocol;
 use crate::session::{Outbound, Outbox, SessionKey};
 use std::collections::HashMap;
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-/// The subscribers of every channel that has at least one.
+/// Carries publications to and from other hosts.
+pub trait BrokerEngine: Send + Sync {
+    /// The first local subscriber of `channel` arrived: receive the
+    /// channel's publications from other hosts from now on.
+    fn channel_opened(&self, channel: &str);
+    /// The last local subscriber of `channel` left.
+    fn channel_closed(&self, channel: &str);
+    /// `data` was published on `channel` here (and delivered locally
+    /// already): pass it on to the other hosts.
+    fn published(&self, channel: &str, data: Option<&str>);
+    /// Whether publications currently reach the other hosts.
+    fn is_connected(&self) -> bool;
+    /// What the engine is, for `/healthz`: a name, its state and counters.
+    fn status(&self) -> serde_json::Value;
+}
+
+/// The engine of a single host: publications stay in the process.
 #[derive(Debug, Default)]
-pub struct Broker {
+pub struct LocalEngine;
+
+impl BrokerEngine for LocalEngine {
+    fn channel_opened(&self, _channel: &str) {}
+    fn channel_closed(&self, _channel: &str) {}
+    fn published(&self, _channel: &str, _data: Option<&str>) {}
+    fn is_connected(&self) -> bool {
+        true
+    }
+    fn status(&self) -> serde_json::Value {
+        serde_json::json!({ "engine": "local", "connected": true })
+    }
+}
+
+/// The subscribers of every channel that has at least one, on this host.
+#[derive(Debug, Default)]
+pub struct LocalChannels {
     /// Channel name to the outboxes of its subscribed sessions.
     channels: RwLock<HashMap<String, HashMap<SessionKey, Outbox>>>,
 }
 
+/// Local delivery plus the engine that reaches other hosts.
+pub struct Broker {
+    local: Arc<LocalChannels>,
+    engine: Box<dyn BrokerEngine>,
+}
+
+impl Default for Broker {
+    fn default() -> Self {
+        Broker::new(Arc::default(), Box::new(LocalEngine))
+    }
+}
+
 impl Broker {
+    /// A broker delivering to `local` and through `engine`.
+    pub fn new(local: Arc<LocalChannels>, engine: Box<dyn BrokerEngine>) -> Self {
+        Broker { local, engine }
+    }
+
     /// Subscribe a session to a channel. Subscribing twice is harmless, as
     /// in SocketCluster.
     pub fn subscribe(&self, channel: &str, session: SessionKey, outbox: &Outbox) {
-        let mut channels = self.channels.write().unwrap_or_else(|e| e.into_inner());
-        channels
-            .entry(channel.to_owned())
-            .or_default()
-            .insert(session, outbox.clone());
+        if self.local.subscribe(channel, session, outbox) {
+            self.engine.channel_opened(channel);
+        }
     }
 
-    /// Remove a session from a channel; forgets the channel when it was the
-    /// last subscriber.
+    /// Remove a session from a channel.
     pub fn unsubscribe(&self, channel: &str, session: SessionKey) {
+        if self.local.unsubscribe(channel, session) {
+            self.engine.channel_closed(channel);
+        }
+    }
+
+    /// Publish `data` (valid JSON text, or nothing) on `channel`: deliver it
+    /// to this host's subscribers and pass it to the engine. Returns how
+    /// many local subscribers it was queued for.
+    pub fn publish(&self, channel: &str, data: Option<&str>) -> usize {
+        let delivered = self.local.deliver(channel, data);
+        self.engine.published(channel, data);
+        delivered
+    }
+
+    /// How many channels have subscribers on this host.
+    pub fn channel_count(&self) -> usize {
+        self.local.channel_count()
+    }
+
+    /// Whether publications reach the other hosts (always, with one host).
+    pub fn is_connected(&self) -> bool {
+        self.engine.is_connected()
+    }
+
+    /// The engine's state and counters, for `/healthz`.
+    pub fn status(&self) -> serde_json::Value {
+        self.engine.status()
+    }
+}
+
+impl LocalChannels {
+    /// Add a subscriber; `true` when it is the channel's first.
+    fn subscribe(&self, channel: &str, session: SessionKey, outbox: &Outbox) -> bool {
         let mut channels = self.channels.write().unwrap_or_else(|e| e.into_inner());
-        if let Some(subscribers) = channels.get_mut(channel) {
-            subscribers.remove(&session);
-            if subscribers.is_empty() {
-                channels.remove(channel);
+        match channels.get_mut(channel) {
+            Some(subscribers) => {
+                subscribers.insert(session, outbox.clone());
+                false
+            }
+            None => {
+                channels.insert(
+                    channel.to_owned(),
+                    HashMap::from([(session, outbox.clone())]),
+                );
+                true
             }
         }
     }
 
-    /// Deliver `data` (valid JSON text, or nothing) to every subscriber of
-    /// `channel` and return how many it was queued for.
-    pub fn publish(&self, channel: &str, data: Option<&str>) -> usize {
+    /// Remove a subscriber; `true` when the channel has none left (and is
+    /// forgotten).
+    fn unsubscribe(&self, channel: &str, session: SessionKey) -> bool {
+        let mut channels = self.channels.write().unwrap_or_else(|e| e.into_inner());
+        let Some(subscribers) = channels.get_mut(channel) else {
+            return false;
+        };
+        subscribers.remove(&session);
+        if subscribers.is_empty() {
+            channels.remove(channel);
+            return true;
+        }
+        false
+    }
+
+    /// The channels with subscribers here (for resubscribing after a
+    /// reconnect).
+    pub fn names(&self) -> Vec<String> {
+        let channels = self.channels.read().unwrap_or_else(|e| e.into_inner());
+        channels.keys().cloned().collect()
+    }
+
+    /// Whether `channel` has subscribers here.
+    pub fn has(&self, channel: &str) -> bool {
+        let channels = self.channels.read().unwrap_or_else(|e| e.into_inner());
+        channels.contains_key(channel)
+    }
+
+    /// Deliver `data` to every subscriber of `channel` here; how many it
+    /// was queued for.
+    pub fn deliver(&self, channel: &str, data: Option<&str>) -> usize {
         let channels = self.channels.read().unwrap_or_else(|e| e.into_inner());
         let Some(subscribers) = channels.get(channel) else {
             return 0;
@@ -55,7 +176,7 @@ impl Broker {
     }
 
     /// How many channels have subscribers.
-    pub fn channel_count(&self) -> usize {
+    fn channel_count(&self) -> usize {
         self.channels
             .read()
             .unwrap_or_else(|e| e.into_inner())

@@ -55,6 +55,22 @@ pub struct ServeArgs {
     #[arg(long, env = "WASMCLUSTER_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
 
+    /// Scale out through Redis: `redis://[:password@]host:port/db` (or
+    /// `rediss://` for TLS). Publications reach subscribers on every host,
+    /// and the plugins' KV store is shared. Without it, one host with an
+    /// in-process broker.
+    #[arg(long, env = "WASMCLUSTER_BROKER", value_name = "URL")]
+    pub broker: Option<String>,
+
+    /// Prefix of the keys and channels wasmcluster uses in Redis, so that
+    /// several deployments can share one Redis.
+    #[arg(
+        long,
+        env = "WASMCLUSTER_BROKER_PREFIX",
+        default_value = "wasmcluster:"
+    )]
+    pub broker_prefix: String,
+
     /// Directory whose `*.wasm` plugin components are loaded.
     #[arg(long, env = "WASMCLUSTER_PLUGINS", default_value = "plugins")]
     pub plugins: PathBuf,
@@ -261,6 +277,10 @@ pub struct ServerConfig {
     pub status_page: bool,
     /// Certificate and key files, when the server terminates TLS.
     pub tls: Option<TlsFiles>,
+    /// The Redis URL, when hosts share a broker.
+    pub broker_url: Option<String>,
+    /// Prefix of wasmcluster's keys and channels in Redis.
+    pub broker_prefix: String,
     /// Protocol settings of every session.
     pub session: SessionSettings,
     /// Largest accepted message.
@@ -371,6 +391,8 @@ impl ServeArgs {
                 }),
             },
             status_page: self.status_page,
+            broker_url: self.broker,
+            broker_prefix: self.broker_prefix,
             tls: self
                 .tls_cert
                 .zip(self.tls_key)

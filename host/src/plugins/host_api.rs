@@ -4,7 +4,7 @@
 use super::bindings::wasmcluster::plugin::host::Host;
 use super::bindings::wasmcluster::plugin::types::{self, HostError, LogLevel};
 use super::guest_log::{GuestLog, GuestStream, RecentStderr};
-use super::kv::KvStore;
+use super::kv::{KvError, KvStore};
 use super::limits::InstanceLimits;
 use crate::auth::AuthEngine;
 use crate::broker::Broker;
@@ -29,12 +29,18 @@ pub struct HostServices {
 }
 
 impl HostServices {
-    /// Services signing tokens with `auth`.
+    /// Services of one host (local broker, in-memory KV) signing tokens
+    /// with `auth`.
     pub fn new(auth: Arc<AuthEngine>) -> Self {
+        Self::with(auth, Broker::default(), KvStore::default())
+    }
+
+    /// Services with the given broker and KV store.
+    pub fn with(auth: Arc<AuthEngine>, broker: Broker, kv: KvStore) -> Self {
         HostServices {
-            broker: Broker::default(),
+            broker,
             sockets: SocketRegistry::default(),
-            kv: KvStore::default(),
+            kv,
             auth,
         }
     }
@@ -114,6 +120,16 @@ fn check_json(what: &str, text: &str) -> Result<(), HostError> {
         .map_err(|error| HostError::InvalidArgument(format!("{what} is not valid JSON: {error}")))
 }
 
+/// A KV failure as the plugin sees it.
+fn kv_error(error: KvError) -> HostError {
+    match error {
+        KvError::Unavailable(_) => HostError::Unavailable(error.to_string()),
+        KvError::NotAnInteger { .. } | KvError::Overflow { .. } => {
+            HostError::InvalidArgument(error.to_string())
+        }
+    }
+}
+
 fn unsupported(function: &str) -> Result<(), HostError> {
     Err(HostError::Unsupported(format!(
         "{function} is not supported by this version of wasmcluster yet"
@@ -124,6 +140,7 @@ impl Host for HostState {
     fn publish(&mut self, channel: String, data: String) -> Result<(), HostError> {
         check_json("publish data", &data)?;
         self.services.broker.publish(&channel, Some(&data));
+        crate::metrics::count_publication(crate::metrics::PublicationSource::Plugin);
         Ok(())
     }
 
@@ -195,24 +212,36 @@ impl Host for HostState {
         unsupported("subscriptions").map(|()| Vec::new())
     }
 
-    fn kv_get(&mut self, key: String) -> Result<Option<String>, HostError> {
-        Ok(self.services.kv.get(&self.plugin, &key))
+    async fn kv_get(&mut self, key: String) -> Result<Option<String>, HostError> {
+        self.services
+            .kv
+            .get(&self.plugin, &key)
+            .await
+            .map_err(kv_error)
     }
 
-    fn kv_set(&mut self, key: String, value: String) -> Result<(), HostError> {
-        self.services.kv.set(&self.plugin, key, value);
-        Ok(())
+    async fn kv_set(&mut self, key: String, value: String) -> Result<(), HostError> {
+        self.services
+            .kv
+            .set(&self.plugin, key, value)
+            .await
+            .map_err(kv_error)
     }
 
-    fn kv_delete(&mut self, key: String) -> Result<bool, HostError> {
-        Ok(self.services.kv.delete(&self.plugin, &key))
+    async fn kv_delete(&mut self, key: String) -> Result<bool, HostError> {
+        self.services
+            .kv
+            .delete(&self.plugin, &key)
+            .await
+            .map_err(kv_error)
     }
 
-    fn kv_incr(&mut self, key: String, delta: i64) -> Result<i64, HostError> {
+    async fn kv_incr(&mut self, key: String, delta: i64) -> Result<i64, HostError> {
         self.services
             .kv
             .incr(&self.plugin, &key, delta)
-            .map_err(|error| HostError::InvalidArgument(error.to_string()))
+            .await
+            .map_err(kv_error)
     }
 
     fn log(&mut self, level: LogLevel, message: String) {

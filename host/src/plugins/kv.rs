@@ -2,11 +2,109 @@
 //!
 //! Each plugin has its own namespace (its name). Values outlive plugin
 //! instances, so state kept here survives traps, rebuilds and hot swaps, and
-//! every worker sees the same values.
+//! every worker sees the same values. With the Redis broker the store is in
+//! Redis, so that every host sees the same values too.
 
+use redis::AsyncCommands;
+use redis::aio::ConnectionManager;
 use std::collections::HashMap;
 use std::sync::Mutex;
 use thiserror::Error;
+
+/// The store: in this process, or in Redis.
+pub enum KvStore {
+    /// One host: a map in memory.
+    Memory(MemoryKv),
+    /// Shared by every host: keys `<prefix>kv:<plugin>:<key>` in Redis.
+    Redis {
+        /// The connection (it reconnects by itself).
+        connection: ConnectionManager,
+        /// The deployment's key prefix.
+        prefix: String,
+    },
+}
+
+impl Default for KvStore {
+    fn default() -> Self {
+        KvStore::Memory(MemoryKv::default())
+    }
+}
+
+impl KvStore {
+    /// The value at `key` in `plugin`'s namespace.
+    pub async fn get(&self, plugin: &str, key: &str) -> Result<Option<String>, KvError> {
+        match self {
+            KvStore::Memory(kv) => Ok(kv.get(plugin, key)),
+            KvStore::Redis { connection, prefix } => connection
+                .clone()
+                .get(redis_key(prefix, plugin, key))
+                .await
+                .map_err(|error| redis_error(error, key)),
+        }
+    }
+
+    /// Store `value` at `key`.
+    pub async fn set(&self, plugin: &str, key: String, value: String) -> Result<(), KvError> {
+        match self {
+            KvStore::Memory(kv) => {
+                kv.set(plugin, key, value);
+                Ok(())
+            }
+            KvStore::Redis { connection, prefix } => connection
+                .clone()
+                .set(redis_key(prefix, plugin, &key), value)
+                .await
+                .map_err(|error| redis_error(error, &key)),
+        }
+    }
+
+    /// Delete `key`; whether it existed.
+    pub async fn delete(&self, plugin: &str, key: &str) -> Result<bool, KvError> {
+        match self {
+            KvStore::Memory(kv) => Ok(kv.delete(plugin, key)),
+            KvStore::Redis { connection, prefix } => connection
+                .clone()
+                .del::<_, u64>(redis_key(prefix, plugin, key))
+                .await
+                .map(|deleted| deleted > 0)
+                .map_err(|error| redis_error(error, key)),
+        }
+    }
+
+    /// Add `delta` to the integer at `key` (missing counts as 0).
+    pub async fn incr(&self, plugin: &str, key: &str, delta: i64) -> Result<i64, KvError> {
+        match self {
+            KvStore::Memory(kv) => kv.incr(plugin, key, delta),
+            KvStore::Redis { connection, prefix } => connection
+                .clone()
+                .incr(redis_key(prefix, plugin, key), delta)
+                .await
+                .map_err(|error| redis_error(error, key)),
+        }
+    }
+}
+
+/// The Redis key of a plugin's key.
+fn redis_key(prefix: &str, plugin: &str, key: &str) -> String {
+    format!("{prefix}kv:{plugin}:{key}")
+}
+
+/// A Redis failure as a KV error: Redis' own refusals of `INCRBY` keep
+/// their meaning, anything else means the store is unavailable.
+fn redis_error(error: redis::RedisError, key: &str) -> KvError {
+    let text = error.to_string();
+    if text.contains("not an integer") {
+        KvError::NotAnInteger {
+            key: key.to_owned(),
+        }
+    } else if text.contains("overflow") {
+        KvError::Overflow {
+            key: key.to_owned(),
+        }
+    } else {
+        KvError::Unavailable(text)
+    }
+}
 
 /// Why a KV operation failed.
 #[derive(Debug, Error, PartialEq)]
@@ -23,16 +121,19 @@ pub enum KvError {
         /// The key whose value would overflow.
         key: String,
     },
+    /// The backing store (Redis) did not answer.
+    #[error("the key-value store is unavailable: {0}")]
+    Unavailable(String),
 }
 
 /// In-memory KV store, one namespace per plugin.
 #[derive(Debug, Default)]
-pub struct KvStore {
+pub struct MemoryKv {
     /// Plugin name to that plugin's keys and values.
     namespaces: Mutex<HashMap<String, HashMap<String, String>>>,
 }
 
-impl KvStore {
+impl MemoryKv {
     fn with_namespace<R>(
         &self,
         plugin: &str,
@@ -86,7 +187,7 @@ mod tests {
 
     #[test]
     fn namespaces_are_separate() {
-        let kv = KvStore::default();
+        let kv = MemoryKv::default();
         kv.set("a", "k".into(), "1".into());
         assert_eq!(kv.get("a", "k").as_deref(), Some("1"));
         assert_eq!(kv.get("b", "k"), None);
@@ -96,7 +197,7 @@ mod tests {
 
     #[test]
     fn incr_counts_and_refuses_non_integers() {
-        let kv = KvStore::default();
+        let kv = MemoryKv::default();
         assert_eq!(kv.incr("p", "n", 2), Ok(2));
         assert_eq!(kv.incr("p", "n", -5), Ok(-3));
         kv.set("p", "s".into(), "abc".into());

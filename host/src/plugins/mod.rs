@@ -24,6 +24,7 @@ pub use engine::{EngineError, PluginEngine};
 pub use health::{FaultKind, PluginHealth};
 pub use host_api::HostServices;
 pub use instance::WorkerPlugins;
+pub use kv::KvStore;
 pub use loader::{
     LoadError, LoadedPlugin, PluginLimits, PluginOptions, PluginOverrides, PluginSet,
     ReloadSummary, check_file, is_plugin_file, load_dir, reload_dir,
@@ -37,6 +38,14 @@ mod bindings {
         path: "../wit",
         world: "plugin",
         exports: { default: async },
+        // The KV store may be Redis: its functions wait for the network
+        // without blocking the worker's other connections.
+        imports: {
+            "wasmcluster:plugin/host.kv-get": async,
+            "wasmcluster:plugin/host.kv-set": async,
+            "wasmcluster:plugin/host.kv-delete": async,
+            "wasmcluster:plugin/host.kv-incr": async,
+        },
     });
 }
 

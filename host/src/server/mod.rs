@@ -13,9 +13,10 @@ mod tls;
 mod worker;
 
 use crate::auth::AuthEngine;
+use crate::broker::{Broker, RedisEngine, RedisError};
 use crate::config::ServerConfig;
 use crate::plugins::{
-    EngineError, HostServices, LoadError, PluginEngine, PluginSet, load_dir, reload_dir,
+    EngineError, HostServices, KvStore, LoadError, PluginEngine, PluginSet, load_dir, reload_dir,
 };
 use crate::session::SessionStats;
 use std::future::Future;
@@ -55,6 +56,9 @@ pub enum ServerError {
     /// The TLS certificate or key cannot be served.
     #[error(transparent)]
     Tls(#[from] TlsError),
+    /// The Redis broker cannot be used.
+    #[error(transparent)]
+    Broker(#[from] RedisError),
     /// A worker thread could not be started.
     #[error("cannot start worker {index}: {source}")]
     Worker {
@@ -84,6 +88,8 @@ pub struct Shared {
     pub tls: Option<Tls>,
     /// WebSocket connections open now, for `--max-connections`.
     pub websockets: AtomicUsize,
+    /// Server-wide metrics, and those other modules add (`/metrics`).
+    pub metrics: crate::metrics::Metrics,
 }
 
 impl Shared {
@@ -95,9 +101,9 @@ impl Shared {
             .clone()
     }
 
-    /// The `/readyz` answer: ready (200) unless a plugin is backing off
-    /// (503, naming the plugins), so that a load balancer can steer new
-    /// clients elsewhere meanwhile.
+    /// The `/readyz` answer: ready (200) unless a plugin is backing off or
+    /// the broker has lost Redis (503, saying which), so that a load
+    /// balancer can steer new clients elsewhere meanwhile.
     pub fn readiness(&self) -> (bool, String) {
         let set = self.plugins();
         let degraded: Vec<&str> = set
@@ -106,8 +112,13 @@ impl Shared {
             .filter(|plugin| plugin.health.is_degraded())
             .map(|plugin| &*plugin.name)
             .collect();
-        let ready = degraded.is_empty();
-        let body = serde_json::json!({ "ready": ready, "degraded": degraded });
+        let broker_connected = self.services.broker.is_connected();
+        let ready = degraded.is_empty() && broker_connected;
+        let body = serde_json::json!({
+            "ready": ready,
+            "degraded": degraded,
+            "brokerConnected": broker_connected,
+        });
         (ready, body.to_string())
     }
 
@@ -143,6 +154,7 @@ impl Shared {
             "workers": self.config.workers,
             "connections": self.services.sockets.len(),
             "channels": self.services.broker.channel_count(),
+            "broker": self.services.broker.status(),
             "unknownTransmits": self.total(|stats| &stats.unknown_transmits),
             "messagesIn": self.total(|stats| &stats.messages_in),
             "messagesOut": self.total(|stats| &stats.messages_out),
@@ -176,7 +188,7 @@ impl Server {
             None => None,
         };
         let auth = Arc::new(auth_engine(&config)?);
-        let services = Arc::new(HostServices::new(auth.clone()));
+        let services = Arc::new(host_services(&config, auth.clone()).await?);
         let plugins = Arc::new(
             load_dir(
                 &engine,
@@ -216,7 +228,14 @@ impl Server {
             auth,
             tls,
             websockets: AtomicUsize::new(0),
+            metrics: crate::metrics::Metrics::default(),
         });
+        let services = shared.services.clone();
+        shared.metrics.gauge_fn(
+            "broker_connected",
+            "1 while publications reach the other hosts (always with one host), 0 while Redis is lost",
+            move || i64::from(services.broker.is_connected()),
+        );
         let mut workers = Vec::with_capacity(shared.config.workers);
         for index in 0..shared.config.workers {
             let worker = Worker::spawn(index, shared.clone(), shutdown_rx.clone())
@@ -350,10 +369,12 @@ impl Server {
         {
             Ok(reloaded) => reloaded,
             Err(error) => {
+                self.shared.metrics.reload_failed();
                 tracing::error!("reload failed, the loaded plugins keep serving: {error}");
                 return;
             }
         };
+        self.shared.metrics.reload_done(summary.refused.len());
         if summary.changed() {
             let set = Arc::new(set);
             *self
@@ -374,6 +395,26 @@ impl Server {
             "reload done"
         );
     }
+}
+
+/// Broker, KV store and socket registry: local ones, or Redis-backed ones
+/// shared by every host when `--broker` is set.
+async fn host_services(
+    config: &ServerConfig,
+    auth: Arc<AuthEngine>,
+) -> Result<HostServices, ServerError> {
+    let Some(url) = &config.broker_url else {
+        return Ok(HostServices::new(auth));
+    };
+    let local = Arc::default();
+    let (engine, connection) =
+        RedisEngine::connect(url, &config.broker_prefix, Arc::clone(&local)).await?;
+    let broker = Broker::new(local, Box::new(engine));
+    let kv = KvStore::Redis {
+        connection,
+        prefix: config.broker_prefix.clone(),
+    };
+    Ok(HostServices::with(auth, broker, kv))
 }
 
 /// The auth engine with the configured key, or a random one (and a

@@ -1,0 +1,277 @@
+//! Several hosts behind one real `redis-server`, through the real binary:
+//! publications reach every host exactly once, the plugin KV is shared, a
+//! Redis outage interrupts only cross-host delivery and recovers by itself,
+//! and a host that dies leaves the others serving.
+
+mod support;
+
+use serde_json::{Value, json};
+use std::collections::BTreeSet;
+use std::io::{Read, Write};
+use std::time::Duration;
+use support::{Client, RedisServer, TestServer, plugins_dir};
+
+const KEY: &str = "scale-out-test-key";
+
+fn host(redis: &RedisServer, dir: &tempfile::TempDir) -> TestServer {
+    TestServer::start(dir.path(), &["--broker", &redis.url(), "--auth-key", KEY])
+}
+
+/// How many hosts listen to `channel` in Redis (`PUBSUB NUMSUB`).
+fn hosts_listening(redis: &RedisServer, channel: &str) -> i64 {
+    let name = format!("wasmcluster:ch:{channel}");
+    let command = format!(
+        "*3\r\n$6\r\nPUBSUB\r\n$6\r\nNUMSUB\r\n${}\r\n{name}\r\n",
+        name.len()
+    );
+    let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", redis.port)) else {
+        return -1;
+    };
+    stream
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    stream.write_all(command.as_bytes()).unwrap();
+    let mut reply = Vec::new();
+    let mut buffer = [0u8; 256];
+    while !reply.ends_with(b"\r\n") || reply.iter().filter(|&&b| b == b'\n').count() < 4 {
+        match stream.read(&mut buffer) {
+            Ok(0) | Err(_) => return -1,
+            Ok(n) => reply.extend_from_slice(&buffer[..n]),
+        }
+    }
+    let text = String::from_utf8(reply).unwrap();
+    text.lines()
+        .rev()
+        .find_map(|line| line.strip_prefix(':'))
+        .and_then(|count| count.trim().parse().ok())
+        .unwrap_or(-1)
+}
+
+async fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while !check() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+async fn ready(server: &TestServer) -> bool {
+    server.http_get("/readyz", "").await.0 == "HTTP/1.1 200 OK"
+}
+
+async fn wait_ready(server: &TestServer, expected: bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while ready(server).await != expected {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "readyz never became {expected}:\n{}",
+            server.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Publish on `channel` as a client, acked.
+async fn publish(client: &mut Client, channel: &str, data: Value) {
+    let reply = client
+        .invoke("#publish", json!({"channel": channel, "data": data}))
+        .await;
+    assert!(reply.get("error").is_none(), "{reply}");
+}
+
+/// The data of the next `count` publications a client receives.
+async fn received(client: &mut Client, count: usize) -> BTreeSet<String> {
+    let mut seen = BTreeSet::new();
+    for _ in 0..count {
+        let (_, data) = client.publication().await;
+        assert!(seen.insert(data.to_string()), "received {data} twice");
+    }
+    seen
+}
+
+#[tokio::test]
+async fn publications_reach_every_host_exactly_once() {
+    let redis = RedisServer::start();
+    let dir = plugins_dir(&["echo"]);
+    let hosts: Vec<TestServer> = (0..3).map(|_| host(&redis, &dir)).collect();
+    let mut subscribers = Vec::new();
+    for host in &hosts {
+        let mut client = host.client().await;
+        client.subscribe("news").await;
+        subscribers.push(client);
+    }
+    wait_until("three hosts listening", || {
+        hosts_listening(&redis, "news") == 3
+    })
+    .await;
+
+    for (index, host) in hosts.iter().enumerate() {
+        let mut publisher = host.client().await;
+        publish(&mut publisher, "news", json!({"from": index})).await;
+    }
+    // A plugin publishing on one host reaches the others too.
+    let mut client = hosts[1].client().await;
+    client
+        .call(
+            "broadcast",
+            json!({"channel": "news", "data": {"from": "plugin"}}),
+        )
+        .await;
+    let (_, metrics) = hosts[1].http_get("/metrics", "").await;
+    assert!(
+        metrics.contains("wasmcluster_publications_total{source=\"plugin\"} 1\n"),
+        "{metrics}"
+    );
+
+    let expected: BTreeSet<String> = [
+        r#"{"from":0}"#,
+        r#"{"from":1}"#,
+        r#"{"from":2}"#,
+        r#"{"from":"plugin"}"#,
+    ]
+    .into_iter()
+    .map(str::to_owned)
+    .collect();
+    for subscriber in &mut subscribers {
+        assert_eq!(received(subscriber, 4).await, expected);
+        subscriber.expect_silence(Duration::from_millis(300)).await;
+    }
+
+    // The last subscriber of a host leaving makes that host stop listening.
+    let last = subscribers.pop().unwrap();
+    last.close(1000).await;
+    wait_until("two hosts listening", || {
+        hosts_listening(&redis, "news") == 2
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_plugin_key_value_store_is_shared_by_every_host() {
+    let redis = RedisServer::start();
+    let dir = plugins_dir(&["presence"]);
+    let first = host(&redis, &dir);
+    let second = host(&redis, &dir);
+    let mut alice = first.client().await;
+    alice
+        .call("presence.join", json!({"room": "lobby", "name": "alice"}))
+        .await;
+    let mut bob = second.client().await;
+    let members = bob
+        .call("presence.join", json!({"room": "lobby", "name": "bob"}))
+        .await;
+    let names: BTreeSet<&str> = members
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|member| member["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, BTreeSet::from(["alice", "bob"]));
+}
+
+#[tokio::test]
+async fn a_redis_outage_interrupts_only_cross_host_delivery() {
+    let mut redis = RedisServer::start();
+    let dir = plugins_dir(&["echo"]);
+    let first = host(&redis, &dir);
+    let second = host(&redis, &dir);
+    let mut near = first.client().await;
+    near.subscribe("news").await;
+    let mut far = second.client().await;
+    far.subscribe("news").await;
+    wait_until("two hosts listening", || {
+        hosts_listening(&redis, "news") == 2
+    })
+    .await;
+    assert!(ready(&first).await);
+
+    let (_, metrics) = first.http_get("/metrics", "").await;
+    assert!(
+        metrics.contains("\nwasmcluster_broker_connected 1\n"),
+        "{metrics}"
+    );
+    redis.kill();
+    wait_ready(&first, false).await;
+    let (_, body) = first.http_get("/readyz", "").await;
+    assert!(body.contains(r#""brokerConnected":false"#), "{body}");
+    let (_, metrics) = first.http_get("/metrics", "").await;
+    assert!(
+        metrics.contains("\nwasmcluster_broker_connected 0\n"),
+        "{metrics}"
+    );
+    // Local delivery goes on; the other host does not get it (at most once).
+    let mut publisher = first.client().await;
+    publish(&mut publisher, "news", json!("during the outage")).await;
+    assert_eq!(near.publication().await.1, json!("during the outage"));
+    far.expect_silence(Duration::from_millis(300)).await;
+
+    redis.restart();
+    wait_ready(&first, true).await;
+    wait_ready(&second, true).await;
+    wait_until("both hosts listening again", || {
+        hosts_listening(&redis, "news") == 2
+    })
+    .await;
+    let mut publisher = second.client().await;
+    publish(&mut publisher, "news", json!("after the outage")).await;
+    assert_eq!(near.publication().await.1, json!("after the outage"));
+    assert_eq!(far.publication().await.1, json!("after the outage"));
+    assert!(
+        first.log().contains("reconnected to Redis"),
+        "{}",
+        first.log()
+    );
+}
+
+#[tokio::test]
+async fn a_host_that_dies_leaves_the_others_serving() {
+    let redis = RedisServer::start();
+    let dir = plugins_dir(&["echo"]);
+    let first = host(&redis, &dir);
+    let doomed = host(&redis, &dir);
+    let third = host(&redis, &dir);
+    let mut listener = third.client().await;
+    listener.subscribe("news").await;
+    let mut victim = doomed.client().await;
+    victim.subscribe("news").await;
+    wait_until("two hosts listening", || {
+        hosts_listening(&redis, "news") == 2
+    })
+    .await;
+
+    drop(victim);
+    drop(doomed);
+    let mut publisher = first.client().await;
+    publish(&mut publisher, "news", json!("still here")).await;
+    assert_eq!(listener.publication().await.1, json!("still here"));
+    wait_until("one host listening", || {
+        hosts_listening(&redis, "news") == 1
+    })
+    .await;
+}
+
+#[test]
+fn an_unreachable_broker_is_a_clear_start_up_error() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dir = plugins_dir(&["echo"]);
+    let url = format!("redis://:hunter2@127.0.0.1:{port}/0");
+    let log = TestServer::try_start(dir.path(), &["--broker", &url])
+        .err()
+        .expect("started without its broker");
+    assert!(
+        log.contains("cannot reach the broker at redis://:***@127.0.0.1"),
+        "{log}"
+    );
+    assert!(!log.contains("hunter2"), "the password leaked: {log}");
+    let log = TestServer::try_start(dir.path(), &["--broker", "http://nope"])
+        .err()
+        .unwrap();
+    assert!(log.contains("invalid --broker URL"), "{log}");
+}
