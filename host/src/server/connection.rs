@@ -1,16 +1,18 @@
 //! One accepted TCP connection: its HTTP request, then either a WebSocket
 //! session or a plain answer.
 
-use super::Shared;
 use super::http::{self, ReadError, Response};
+use super::{Shared, Tls};
 use crate::metrics::{self, Format};
 use crate::session::{self, SessionContext, UpgradeRequest};
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio_rustls::server::TlsStream;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 
@@ -34,6 +36,11 @@ enum Action {
 
 /// Serve one connection to the end, through TLS when the server has a
 /// certificate.
+///
+/// The short-lived parts (TLS handshake, HTTP request, upgrade) run in
+/// boxed futures that are freed when they finish, and the session runs in
+/// a box of its own: the connection's task itself stays small for the life
+/// of an idle connection.
 pub async fn handle(
     stream: TcpStream,
     peer: SocketAddr,
@@ -41,19 +48,68 @@ pub async fn handle(
     shared: Arc<Shared>,
 ) {
     let _ = stream.set_nodelay(true);
-    let Some(tls) = &shared.tls else {
-        return serve(stream, peer, ctx, &shared).await;
-    };
-    let handshake = tls.acceptor().accept(stream);
-    match tokio::time::timeout(shared.config.session.handshake_timeout, handshake).await {
-        Ok(Ok(stream)) => Box::pin(serve(stream, peer, ctx, &shared)).await,
-        Ok(Err(error)) => tracing::debug!(%peer, "TLS handshake failed: {error}"),
-        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+    match &shared.tls {
+        None => serve(stream, peer, ctx, &shared).await,
+        Some(tls) => {
+            let timeout = shared.config.session.handshake_timeout;
+            // Boxed too, and moved into the box at once: a TLS stream is
+            // large, and only TLS connections should pay for it.
+            let handshake = Box::pin(tls_handshake(tls, stream, peer, timeout)).await;
+            if let Some(serving) =
+                handshake.map(|stream| Box::pin(serve(stream, peer, ctx, &shared)))
+            {
+                serving.await;
+            }
+        }
     }
 }
 
-/// Serve the HTTP request of a connection, and then its WebSocket session.
-async fn serve<S>(mut stream: S, peer: SocketAddr, ctx: Rc<SessionContext>, shared: &Shared)
+/// Complete the TLS handshake within `timeout`.
+async fn tls_handshake(
+    tls: &Tls,
+    stream: TcpStream,
+    peer: SocketAddr,
+    timeout: Duration,
+) -> Option<TlsStream<TcpStream>> {
+    match tokio::time::timeout(timeout, tls.acceptor().accept(stream)).await {
+        Ok(Ok(stream)) => Some(stream),
+        Ok(Err(error)) => {
+            tracing::debug!(%peer, "TLS handshake failed: {error}");
+            None
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "TLS handshake timed out");
+            None
+        }
+    }
+}
+
+/// Upgrade the connection (or answer its plain request), then run its
+/// WebSocket session.
+async fn serve<S>(stream: S, peer: SocketAddr, ctx: Rc<SessionContext>, shared: &Shared)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    // The WebSocket goes straight into the boxed session, inside the
+    // closure: a local holding it would keep room for it in this future
+    // while the session runs.
+    let upgraded = Box::pin(upgrade(stream, &ctx, shared)).await;
+    let Some((session, _slot)) =
+        upgraded.map(|(ws, upgrade, slot)| (Box::pin(session::run(ws, peer, upgrade, ctx)), slot))
+    else {
+        return;
+    };
+    session.await;
+}
+
+/// Read the HTTP request and either answer it or switch to WebSocket: the
+/// WebSocket, what the handshake middleware needs of the request, and the
+/// connection's slot under `--max-connections`.
+async fn upgrade<'a, S>(
+    mut stream: S,
+    ctx: &SessionContext,
+    shared: &'a Shared,
+) -> Option<(WebSocketStream<S>, UpgradeRequest, WebSocketSlot<'a>)>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -61,10 +117,10 @@ where
     let (request, early) =
         match http::read_request(&mut stream, config.session.handshake_timeout).await {
             Ok(request) => request,
-            Err(ReadError::Gone) => return,
+            Err(ReadError::Gone) => return None,
             Err(ReadError::Reject(response)) => {
                 let _ = response.send(&mut stream).await;
-                return;
+                return None;
             }
         };
     // The request is dropped here: only what handshake middleware needs
@@ -73,10 +129,10 @@ where
         Action::Upgrade(accept, upgrade) => (accept, upgrade),
         Action::Respond(response) => {
             let _ = response.send(&mut stream).await;
-            return;
+            return None;
         }
     };
-    let Some(_slot) = WebSocketSlot::take(shared) else {
+    let Some(slot) = WebSocketSlot::take(shared) else {
         metrics::bump(&ctx.stats.upgrades_refused);
         tracing::warn!(
             limit = config.max_connections,
@@ -89,11 +145,9 @@ where
         )
         .with_header("Retry-After", "1");
         let _ = response.send(&mut stream).await;
-        return;
+        return None;
     };
-    if stream.write_all(accept.as_bytes()).await.is_err() {
-        return;
-    }
+    stream.write_all(accept.as_bytes()).await.ok()?;
     metrics::bump(&ctx.stats.connections_accepted);
     let ws_config = WebSocketConfig::default()
         .read_buffer_size(READ_BUFFER)
@@ -103,10 +157,7 @@ where
     let ws =
         WebSocketStream::from_partially_read(stream, early.to_vec(), Role::Server, Some(ws_config))
             .await;
-    drop(early);
-    // Boxed: the HTTP part of this future is not kept beside the session for
-    // the life of the connection.
-    Box::pin(session::run(ws, peer, upgrade, ctx)).await;
+    Some((ws, upgrade, slot))
 }
 
 /// One of the `--max-connections` WebSocket connections, released on drop.
