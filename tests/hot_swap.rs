@@ -284,15 +284,7 @@ async fn watch_reloads_when_a_new_build_is_renamed_into_place() {
     // A hidden file (a copy in progress) is not a plugin.
     std::fs::copy(fixture_plugin("flaky"), dir.path().join(".flaky.wasm")).unwrap();
     install(&fixture_plugin("echo-v2"), dir.path(), "echo.wasm");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while client.call("version", json!(null)).await["version"] != "0.2.0" {
-        assert!(
-            Instant::now() < deadline,
-            "--watch did not reload:\n{}",
-            server.log()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for_watch_reload(&server, &mut client).await;
     assert!(server.log().contains("reload done"));
     assert_eq!(
         client.invoke("flaky-ok", json!(null)).await["error"]["name"],
@@ -323,15 +315,7 @@ async fn watch_reloads_when_a_kubernetes_volume_swaps_its_data_link() {
     std::fs::copy(fixture_plugin("echo-v2"), root.join("..v2/echo.wasm")).unwrap();
     symlink("..v2", root.join("..data_tmp")).unwrap();
     std::fs::rename(root.join("..data_tmp"), root.join("..data")).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while client.call("version", json!(null)).await["version"] != "0.2.0" {
-        assert!(
-            Instant::now() < deadline,
-            "--watch did not reload:\n{}",
-            server.log()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for_watch_reload(&server, &mut client).await;
 }
 
 #[tokio::test]
@@ -352,4 +336,17 @@ async fn a_plugin_built_without_the_state_exports_loads_and_swaps() {
     let summary = reload(&server).await;
     assert!(summary.contains("refused=[]"), "{summary}");
     assert_eq!(client.call("plain-ping", json!(null)).await, json!("pong"));
+}
+
+/// Wait until `--watch` has loaded echo 0.2.0 by itself.
+async fn wait_for_watch_reload(server: &TestServer, client: &mut Client) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while client.call("version", json!(null)).await["version"] != "0.2.0" {
+        assert!(
+            Instant::now() < deadline,
+            "--watch did not reload:\n{}",
+            server.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

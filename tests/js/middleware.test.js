@@ -9,7 +9,7 @@ const assert = require('node:assert/strict');
 const path = require('node:path');
 const jwt = require('jsonwebtoken');
 const socketClusterClient = require('socketcluster-client');
-const { startServer, next } = require('./server');
+const { startServer, next, tokenEngine } = require('./server');
 
 const KEY = 'middleware-js-key';
 const guard = path.join(__dirname, '..', 'fixtures', 'wasm', 'guard.wasm');
@@ -18,15 +18,6 @@ function guarded() {
   return startServer({ plugins: ['echo'], extraPlugins: [guard], args: ['--auth-key', KEY] });
 }
 
-/** An auth engine holding `token`, as a browser's localStorage would. */
-function tokenEngine(token) {
-  let stored = token;
-  return {
-    async saveToken(name, value) { stored = value; return value; },
-    async removeToken() { const old = stored; stored = null; return old; },
-    async loadToken() { return stored; },
-  };
-}
 
 test('a publication is denied or rewritten', async () => {
   const server = await guarded();

@@ -11,7 +11,7 @@ const path = require('node:path');
 const jwt = require('jsonwebtoken');
 const socketClusterServer = require('socketcluster-server');
 const socketClusterClient = require('socketcluster-client');
-const { startServer } = require('./server');
+const { startServer, tokenEngine } = require('./server');
 
 const KEY = 'interop-shared-key';
 const tokens = path.join(__dirname, '..', 'fixtures', 'wasm', 'tokens.wasm');
@@ -62,15 +62,6 @@ async function startSocketCluster(authKey) {
   };
 }
 
-/** An auth engine that holds `token`, as a browser's localStorage would. */
-function tokenEngine(token) {
-  let stored = token;
-  return {
-    async saveToken(name, value) { stored = value; return value; },
-    async removeToken() { const old = stored; stored = null; return old; },
-    async loadToken() { return stored; },
-  };
-}
 
 /** `iat` is now and `exp` the default lifetime after it. */
 function assertDefaultTimes(claims) {

@@ -92,4 +92,14 @@ async function next(stream, ms = 5000) {
   }
 }
 
-module.exports = { startServer, next };
+/** An auth engine holding `token`, as a browser's localStorage would. */
+function tokenEngine(token) {
+  let stored = token;
+  return {
+    async saveToken(name, value) { stored = value; return value; },
+    async removeToken() { const old = stored; stored = null; return old; },
+    async loadToken() { return stored; },
+  };
+}
+
+module.exports = { startServer, next, tokenEngine };

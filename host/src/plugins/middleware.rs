@@ -45,6 +45,17 @@ impl From<InboundDecision> for Verdict {
     }
 }
 
+/// A client action whose data middleware may rewrite.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Inbound {
+    /// `#publish` (hook `publish-in`).
+    Publish,
+    /// An RPC (hook `invoke`).
+    Invoke,
+    /// A transmit (hook `transmit`).
+    Transmit,
+}
+
 /// The data an action proceeds with after its middleware: `None` when no
 /// plugin rewrote it.
 pub type Rewritten = Option<String>;
@@ -119,69 +130,42 @@ impl WorkerPlugins {
         .map(drop)
     }
 
-    /// Run the `publish-in` hooks for a client publication on `channel`.
-    pub async fn filter_publish(
+    /// Run the middleware of a client publication, RPC or transmit on
+    /// `subject` (its channel or event): the data it proceeds with, or the
+    /// error of the hook that denied it.
+    pub async fn filter(
         self: &Rc<Self>,
+        action: Inbound,
         socket: &Socket,
-        channel: &str,
+        subject: &str,
         data: Option<&str>,
     ) -> Result<Rewritten, ErrorObject> {
-        self.run_chain(
-            Hook::PublishIn,
-            Call::PublishIn(channel),
-            data,
-            async |i, data| {
-                let decision = i
-                    .exports
-                    .call_on_publish_in(&mut i.store, socket, channel, data)
-                    .await?;
-                Ok(decision.into())
-            },
-        )
-        .await
-    }
-
-    /// Run the `invoke` hooks for a client RPC `event`.
-    pub async fn filter_invoke(
-        self: &Rc<Self>,
-        socket: &Socket,
-        event: &str,
-        data: Option<&str>,
-    ) -> Result<Rewritten, ErrorObject> {
-        self.run_chain(
-            Hook::Invoke,
-            Call::InvokeIn(event),
-            data,
-            async |i, data| {
-                let decision = i
-                    .exports
-                    .call_on_invoke_in(&mut i.store, socket, event, data)
-                    .await?;
-                Ok(decision.into())
-            },
-        )
-        .await
-    }
-
-    /// Run the `transmit` hooks for a client transmit `event`.
-    pub async fn filter_transmit(
-        self: &Rc<Self>,
-        socket: &Socket,
-        event: &str,
-        data: Option<&str>,
-    ) -> Result<Rewritten, ErrorObject> {
-        self.run_chain(
-            Hook::Transmit,
-            Call::TransmitIn(event),
-            data,
-            async |i, data| {
-                let decision = i
-                    .exports
-                    .call_on_transmit_in(&mut i.store, socket, event, data)
-                    .await?;
-                Ok(decision.into())
-            },
-        )
+        let (hook, call) = match action {
+            Inbound::Publish => (Hook::PublishIn, Call::PublishIn(subject)),
+            Inbound::Invoke => (Hook::Invoke, Call::InvokeIn(subject)),
+            Inbound::Transmit => (Hook::Transmit, Call::TransmitIn(subject)),
+        };
+        self.run_chain(hook, call, data, async |i, data| {
+            let (exports, store) = (&i.exports, &mut i.store);
+            let decision = match action {
+                Inbound::Publish => {
+                    exports
+                        .call_on_publish_in(store, socket, subject, data)
+                        .await?
+                }
+                Inbound::Invoke => {
+                    exports
+                        .call_on_invoke_in(store, socket, subject, data)
+                        .await?
+                }
+                Inbound::Transmit => {
+                    exports
+                        .call_on_transmit_in(store, socket, subject, data)
+                        .await?
+                }
+            };
+            Ok(decision.into())
+        })
         .await
     }
 

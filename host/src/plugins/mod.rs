@@ -29,7 +29,7 @@ pub use loader::{
     LoadError, LoadedPlugin, PluginLimits, PluginOptions, PluginOverrides, PluginSet,
     ReloadSummary, check_file, is_plugin_file, load_dir, reload_dir,
 };
-pub use middleware::Rewritten;
+pub use middleware::{Inbound, Rewritten};
 
 /// Bindings generated from `wit/plugin.wit`.
 #[allow(missing_docs, clippy::all)]

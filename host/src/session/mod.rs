@@ -19,7 +19,7 @@ use rate::TokenBucket;
 
 use crate::auth::{AuthEngine, AuthError, VerifiedToken};
 use crate::metrics::{self, HookKind, MessageKind, PublicationSource, RpcTable};
-use crate::plugins::{HandshakeInfo, HostServices, Socket, WorkerPlugins};
+use crate::plugins::{HandshakeInfo, HostServices, Inbound, Socket, WorkerPlugins};
 use crate::protocol::{self, ChannelRequest, ErrorObject, Frame, Packet, PingProtocol, close_code};
 use base64::Engine as _;
 use futures_util::{FutureExt, SinkExt, StreamExt};
@@ -883,7 +883,8 @@ where
         let data = request.data.map(RawValue::get);
         let plugins = self.ctx.current_plugins();
         let rewritten =
-            Box::pin(plugins.filter_publish(&self.socket, &request.channel, data)).await?;
+            Box::pin(plugins.filter(Inbound::Publish, &self.socket, &request.channel, data))
+                .await?;
         self.ctx
             .services
             .broker
@@ -933,7 +934,8 @@ where
         }
         // Plugin calls are boxed so that their large futures are not part of
         // every idle session's state.
-        let rewritten = Box::pin(plugins.filter_invoke(&self.socket, event, data)).await?;
+        let rewritten =
+            Box::pin(plugins.filter(Inbound::Invoke, &self.socket, event, data)).await?;
         Box::pin(plugins.invoke(&self.socket, event, rewritten.as_deref().or(data))).await
     }
 
@@ -943,7 +945,7 @@ where
         let refused = if self.must_authenticate() {
             Err(auth_required(&format!("Transmit '{event}'")))
         } else {
-            Box::pin(plugins.filter_transmit(&self.socket, event, data)).await
+            Box::pin(plugins.filter(Inbound::Transmit, &self.socket, event, data)).await
         };
         let rewritten = match refused {
             Ok(rewritten) => rewritten,
