@@ -25,28 +25,15 @@
 //!
 //! # Adding a metric from another module
 //!
-//! [`Metrics`] (`Shared::metrics`) takes any `prometheus-client` metric, or
-//! a function read at each scrape. Names get the `wasmcluster_` prefix; do not
-//! end a counter's name in `_total`, the encoder adds it. For example, the
-//! broker's connection state, after the `Shared` is built:
+//! [`Metrics`] (`Shared::metrics`) takes a function read at each scrape
+//! ([`Metrics::gauge_fn`]). Names get the `wasmcluster_` prefix. The broker's
+//! connection state is exported this way, in `Server::start`:
 //!
 //! ```ignore
-//! use prometheus_client::metrics::gauge::Gauge;
-//!
-//! // A gauge the broker keeps and sets itself...
-//! let connected = Gauge::<i64>::default();
-//! shared.metrics.register(
-//!     "broker_connected",
-//!     "Whether the Redis broker is connected (1) or not (0)",
-//!     connected.clone(),
-//! );
-//! connected.set(1);
-//!
-//! // ...or a function of state it has anyway, read at each scrape.
 //! let services = shared.services.clone();
 //! shared.metrics.gauge_fn(
 //!     "broker_connected",
-//!     "Whether the Redis broker is connected (1) or not (0)",
+//!     "1 while publications reach the other hosts, 0 while Redis is lost",
 //!     move || i64::from(services.broker.is_connected()),
 //! );
 //! ```
@@ -60,7 +47,7 @@ use crate::session::SessionStats;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::MetricType;
-use prometheus_client::registry::{Metric, Registry, Unit};
+use prometheus_client::registry::{Registry, Unit};
 use std::cell::OnceCell;
 use std::collections::BTreeMap;
 use std::fmt;
@@ -424,14 +411,6 @@ impl Metrics {
     /// Count a reload that could not run (the directory could not be read).
     pub fn reload_failed(&self) {
         self.reloads[2].fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Export `metric` as `wasmcluster_<name>`; keep a clone to update it.
-    pub fn register(&self, name: &str, help: &str, metric: impl Metric) {
-        self.extra
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .register(name, help, metric);
     }
 
     /// Export a gauge `wasmcluster_<name>` whose value `read` gives at each
@@ -850,23 +829,11 @@ mod tests {
 
     #[test]
     fn metrics_added_from_outside_are_exported() {
-        use prometheus_client::metrics::gauge::Gauge;
         let metrics = Metrics::default();
-        let set = Gauge::<i64>::default();
-        metrics.register(
-            "broker_connected",
-            "Whether Redis is connected",
-            set.clone(),
-        );
-        set.set(1);
         metrics.gauge_fn("answer", "Read at each scrape", || 42);
         let mut text = String::new();
         let extra = metrics.extra.lock().unwrap();
         prometheus_client::encoding::text::encode(&mut text, &extra).unwrap();
-        assert!(
-            text.contains("\nwasmcluster_broker_connected 1\n"),
-            "{text}"
-        );
         assert!(
             text.contains("# TYPE wasmcluster_answer gauge\nwasmcluster_answer 42\n"),
             "{text}"

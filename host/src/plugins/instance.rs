@@ -403,7 +403,7 @@ impl WorkerPlugins {
     }
 
     /// Deliver transmit `event` to the plugin that declares it; `false` when
-    /// none does. Failures are logged by [`WorkerPlugins::call`]; a transmit
+    /// none does. Failures are logged where the call is made; a transmit
     /// has no one to answer.
     pub async fn transmit(
         self: &Rc<Self>,
