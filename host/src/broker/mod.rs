@@ -15,13 +15,19 @@ use crate::protocol;
 use crate::session::{Outbound, Outbox, SessionKey};
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
+use tokio::sync::oneshot;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+/// Resolves once an engine listens to a channel on other hosts (its sender
+/// is dropped if that fails).
+pub type Confirmation = oneshot::Receiver<()>;
 
 /// Carries publications to and from other hosts.
 pub trait BrokerEngine: Send + Sync {
     /// The first local subscriber of `channel` arrived: receive the
-    /// channel's publications from other hosts from now on.
-    fn channel_opened(&self, channel: &str);
+    /// channel's publications from other hosts from now on. The receiver,
+    /// if any, resolves once that is in effect.
+    fn channel_opened(&self, channel: &str) -> Option<Confirmation>;
     /// The last local subscriber of `channel` left.
     fn channel_closed(&self, channel: &str);
     /// `data` was published on `channel` here (and delivered locally
@@ -38,7 +44,9 @@ pub trait BrokerEngine: Send + Sync {
 pub struct LocalEngine;
 
 impl BrokerEngine for LocalEngine {
-    fn channel_opened(&self, _channel: &str) {}
+    fn channel_opened(&self, _channel: &str) -> Option<Confirmation> {
+        None
+    }
     fn channel_closed(&self, _channel: &str) {}
     fn published(&self, _channel: &str, _data: Option<&str>) {}
     fn is_connected(&self) -> bool {
@@ -75,10 +83,18 @@ impl Broker {
     }
 
     /// Subscribe a session to a channel. Subscribing twice is harmless, as
-    /// in SocketCluster.
-    pub fn subscribe(&self, channel: &str, session: SessionKey, outbox: &Outbox) {
+    /// in SocketCluster. When this host starts listening to the channel on
+    /// other hosts, the returned confirmation resolves once it does.
+    pub fn subscribe(
+        &self,
+        channel: &str,
+        session: SessionKey,
+        outbox: &Outbox,
+    ) -> Option<Confirmation> {
         if self.local.subscribe(channel, session, outbox) {
-            self.engine.channel_opened(channel);
+            self.engine.channel_opened(channel)
+        } else {
+            None
         }
     }
 

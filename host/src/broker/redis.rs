@@ -11,7 +11,7 @@
 //! SocketCluster with SCC), counted, and the engine reconnects with a
 //! back-off and subscribes again to every channel with local subscribers.
 
-use super::{BrokerEngine, LocalChannels};
+use super::{BrokerEngine, Confirmation, LocalChannels};
 use crate::protocol;
 use futures_util::StreamExt;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSubSink, PubSubStream};
@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 use thiserror::Error;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 /// Publications waiting for the publisher task; more are dropped (and
 /// counted) rather than held while Redis is slow or away.
@@ -57,7 +57,8 @@ pub enum RedisError {
 
 /// Subscription changes for the subscriber task.
 enum Change {
-    Opened(String),
+    /// Subscribe, and tell the sender once Redis confirmed it.
+    Opened(String, oneshot::Sender<()>),
     Closed(String),
 }
 
@@ -170,8 +171,12 @@ impl RedisEngine {
 }
 
 impl BrokerEngine for RedisEngine {
-    fn channel_opened(&self, channel: &str) {
-        let _ = self.changes.send(Change::Opened(channel.to_owned()));
+    fn channel_opened(&self, channel: &str) -> Option<Confirmation> {
+        let (confirm, confirmation) = oneshot::channel();
+        let _ = self
+            .changes
+            .send(Change::Opened(channel.to_owned(), confirm));
+        Some(confirmation)
     }
 
     fn channel_closed(&self, channel: &str) {
@@ -367,8 +372,18 @@ impl Subscriber {
                 change = changes.recv() => {
                     let result = match change {
                         None => return Ended::Stopped,
-                        Some(Change::Opened(channel)) if self.local.has(&channel) => {
-                            sink.subscribe(self.names.channel(&channel)).await
+                        Some(Change::Opened(channel, confirm)) => {
+                            // Subscribed again after a reconnect, if it was
+                            // opened while Redis was away: confirm it either way.
+                            let subscribed = if self.local.has(&channel) {
+                                sink.subscribe(self.names.channel(&channel)).await
+                            } else {
+                                Ok(())
+                            };
+                            if subscribed.is_ok() {
+                                let _ = confirm.send(());
+                            }
+                            subscribed
                         }
                         Some(Change::Closed(channel)) if !self.local.has(&channel) => {
                             sink.unsubscribe(self.names.channel(&channel)).await

@@ -43,6 +43,10 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 /// client streaming without pause still gets its answers regularly.
 const MAX_FRAMES_PER_FLUSH: usize = 64;
 
+/// The longest a first subscription waits for the broker to confirm it
+/// (see [`crate::broker::Broker::subscribe`]) before it is answered anyway.
+const BROKER_CONFIRM_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// How long closing a connection may take (queued frames, the close frame,
 /// the client's close reply) before it is dropped.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -822,10 +826,18 @@ where
             return self.send(protocol::error_response(cid, &error)).await;
         }
         if self.subscriptions.insert(request.channel.to_string()) {
-            self.ctx
-                .services
-                .broker
-                .subscribe(&request.channel, self.key, &self.outbox);
+            let confirmation =
+                self.ctx
+                    .services
+                    .broker
+                    .subscribe(&request.channel, self.key, &self.outbox);
+            if let Some(confirmation) = confirmation {
+                // The first subscriber of a channel on this host is answered
+                // once the broker listens to it on other hosts too, so that a
+                // publication made elsewhere after the answer reaches it.
+                // Bounded: while Redis is away, local delivery still works.
+                let _ = tokio::time::timeout(BROKER_CONFIRM_TIMEOUT, confirmation).await;
+            }
         }
         self.send(protocol::ok_response(cid, None)).await
     }
