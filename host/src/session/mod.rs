@@ -465,7 +465,7 @@ where
         // control frames do not.
         if matches!(message, Message::Text(_) | Message::Binary(_)) {
             self.pong_deadline = Instant::now() + self.ctx.settings.ping_timeout;
-            self.ctx.stats.messages_in.fetch_add(1, Ordering::Relaxed);
+            metrics::bump(&self.ctx.stats.messages_in);
         }
         match message {
             Message::Text(text) => self.on_text(&text).await?,
@@ -974,10 +974,7 @@ where
         };
         let data = rewritten.as_deref().or(data);
         if !Box::pin(plugins.transmit(&self.socket, event, data)).await {
-            self.ctx
-                .stats
-                .unknown_transmits
-                .fetch_add(1, Ordering::Relaxed);
+            metrics::bump(&self.ctx.stats.unknown_transmits);
             tracing::debug!(
                 socket = self.socket.id,
                 event,
@@ -1065,7 +1062,7 @@ where
     /// Write a frame; a client that does not read blocks this until its
     /// queue overflows, which ends the session.
     async fn feed(&mut self, frame: Utf8Bytes) -> Result<(), Ending> {
-        self.ctx.stats.messages_out.fetch_add(1, Ordering::Relaxed);
+        metrics::bump(&self.ctx.stats.messages_out);
         tokio::select! {
             written = self.ws.feed(Message::Text(frame)) => written.map_err(|_| Ending::lost()),
             () = self.overflow.wait() => Err(Ending::queue_full()),
