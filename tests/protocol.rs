@@ -1,5 +1,6 @@
 //! The SocketCluster protocol, end to end through the real binary, frame by
-//! frame (compare `shared/reference/transcripts/*.jsonl`).
+//! frame: each expected frame is what `socketcluster-server` 20 sends for the
+//! same input, as captured from a real server.
 
 mod support;
 

@@ -11,8 +11,9 @@ use std::sync::Arc;
 use std::time::Duration;
 use wasmcluster::auth::AuthEngine;
 use wasmcluster::plugins::{
-    HostServices, PluginEngine, PluginLimits, PluginOptions, Socket, WorkerPlugins, load_dir,
+    PluginEngine, PluginLimits, PluginOptions, Socket, WorkerPlugins, load_dir,
 };
+use wasmcluster::services::HostServices;
 
 fn plugin_call(c: &mut Criterion) {
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -39,7 +40,11 @@ fn plugin_call(c: &mut Criterion) {
             .block_on(load_dir(&engine, dir.path(), &options, &services))
             .unwrap(),
     );
-    let plugins = Rc::new(runtime.block_on(WorkerPlugins::start(set.clone(), services.clone())));
+    let plugins = Rc::new(runtime.block_on(WorkerPlugins::start(
+        set.clone(),
+        services.clone(),
+        Arc::default(),
+    )));
     let socket = Socket {
         id: "benchbenchbenchbench".into(),
         auth_token: None,
@@ -49,12 +54,12 @@ fn plugin_call(c: &mut Criterion) {
     let mut group = c.benchmark_group("plugin_call");
     group.bench_function("on_invoke echo, no data", |b| {
         b.to_async(&runtime)
-            .iter(|| async { black_box(plugins.invoke(&socket, "echo", None).await) })
+            .iter(|| async { black_box(plugins.rpc(&socket, "echo", None, true).await) })
     });
     let data = r#"{"n":1,"pad":"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"}"#;
     group.bench_function("on_invoke echo, 64-byte data", |b| {
         b.to_async(&runtime)
-            .iter(|| async { black_box(plugins.invoke(&socket, "echo", Some(data)).await) })
+            .iter(|| async { black_box(plugins.rpc(&socket, "echo", Some(data), true).await) })
     });
     let echo_plugin = set.plugins[0].clone();
     group.bench_function("rebuild: instantiate + init", |b| {

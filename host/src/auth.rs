@@ -240,6 +240,15 @@ fn iso8601(secs: i64) -> String {
     )
 }
 
+impl std::fmt::Debug for AuthEngine {
+    /// The keys stay out of debug output.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthEngine")
+            .field("default_expiry_secs", &self.default_expiry_secs)
+            .finish_non_exhaustive()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

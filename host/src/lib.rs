@@ -7,23 +7,35 @@
 //! application logic and are called on each event. A plugin fault costs one
 //! call, never a connection.
 //!
-//! Modules, one concern each:
-//! - [`config`]: flags and their checked form.
-//! - [`server`]: listener, worker threads, HTTP upgrade and `/healthz`.
-//! - [`protocol`]: SocketCluster frames, parsed and encoded; no I/O.
-//! - [`session`]: one connection's state machine.
-//! - [`auth`]: JWT signing and verification, SocketCluster style.
-//! - [`broker`]: channels and publication delivery.
-//! - [`metrics`]: `GET /metrics`, Prometheus counters, gauges and histograms.
-//! - [`plugins`]: the wasm engine, loading, per-worker instances, host functions.
+//! The modules stand on floors; each imports only from floors below it
+//! (`tests/layers.rs` checks this, and that no files import each other in
+//! a circle). ARCHITECTURE.md at the repository root has the map.
+//!
+//! 1. [`protocol`]: SocketCluster frames, parsed and encoded; no I/O.
+//! 2. `mailbox`: what other tasks queue for a socket, and the registry
+//!    that finds a socket by id. `metrics`: the workers' counters, and
+//!    `GET /metrics` rendered from a snapshot.
+//! 3. [`auth`]: JWT signing and verification, SocketCluster style.
+//!    `kv`: the plugins' key-value store. `broker`: channels and
+//!    publication delivery, on one host or through Redis.
+//! 4. [`services`]: broker, sockets, KV and auth, shared by the server.
+//! 5. [`plugins`]: the wasm engine, loading, per-worker instances, host
+//!    functions; the only module that knows wasmtime.
+//! 6. `session`: one connection's state machine.
+//! 7. [`config`]: flags, the config file, and their checked form.
+//! 8. [`server`]: listener, workers, HTTP, TLS, reloads.
 
 #![forbid(unsafe_code)]
+#![warn(unreachable_pub, missing_debug_implementations)]
 
 pub mod auth;
-pub mod broker;
+mod broker;
 pub mod config;
-pub mod metrics;
+mod kv;
+mod mailbox;
+mod metrics;
 pub mod plugins;
 pub mod protocol;
 pub mod server;
-pub mod session;
+pub mod services;
+mod session;

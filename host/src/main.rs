@@ -144,7 +144,7 @@ fn config_with_file(path: &Path) -> anyhow::Result<ServerConfig> {
                 }
                 None => error.into(),
             })?;
-    config.plugin_options.per_plugin = file.plugin_overrides()?;
+    config.set_plugin_overrides(file.plugin_overrides()?);
     Ok(config)
 }
 
@@ -248,7 +248,7 @@ fn reload(pid_file: &Path) -> anyhow::Result<()> {
 }
 
 fn serve(config: ServerConfig) -> anyhow::Result<()> {
-    let pid_file = config.pid_file.clone();
+    let pid_file = config.pid_file().map(Path::to_owned);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -67,7 +67,7 @@ pub use error::Error;
 pub use manifest::Manifest;
 pub use payload::Payload;
 
-/// The bindings generated from the plugin contract (`wit/plugin.wit`).
+/// The bindings generated from the plugin contract (`wit/v0.1.0`).
 ///
 /// Plugin authors rarely need them: the rest of this crate wraps them. They
 /// are public so that the [`export!`] macro can name them from the plugin's
@@ -76,7 +76,7 @@ pub use payload::Payload;
 #[allow(missing_docs, unsafe_code, unused_qualifications, clippy::all)]
 pub mod bindings {
     wit_bindgen::generate!({
-        path: "../wit",
+        path: "../wit/v0.1.0",
         world: "stateful-plugin",
         pub_export_macro: true,
         export_macro_name: "export_plugin_world",

@@ -9,10 +9,10 @@
 
 mod redis;
 
-pub use redis::{RedisEngine, RedisError};
+pub(crate) use redis::{RedisEngine, RedisError};
 
+use crate::mailbox::{Outbound, Outbox, SessionKey};
 use crate::protocol;
-use crate::session::{Outbound, Outbox, SessionKey};
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use tokio::sync::oneshot;
@@ -20,10 +20,10 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 /// Resolves once an engine listens to a channel on other hosts (its sender
 /// is dropped if that fails).
-pub type Confirmation = oneshot::Receiver<()>;
+pub(crate) type Confirmation = oneshot::Receiver<()>;
 
 /// Carries publications to and from other hosts.
-pub trait BrokerEngine: Send + Sync {
+pub(crate) trait BrokerEngine: Send + Sync {
     /// The first local subscriber of `channel` arrived: receive the
     /// channel's publications from other hosts from now on. The receiver,
     /// if any, resolves once that is in effect.
@@ -41,7 +41,7 @@ pub trait BrokerEngine: Send + Sync {
 
 /// The engine of a single host: publications stay in the process.
 #[derive(Debug, Default)]
-pub struct LocalEngine;
+pub(crate) struct LocalEngine;
 
 impl BrokerEngine for LocalEngine {
     fn channel_opened(&self, _channel: &str) -> Option<Confirmation> {
@@ -59,13 +59,13 @@ impl BrokerEngine for LocalEngine {
 
 /// The subscribers of every channel that has at least one, on this host.
 #[derive(Debug, Default)]
-pub struct LocalChannels {
+pub(crate) struct LocalChannels {
     /// Channel name to the outboxes of its subscribed sessions.
     channels: RwLock<HashMap<String, HashMap<SessionKey, Outbox>>>,
 }
 
 /// Local delivery plus the engine that reaches other hosts.
-pub struct Broker {
+pub(crate) struct Broker {
     local: Arc<LocalChannels>,
     engine: Box<dyn BrokerEngine>,
 }
@@ -78,14 +78,14 @@ impl Default for Broker {
 
 impl Broker {
     /// A broker delivering to `local` and through `engine`.
-    pub fn new(local: Arc<LocalChannels>, engine: Box<dyn BrokerEngine>) -> Self {
+    pub(crate) fn new(local: Arc<LocalChannels>, engine: Box<dyn BrokerEngine>) -> Self {
         Broker { local, engine }
     }
 
     /// Subscribe a session to a channel. Subscribing twice is harmless, as
     /// in SocketCluster. When this host starts listening to the channel on
     /// other hosts, the returned confirmation resolves once it does.
-    pub fn subscribe(
+    pub(crate) fn subscribe(
         &self,
         channel: &str,
         session: SessionKey,
@@ -99,7 +99,7 @@ impl Broker {
     }
 
     /// Remove a session from a channel.
-    pub fn unsubscribe(&self, channel: &str, session: SessionKey) {
+    pub(crate) fn unsubscribe(&self, channel: &str, session: SessionKey) {
         if self.local.unsubscribe(channel, session) {
             self.engine.channel_closed(channel);
         }
@@ -108,24 +108,24 @@ impl Broker {
     /// Publish `data` (valid JSON text, or nothing) on `channel`: deliver it
     /// to this host's subscribers and pass it to the engine. Returns how
     /// many local subscribers it was queued for.
-    pub fn publish(&self, channel: &str, data: Option<&str>) -> usize {
+    pub(crate) fn publish(&self, channel: &str, data: Option<&str>) -> usize {
         let delivered = self.local.deliver(channel, data);
         self.engine.published(channel, data);
         delivered
     }
 
     /// How many channels have subscribers on this host.
-    pub fn channel_count(&self) -> usize {
+    pub(crate) fn channel_count(&self) -> usize {
         self.local.channel_count()
     }
 
     /// Whether publications reach the other hosts (always, with one host).
-    pub fn is_connected(&self) -> bool {
+    pub(crate) fn is_connected(&self) -> bool {
         self.engine.is_connected()
     }
 
     /// The engine's state and counters, for `/healthz`.
-    pub fn status(&self) -> serde_json::Value {
+    pub(crate) fn status(&self) -> serde_json::Value {
         self.engine.status()
     }
 }
@@ -166,20 +166,20 @@ impl LocalChannels {
 
     /// The channels with subscribers here (for resubscribing after a
     /// reconnect).
-    pub fn names(&self) -> Vec<String> {
+    pub(crate) fn names(&self) -> Vec<String> {
         let channels = self.channels.read().unwrap_or_else(|e| e.into_inner());
         channels.keys().cloned().collect()
     }
 
     /// Whether `channel` has subscribers here.
-    pub fn has(&self, channel: &str) -> bool {
+    pub(crate) fn has(&self, channel: &str) -> bool {
         let channels = self.channels.read().unwrap_or_else(|e| e.into_inner());
         channels.contains_key(channel)
     }
 
     /// Deliver `data` to every subscriber of `channel` here; how many it
     /// was queued for.
-    pub fn deliver(&self, channel: &str, data: Option<&str>) -> usize {
+    pub(crate) fn deliver(&self, channel: &str, data: Option<&str>) -> usize {
         let channels = self.channels.read().unwrap_or_else(|e| e.into_inner());
         let Some(subscribers) = channels.get(channel) else {
             return 0;
@@ -200,10 +200,19 @@ impl LocalChannels {
     }
 }
 
+impl std::fmt::Debug for Broker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Broker")
+            .field("channels", &self.channel_count())
+            .field("engine", &self.engine.status())
+            .finish()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::session::outbox;
+    use crate::mailbox::outbox;
 
     fn frame_text(queued: Outbound) -> String {
         match queued {

@@ -93,7 +93,7 @@ impl Names {
 }
 
 /// The engine: sends publications and subscription changes to its tasks.
-pub struct RedisEngine {
+pub(crate) struct RedisEngine {
     changes: mpsc::UnboundedSender<Change>,
     publications: mpsc::Sender<(String, Vec<u8>)>,
     state: Arc<State>,
@@ -106,7 +106,7 @@ impl RedisEngine {
     /// tokio runtime. Also returns a connection for the plugins' KV store.
     /// Redis unreachable now is an error: a host that starts without its
     /// broker would serve a split cluster without saying so.
-    pub async fn connect(
+    pub(crate) async fn connect(
         url: &str,
         prefix: &str,
         local: Arc<LocalChannels>,

@@ -3,14 +3,16 @@
 //! form, [`ServerConfig`].
 
 mod file;
+mod origin;
 
 pub use file::{ConfigFile, ConfigFileError, example as example_file};
+pub use origin::OriginPolicy;
 
-use crate::plugins::{PluginLimits, PluginOptions};
+use crate::plugins::{PluginLimits, PluginOptions, PluginOverrides};
 use crate::protocol::PingProtocol;
-use crate::server::OriginPolicy;
 use crate::session::{PingMode, RateLimit, SessionSettings};
-use std::path::PathBuf;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 use thiserror::Error;
 
@@ -264,43 +266,56 @@ pub struct TlsFiles {
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     /// `host:port` to listen on.
-    pub listen: String,
+    pub(crate) listen: String,
     /// Directory of plugin components.
-    pub plugins_dir: PathBuf,
+    pub(crate) plugins_dir: PathBuf,
     /// Number of worker threads.
-    pub workers: usize,
+    pub(crate) workers: usize,
     /// WebSocket endpoint path.
-    pub path: String,
+    pub(crate) path: String,
     /// Which browser origins may open a WebSocket.
-    pub origins: OriginPolicy,
+    pub(crate) origins: OriginPolicy,
     /// Whether `/` serves the status page.
-    pub status_page: bool,
+    pub(crate) status_page: bool,
     /// Certificate and key files, when the server terminates TLS.
-    pub tls: Option<TlsFiles>,
+    pub(crate) tls: Option<TlsFiles>,
     /// The Redis URL, when hosts share a broker.
-    pub broker_url: Option<String>,
+    pub(crate) broker_url: Option<String>,
     /// Prefix of wasmcluster's keys and channels in Redis.
-    pub broker_prefix: String,
+    pub(crate) broker_prefix: String,
     /// Protocol settings of every session.
-    pub session: SessionSettings,
+    pub(crate) session: SessionSettings,
     /// Largest accepted message.
-    pub max_payload_bytes: usize,
+    pub(crate) max_payload_bytes: usize,
     /// Most open connections (0: no limit).
-    pub max_connections: usize,
+    pub(crate) max_connections: usize,
     /// Deadline, memory cap and `init` config of each plugin.
-    pub plugin_options: PluginOptions,
+    pub(crate) plugin_options: PluginOptions,
     /// Compiled-module cache directory.
-    pub cache_dir: Option<PathBuf>,
+    pub(crate) cache_dir: Option<PathBuf>,
     /// How long shutdown waits for connections to close.
-    pub shutdown_timeout: Duration,
+    pub(crate) shutdown_timeout: Duration,
     /// Where the process id is written.
-    pub pid_file: Option<PathBuf>,
+    pub(crate) pid_file: Option<PathBuf>,
     /// Whether file changes in the plugins directory trigger a reload.
-    pub watch: bool,
+    pub(crate) watch: bool,
     /// The auth key, if the operator set one.
-    pub auth_key: Option<String>,
+    pub(crate) auth_key: Option<String>,
     /// Default lifetime of signed tokens, in seconds.
-    pub auth_default_expiry_secs: u64,
+    pub(crate) auth_default_expiry_secs: u64,
+}
+
+impl ServerConfig {
+    /// Give plugins the limits and `init` config of their `[plugin.NAME]`
+    /// sections, by plugin name.
+    pub fn set_plugin_overrides(&mut self, per_plugin: HashMap<String, PluginOverrides>) {
+        self.plugin_options.per_plugin = per_plugin;
+    }
+
+    /// Where the server writes its process id, if anywhere.
+    pub fn pid_file(&self) -> Option<&Path> {
+        self.pid_file.as_deref()
+    }
 }
 
 impl ServeArgs {

@@ -1,17 +1,17 @@
 //! The one wasmtime engine of the process and the linker holding every host
 //! import.
 
-use super::bindings::Plugin;
-use super::host_api::HostState;
+use super::host_state::HostState;
+use super::wit;
 use std::path::Path;
 use std::time::Duration;
 use thiserror::Error;
-use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::component::{Component, Linker};
 use wasmtime::{Cache, CacheConfig, Config, Engine, OptLevel};
 
 /// How often the epoch advances. A call's deadline is a number of ticks, so
 /// deadlines are kept to within one tick.
-pub const EPOCH_TICK: Duration = Duration::from_millis(5);
+pub(super) const EPOCH_TICK: Duration = Duration::from_millis(5);
 
 /// Why the engine could not be set up.
 #[derive(Debug, Error)]
@@ -64,8 +64,7 @@ impl PluginEngine {
         let engine = Engine::new(&config).map_err(EngineError::Config)?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(EngineError::Link)?;
-        Plugin::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |state| state)
-            .map_err(EngineError::Link)?;
+        wit::add_to_linker(&mut linker).map_err(EngineError::Link)?;
         start_epoch_ticker(&engine).map_err(EngineError::Ticker)?;
         Ok(PluginEngine { engine, linker })
     }
@@ -106,6 +105,12 @@ fn start_epoch_ticker(engine: &Engine) -> std::io::Result<()> {
 }
 
 /// The number of epoch ticks that covers `deadline`.
-pub fn deadline_ticks(deadline: Duration) -> u64 {
+pub(super) fn deadline_ticks(deadline: Duration) -> u64 {
     (deadline.as_micros() / EPOCH_TICK.as_micros()).max(1) as u64 + 1
+}
+
+impl std::fmt::Debug for PluginEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PluginEngine").finish_non_exhaustive()
+    }
 }

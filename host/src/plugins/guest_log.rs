@@ -20,7 +20,7 @@ const RECENT_LINES: usize = 8;
 /// The last lines a guest wrote to stderr: a panic message is printed just
 /// before the trap it causes, so the fault report can quote it.
 #[derive(Debug, Default, Clone)]
-pub struct RecentStderr(Arc<Mutex<VecDeque<String>>>);
+pub(super) struct RecentStderr(Arc<Mutex<VecDeque<String>>>);
 
 impl RecentStderr {
     fn push(&self, line: &str) {
@@ -32,7 +32,7 @@ impl RecentStderr {
     }
 
     /// Take the kept lines, joined with ` | `.
-    pub fn take(&self) -> String {
+    pub(super) fn take(&self) -> String {
         let mut lines = self.0.lock().unwrap_or_else(|e| e.into_inner());
         let joined = lines
             .iter()
@@ -46,7 +46,7 @@ impl RecentStderr {
 
 /// Which guest stream a [`GuestLog`] carries.
 #[derive(Debug, Clone)]
-pub enum GuestStream {
+pub(super) enum GuestStream {
     /// The guest's stdout, logged at info.
     Stdout,
     /// The guest's stderr (panic messages), logged at warn and kept.
@@ -55,14 +55,14 @@ pub enum GuestStream {
 
 /// A `wasi:cli` stdout/stderr that writes to the host log.
 #[derive(Debug, Clone)]
-pub struct GuestLog {
+pub(super) struct GuestLog {
     plugin: Arc<str>,
     stream: GuestStream,
 }
 
 impl GuestLog {
     /// The log for one stream of one plugin.
-    pub fn new(plugin: Arc<str>, stream: GuestStream) -> Self {
+    pub(super) fn new(plugin: Arc<str>, stream: GuestStream) -> Self {
         GuestLog { plugin, stream }
     }
 }

@@ -1,6 +1,7 @@
 //! Fault counters and health of one plugin, shared by its instances on every
-//! worker: what `/healthz` reports and what metrics will export.
+//! worker: what `/healthz` reports and `/metrics` exports.
 
+use crate::metrics::PluginSample;
 use serde_json::{Value, json};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -75,6 +76,19 @@ impl PluginHealth {
     fn set_last_error(&self, description: &str) {
         let mut last = self.last_error.lock().unwrap_or_else(|e| e.into_inner());
         *last = Some(description.to_owned());
+    }
+
+    /// The counters and state, for `/metrics`.
+    pub fn sample(&self, name: &std::sync::Arc<str>) -> PluginSample {
+        PluginSample {
+            name: name.clone(),
+            traps: self.traps.load(Ordering::Relaxed),
+            timeouts: self.timeouts.load(Ordering::Relaxed),
+            out_of_memory: self.out_of_memory.load(Ordering::Relaxed),
+            rebuilds: self.rebuilds.load(Ordering::Relaxed),
+            backoffs: self.backoffs.load(Ordering::Relaxed),
+            degraded: self.is_degraded(),
+        }
     }
 
     /// The counters and state as JSON fields.

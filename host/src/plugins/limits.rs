@@ -1,6 +1,6 @@
 //! The resource limiter of every plugin instance: a linear-memory cap that
-//! fails the call with a recognisable error, caps on tables and instances,
-//! and the memory in use, for health output.
+//! fails the call with a recognisable error, and caps on tables and
+//! instances.
 
 use thiserror::Error;
 use wasmtime::ResourceLimiter;
@@ -16,7 +16,7 @@ const MAX_MEMORIES: usize = 8;
 /// A memory growth beyond the plugin's cap; the trap that ends the call.
 #[derive(Debug, Error)]
 #[error("memory cap exceeded: growing to {desired} bytes, cap {cap} bytes")]
-pub struct MemoryCapExceeded {
+pub(super) struct MemoryCapExceeded {
     /// The size the guest asked for.
     pub desired: usize,
     /// The cap.
@@ -26,7 +26,7 @@ pub struct MemoryCapExceeded {
 /// A table growth beyond [`MAX_TABLE_ELEMENTS`].
 #[derive(Debug, Error)]
 #[error("table cap exceeded: growing to {desired} elements, cap {MAX_TABLE_ELEMENTS}")]
-pub struct TableCapExceeded {
+pub(super) struct TableCapExceeded {
     desired: usize,
 }
 
@@ -35,22 +35,12 @@ pub struct TableCapExceeded {
 pub struct InstanceLimits {
     /// Linear memory cap in bytes.
     memory_cap: usize,
-    /// Linear memory in use, in bytes (the last size granted).
-    memory_in_use: usize,
 }
 
 impl InstanceLimits {
     /// Limits with a memory cap.
     pub fn new(memory_cap: usize) -> Self {
-        InstanceLimits {
-            memory_cap,
-            memory_in_use: 0,
-        }
-    }
-
-    /// Bytes of linear memory the instance holds.
-    pub fn memory_in_use(&self) -> usize {
-        self.memory_in_use
+        InstanceLimits { memory_cap }
     }
 }
 
@@ -68,11 +58,7 @@ impl ResourceLimiter for InstanceLimits {
             }
             .into());
         }
-        if maximum.is_some_and(|max| desired > max) {
-            return Ok(false);
-        }
-        self.memory_in_use = desired;
-        Ok(true)
+        Ok(maximum.is_none_or(|max| desired <= max))
     }
 
     fn table_growing(
@@ -108,10 +94,8 @@ mod tests {
     fn growth_past_the_cap_is_an_error_naming_it() {
         let mut limits = InstanceLimits::new(1 << 20);
         assert!(limits.memory_growing(0, 1 << 16, None).unwrap());
-        assert_eq!(limits.memory_in_use(), 1 << 16);
         let error = limits.memory_growing(1 << 16, 2 << 20, None).unwrap_err();
         assert!(error.downcast_ref::<MemoryCapExceeded>().is_some());
-        assert_eq!(limits.memory_in_use(), 1 << 16);
     }
 
     #[test]

@@ -3,27 +3,27 @@
 //! transmit), whichever plugin handles the action itself.
 //!
 //! Each hook runs as a chain over the plugins that declare it, in the order
-//! of [`PluginSet::chain`](super::PluginSet::chain): higher priority first,
-//! then by name. The first deny ends the chain and its error is what the
-//! client receives; a rewrite is what the next plugin in the chain sees.
-//! Middleware fails closed: a hook that traps, times out, runs out of memory
-//! or answers something invalid denies the action.
+//! of the set's chains: higher priority first, then by name. The first deny
+//! ends the chain and its error is what the client receives; a rewrite is
+//! what the next plugin in the chain sees. Middleware fails closed: a hook
+//! that traps, times out, runs out of memory or answers something invalid
+//! denies the action.
 
-use super::bindings::wasmcluster::plugin::types::{
-    Decision, ErrorObject as WitError, HandshakeInfo, Hook, InboundDecision,
+use super::fault::{Call, CallFailure, Retired, failure_error, invalid_answer, plugin_error};
+use super::loaded::Instance;
+use super::types::{
+    Decision, ErrorObject as GuestError, HandshakeInfo, Hook, InboundDecision, Socket,
 };
-use super::instance::{Call, CallFailure, failure_error, invalid_answer, plugin_error};
-use super::loader::Instance;
-use super::{Socket, WorkerPlugins};
+use super::worker::WorkerPlugins;
 use crate::metrics::{self, HookKind};
 use crate::protocol::{self, ErrorObject};
 use std::rc::Rc;
 
 /// What one hook decided, in the host's terms.
-enum Verdict {
+pub(super) enum Verdict {
     Allow,
     Rewrite(String),
-    Deny(WitError),
+    Deny(GuestError),
 }
 
 impl From<Decision> for Verdict {
@@ -47,7 +47,7 @@ impl From<InboundDecision> for Verdict {
 
 /// A client action whose data middleware may rewrite.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Inbound {
+pub(super) enum Inbound {
     /// `#publish` (hook `publish-in`).
     Publish,
     /// An RPC (hook `invoke`).
@@ -69,16 +69,19 @@ fn hook_kind(hook: Hook) -> Option<HookKind> {
         Hook::PublishIn => HookKind::PublishIn,
         Hook::Invoke => HookKind::Invoke,
         Hook::Transmit => HookKind::Transmit,
-        _ => return None,
+        Hook::Connect | Hook::Disconnect | Hook::Timer => return None,
     })
 }
 
 impl WorkerPlugins {
     /// Run the `handshake` hooks for a connection's `#handshake`.
     pub async fn check_handshake(self: &Rc<Self>, info: &HandshakeInfo) -> Result<(), ErrorObject> {
-        self.run_chain(Hook::Handshake, Call::Handshake, None, async |i, _| {
-            let decision = i.exports.call_on_handshake(&mut i.store, info).await?;
-            Ok(decision.into())
+        self.on_newest(async |plugins| {
+            plugins
+                .run_chain(Hook::Handshake, Call::Handshake, None, async |i, _| {
+                    Ok(i.exports.on_handshake(&mut i.store, info).await?.into())
+                })
+                .await
         })
         .await
         .map(drop)
@@ -90,19 +93,18 @@ impl WorkerPlugins {
         socket: &Socket,
         claims: &str,
     ) -> Result<(), ErrorObject> {
-        let claims = claims.to_owned();
-        self.run_chain(
-            Hook::Authenticate,
-            Call::Authenticate,
-            None,
-            async |i, _| {
+        self.on_newest(async |plugins| {
+            let call = async |i: &mut Instance, _: Option<&String>| {
                 let decision = i
                     .exports
-                    .call_on_authenticate(&mut i.store, socket, &claims)
+                    .on_authenticate(&mut i.store, socket, claims)
                     .await?;
                 Ok(decision.into())
-            },
-        )
+            };
+            plugins
+                .run_chain(Hook::Authenticate, Call::Authenticate, None, call)
+                .await
+        })
         .await
         .map(drop)
     }
@@ -114,141 +116,141 @@ impl WorkerPlugins {
         channel: &str,
         data: Option<&str>,
     ) -> Result<(), ErrorObject> {
-        self.run_chain(
-            Hook::Subscribe,
-            Call::Subscribe(channel),
-            data,
-            async |i, data| {
+        self.on_newest(async |plugins| {
+            let call = async |i: &mut Instance, data: Option<&String>| {
                 let decision = i
                     .exports
-                    .call_on_subscribe(&mut i.store, socket, channel, data)
+                    .on_subscribe(&mut i.store, socket, channel, data)
                     .await?;
                 Ok(decision.into())
-            },
-        )
+            };
+            plugins
+                .run_chain(Hook::Subscribe, Call::Subscribe(channel), data, call)
+                .await
+        })
         .await
         .map(drop)
     }
 
-    /// Run the middleware of a client publication, RPC or transmit on
-    /// `subject` (its channel or event): the data it proceeds with, or the
-    /// error of the hook that denied it.
-    pub async fn filter(
+    /// Run the `publish-in` hooks for a client publication on `channel`:
+    /// the data it proceeds with, or the error of the hook that denied it.
+    pub async fn check_publish(
         self: &Rc<Self>,
+        socket: &Socket,
+        channel: &str,
+        data: Option<&str>,
+    ) -> Result<Rewritten, ErrorObject> {
+        self.on_newest(async |plugins| {
+            plugins
+                .inbound(Inbound::Publish, socket, channel, data)
+                .await
+        })
+        .await
+    }
+
+    /// Run `decide` on the newest plugins, again on the newer ones when a
+    /// reload interrupts it: hooks decide, they do not act, so running one
+    /// twice is harmless.
+    async fn on_newest<R>(
+        self: &Rc<Self>,
+        decide: impl AsyncFn(&Rc<Self>) -> Result<R, Retired>,
+    ) -> R {
+        let mut plugins = self.newest();
+        loop {
+            match decide(&plugins).await {
+                Ok(decided) => return decided,
+                Err(Retired) => plugins = plugins.newest(),
+            }
+        }
+    }
+
+    /// Run the middleware of a client publication, RPC or transmit on
+    /// `subject` (its channel or event) on these plugins.
+    pub(super) async fn inbound(
+        &self,
         action: Inbound,
         socket: &Socket,
         subject: &str,
         data: Option<&str>,
-    ) -> Result<Rewritten, ErrorObject> {
-        let (hook, call) = match action {
+    ) -> Result<Result<Rewritten, ErrorObject>, Retired> {
+        let (hook, what) = match action {
             Inbound::Publish => (Hook::PublishIn, Call::PublishIn(subject)),
             Inbound::Invoke => (Hook::Invoke, Call::InvokeIn(subject)),
             Inbound::Transmit => (Hook::Transmit, Call::TransmitIn(subject)),
         };
-        self.run_chain(hook, call, data, async |i, data| {
+        self.run_chain(hook, what, data, async |i, data| {
             let (exports, store) = (&i.exports, &mut i.store);
             let decision = match action {
-                Inbound::Publish => {
-                    exports
-                        .call_on_publish_in(store, socket, subject, data)
-                        .await?
-                }
-                Inbound::Invoke => {
-                    exports
-                        .call_on_invoke_in(store, socket, subject, data)
-                        .await?
-                }
-                Inbound::Transmit => {
-                    exports
-                        .call_on_transmit_in(store, socket, subject, data)
-                        .await?
-                }
+                Inbound::Publish => exports.on_publish_in(store, socket, subject, data).await?,
+                Inbound::Invoke => exports.on_invoke_in(store, socket, subject, data).await?,
+                Inbound::Transmit => exports.on_transmit_in(store, socket, subject, data).await?,
             };
             Ok(decision.into())
         })
         .await
     }
 
-    /// Whether some plugin lets unauthenticated sockets call RPC `event`.
-    pub fn is_public_rpc(self: &Rc<Self>, event: &str) -> bool {
-        self.newest().set().is_public_rpc(event)
-    }
-
     /// Call `hook` on every plugin of its chain, in order, with the data as
-    /// the previous plugins left it, and count a deny. A chain that a reload
-    /// interrupts starts again on the new plugins: hooks decide, they do not
-    /// act, so running one twice is harmless.
+    /// the previous plugins left it, and count a deny.
     async fn run_chain(
-        self: &Rc<Self>,
+        &self,
         hook: Hook,
         what: Call<'_>,
         data: Option<&str>,
         hook_call: impl AsyncFn(&mut Instance, Option<&String>) -> wasmtime::Result<Verdict>,
-    ) -> Result<Rewritten, ErrorObject> {
-        if self.newest().set().chain(hook).is_empty() {
-            return Ok(None);
+    ) -> Result<Result<Rewritten, ErrorObject>, Retired> {
+        if self.set().chain(hook).is_empty() {
+            return Ok(Ok(None));
         }
-        let decided = self.chain_decision(hook, what, data, hook_call).await;
+        let decided = self.chain_decision(hook, what, data, hook_call).await?;
         if decided.is_err()
             && let Some(kind) = hook_kind(hook)
         {
             metrics::bump(&self.stats.middleware_denials[kind as usize]);
         }
-        decided
+        Ok(decided)
     }
 
     /// [`WorkerPlugins::run_chain`] on a chain with plugins.
     async fn chain_decision(
-        self: &Rc<Self>,
+        &self,
         hook: Hook,
         what: Call<'_>,
         data: Option<&str>,
         hook_call: impl AsyncFn(&mut Instance, Option<&String>) -> wasmtime::Result<Verdict>,
-    ) -> Result<Rewritten, ErrorObject> {
-        let mut plugins = self.newest();
+    ) -> Result<Result<Rewritten, ErrorObject>, Retired> {
         let data = data.map(str::to_owned);
-        'chain: loop {
-            let current = plugins.clone();
-            let mut rewritten: Rewritten = None;
-            for &index in current.set().chain(hook) {
-                let plugin = &current.set().plugins[index];
-                let input = rewritten.as_ref().or(data.as_ref());
-                let verdict = current
-                    .call(index, what, async |i: &mut Instance| {
-                        hook_call(i, input).await
-                    })
-                    .await;
-                match verdict {
-                    Ok(Verdict::Allow) => {}
-                    Ok(Verdict::Rewrite(json)) => {
-                        if protocol::validate_json(&json).is_err() {
-                            return Err(invalid_answer(
-                                &plugin.name,
-                                what.subject(),
-                                &format!("rewrote the data with invalid JSON in {what}"),
-                            ));
-                        }
-                        rewritten = Some(json);
+        let mut rewritten: Rewritten = None;
+        for &index in self.set().chain(hook) {
+            let plugin = &self.set().plugins[index];
+            let input = rewritten.as_ref().or(data.as_ref());
+            let verdict = self
+                .call(index, what, async |i: &mut Instance| {
+                    hook_call(i, input).await
+                })
+                .await?;
+            match verdict {
+                Ok(Verdict::Allow) => {}
+                Ok(Verdict::Rewrite(json)) => {
+                    if protocol::validate_json(&json).is_err() {
+                        return Ok(Err(invalid_answer(
+                            &plugin.name,
+                            what.subject(),
+                            &format!("rewrote the data with invalid JSON in {what}"),
+                        )));
                     }
-                    Ok(Verdict::Deny(error)) => {
-                        return Err(plugin_error(error).unwrap_or_else(|why| {
-                            invalid_answer(
-                                &plugin.name,
-                                what.subject(),
-                                &format!("{why} in {what}"),
-                            )
-                        }));
-                    }
-                    Err(CallFailure::Retired) => {
-                        plugins = current.newest();
-                        continue 'chain;
-                    }
-                    Err(failure) => {
-                        return Err(failure_error(failure, &plugin.name, what.subject()));
-                    }
+                    rewritten = Some(json);
+                }
+                Ok(Verdict::Deny(error)) => {
+                    return Ok(Err(plugin_error(error).unwrap_or_else(|why| {
+                        invalid_answer(&plugin.name, what.subject(), &format!("{why} in {what}"))
+                    })));
+                }
+                Err(failure @ (CallFailure::Fault(_) | CallFailure::Unavailable(_))) => {
+                    return Ok(Err(failure_error(failure, &plugin.name, what.subject())));
                 }
             }
-            return Ok(rewritten);
         }
+        Ok(Ok(rewritten))
     }
 }

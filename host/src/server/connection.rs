@@ -2,7 +2,8 @@
 //! session or a plain answer.
 
 use super::http::{self, ReadError, Response};
-use super::{Shared, Tls};
+use super::shared::Shared;
+use super::tls::Tls;
 use crate::metrics::{self, Format};
 use crate::session::{self, SessionContext, UpgradeRequest};
 use std::net::SocketAddr;
@@ -41,7 +42,7 @@ enum Action {
 /// boxed futures that are freed when they finish, and the session runs in
 /// a box of its own: the connection's task itself stays small for the life
 /// of an idle connection.
-pub async fn handle(
+pub(super) async fn handle(
     stream: TcpStream,
     peer: SocketAddr,
     ctx: Rc<SessionContext>,
@@ -232,7 +233,7 @@ fn route(request: http::Request, shared: &Shared) -> Action {
         Action::Respond(Response::json(200, "OK", shared.health_json()))
     } else if request.path == "/metrics" && request.method == "GET" {
         let format = Format::negotiate(request.header("accept"));
-        let body = metrics::render(shared, format);
+        let body = metrics::render(&shared.metrics_snapshot(), format);
         Action::Respond(Response::with_content_type(
             200,
             "OK",

@@ -14,7 +14,7 @@ const MAX_HEADERS: usize = 64;
 
 /// A parsed request head.
 #[derive(Debug, PartialEq)]
-pub struct Request {
+pub(super) struct Request {
     /// `GET`, `POST`, ...
     pub method: String,
     /// The path without the query string.
@@ -27,7 +27,7 @@ pub struct Request {
 
 impl Request {
     /// The first value of header `name` (lower case).
-    pub fn header(&self, name: &str) -> Option<&str> {
+    pub(super) fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()
             .find(|(key, _)| key == name)
@@ -35,14 +35,14 @@ impl Request {
     }
 
     /// Whether the client asks for a WebSocket upgrade.
-    pub fn wants_websocket(&self) -> bool {
+    pub(super) fn wants_websocket(&self) -> bool {
         self.header("upgrade")
             .is_some_and(|value| value.eq_ignore_ascii_case("websocket"))
     }
 
     /// The `101 Switching Protocols` answer for a valid WebSocket upgrade, or
     /// the error response explaining what is wrong with it.
-    pub fn websocket_accept(&self) -> Result<String, Response> {
+    pub(super) fn websocket_accept(&self) -> Result<String, Response> {
         if self.method != "GET" {
             return Err(Response::text(
                 400,
@@ -108,7 +108,7 @@ fn is_valid_key(key: &str) -> bool {
 
 /// A complete plain HTTP response.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Response {
+pub(super) struct Response {
     status: u16,
     reason: &'static str,
     content_type: &'static str,
@@ -118,7 +118,7 @@ pub struct Response {
 
 impl Response {
     /// A `text/plain` response.
-    pub fn text(status: u16, reason: &'static str, body: &str) -> Self {
+    pub(super) fn text(status: u16, reason: &'static str, body: &str) -> Self {
         Response {
             status,
             reason,
@@ -129,7 +129,7 @@ impl Response {
     }
 
     /// A `200 OK` HTML page.
-    pub fn html(body: &str) -> Self {
+    pub(super) fn html(body: &str) -> Self {
         Response {
             status: 200,
             reason: "OK",
@@ -140,7 +140,7 @@ impl Response {
     }
 
     /// An `application/json` response.
-    pub fn json(status: u16, reason: &'static str, body: String) -> Self {
+    pub(super) fn json(status: u16, reason: &'static str, body: String) -> Self {
         Response {
             status,
             reason,
@@ -151,7 +151,7 @@ impl Response {
     }
 
     /// A response with any content type.
-    pub fn with_content_type(
+    pub(super) fn with_content_type(
         status: u16,
         reason: &'static str,
         content_type: &'static str,
@@ -167,19 +167,19 @@ impl Response {
     }
 
     /// Add a header.
-    pub fn with_header(mut self, name: &'static str, value: &str) -> Self {
+    pub(super) fn with_header(mut self, name: &'static str, value: &str) -> Self {
         self.headers.push((name, value.to_owned()));
         self
     }
 
     /// The status code.
     #[cfg(test)]
-    pub fn status(&self) -> u16 {
+    fn status(&self) -> u16 {
         self.status
     }
 
     /// The bytes on the wire; the connection closes after it.
-    pub fn to_bytes(&self) -> Vec<u8> {
+    pub(super) fn to_bytes(&self) -> Vec<u8> {
         let mut head = format!(
             "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n",
             self.status,
@@ -197,7 +197,7 @@ impl Response {
     }
 
     /// Write the response and shut the connection down.
-    pub async fn send<S: AsyncWrite + Unpin>(&self, stream: &mut S) -> std::io::Result<()> {
+    pub(super) async fn send<S: AsyncWrite + Unpin>(&self, stream: &mut S) -> std::io::Result<()> {
         stream.write_all(&self.to_bytes()).await?;
         stream.shutdown().await
     }
@@ -205,7 +205,7 @@ impl Response {
 
 /// Why no request could be read.
 #[derive(Debug)]
-pub enum ReadError {
+pub(super) enum ReadError {
     /// The peer closed, failed, or was too slow; nothing to answer.
     Gone,
     /// The request is malformed or too large; answer with this.
@@ -214,7 +214,7 @@ pub enum ReadError {
 
 /// Read a request head. Returns the request and the bytes that followed the
 /// head (the start of the WebSocket stream, if the client sent it early).
-pub async fn read_request<S>(
+pub(super) async fn read_request<S>(
     stream: &mut S,
     timeout: Duration,
 ) -> Result<(Request, BytesMut), ReadError>

@@ -7,21 +7,22 @@
 
 mod connection;
 mod http;
-mod origin;
 mod plugin_watch;
+mod shared;
 mod tls;
 mod worker;
 
 use crate::auth::AuthEngine;
 use crate::broker::{Broker, RedisEngine, RedisError};
 use crate::config::ServerConfig;
-use crate::plugins::{
-    EngineError, HostServices, KvStore, LoadError, PluginEngine, PluginSet, load_dir, reload_dir,
-};
-use crate::session::SessionStats;
+use crate::kv::KvStore;
+use crate::metrics::Metrics;
+use crate::plugins::{EngineError, LoadError, PluginEngine, load_dir, reload_dir};
+use crate::services::HostServices;
+use shared::Shared;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use thiserror::Error;
@@ -30,7 +31,6 @@ use tokio::signal::unix::SignalKind;
 use tokio::sync::watch;
 use worker::Worker;
 
-pub use origin::OriginPolicy;
 pub use tls::{Tls, TlsError};
 
 /// Why the server could not start or run.
@@ -67,102 +67,6 @@ pub enum ServerError {
         /// What went wrong.
         source: std::io::Error,
     },
-}
-
-/// What every worker shares.
-pub struct Shared {
-    /// The server configuration.
-    pub config: ServerConfig,
-    /// Loaded plugins and event routing; replaced by a reload.
-    plugins: RwLock<Arc<PluginSet>>,
-    /// Broker, socket registry, KV.
-    pub services: Arc<HostServices>,
-    /// Each worker's counters (one per worker, so that workers never write
-    /// to the same cache line); summed when read.
-    pub worker_stats: Vec<Arc<SessionStats>>,
-    /// When the server started.
-    pub started: std::time::Instant,
-    /// Signs and verifies auth tokens.
-    pub auth: Arc<AuthEngine>,
-    /// The TLS acceptor, when the server terminates TLS.
-    pub tls: Option<Tls>,
-    /// WebSocket connections open now, for `--max-connections`.
-    pub websockets: AtomicUsize,
-    /// Server-wide metrics, and those other modules add (`/metrics`).
-    pub metrics: crate::metrics::Metrics,
-}
-
-impl Shared {
-    /// The plugins being served.
-    pub fn plugins(&self) -> Arc<PluginSet> {
-        self.plugins
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-    }
-
-    /// The `/readyz` answer: ready (200) unless a plugin is backing off or
-    /// the broker has lost Redis (503, saying which), so that a load
-    /// balancer can steer new clients elsewhere meanwhile.
-    pub fn readiness(&self) -> (bool, String) {
-        let set = self.plugins();
-        let degraded: Vec<&str> = set
-            .plugins
-            .iter()
-            .filter(|plugin| plugin.health.is_degraded())
-            .map(|plugin| &*plugin.name)
-            .collect();
-        let broker_connected = self.services.broker.is_connected();
-        let ready = degraded.is_empty() && broker_connected;
-        let body = serde_json::json!({
-            "ready": ready,
-            "degraded": degraded,
-            "brokerConnected": broker_connected,
-        });
-        (ready, body.to_string())
-    }
-
-    /// A counter summed over every worker.
-    pub fn total(&self, counter: impl Fn(&SessionStats) -> &AtomicU64) -> u64 {
-        self.worker_stats
-            .iter()
-            .map(|stats| counter(stats).load(Ordering::Relaxed))
-            .sum()
-    }
-
-    /// The `/healthz` body: `status` is `degraded` while a plugin backs off.
-    pub fn health_json(&self) -> String {
-        let set = self.plugins();
-        let plugins: Vec<_> = set
-            .plugins
-            .iter()
-            .map(|plugin| {
-                let mut entry = plugin.health.to_json();
-                entry["name"] = (&*plugin.name).into();
-                entry["version"] = plugin.manifest.version.clone().into();
-                entry["file"] = plugin
-                    .path
-                    .file_name()
-                    .map(|name| name.to_string_lossy().into_owned())
-                    .into();
-                entry
-            })
-            .collect();
-        let degraded = set.plugins.iter().any(|p| p.health.is_degraded());
-        serde_json::json!({
-            "status": if degraded { "degraded" } else { "ok" },
-            "workers": self.config.workers,
-            "connections": self.services.sockets.len(),
-            "channels": self.services.broker.channel_count(),
-            "broker": self.services.broker.status(),
-            "unknownTransmits": self.total(|stats| &stats.unknown_transmits),
-            "messagesIn": self.total(|stats| &stats.messages_in),
-            "messagesOut": self.total(|stats| &stats.messages_out),
-            "uptimeSecs": self.started.elapsed().as_secs(),
-            "plugins": plugins,
-        })
-        .to_string()
-    }
 }
 
 /// A started server: plugins loaded, workers running, port bound.
@@ -228,7 +132,7 @@ impl Server {
             auth,
             tls,
             websockets: AtomicUsize::new(0),
-            metrics: crate::metrics::Metrics::default(),
+            metrics: Metrics::default(),
         });
         let services = shared.services.clone();
         shared.metrics.gauge_fn(
@@ -469,3 +373,12 @@ impl SpareDescriptor {
 /// What a client connecting while the server is out of descriptors gets.
 const REFUSED: &[u8] =
     b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("addr", &self.local_addr().ok())
+            .field("workers", &self.workers.len())
+            .finish_non_exhaustive()
+    }
+}

@@ -26,7 +26,7 @@ fn is_reload_trigger(path: &Path) -> bool {
 }
 
 /// Watches the plugins directory; dropped, it stops.
-pub struct PluginWatch {
+pub(super) struct PluginWatch {
     /// Kept alive for as long as events are wanted.
     _watcher: RecommendedWatcher,
     changes: mpsc::UnboundedReceiver<()>,
@@ -34,7 +34,7 @@ pub struct PluginWatch {
 
 impl PluginWatch {
     /// Start watching `dir` (not recursively).
-    pub fn start(dir: &Path) -> notify::Result<Self> {
+    pub(super) fn start(dir: &Path) -> notify::Result<Self> {
         let (tx, changes) = mpsc::unbounded_channel();
         let mut watcher =
             notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
@@ -54,7 +54,7 @@ impl PluginWatch {
     }
 
     /// Resolves when plugin files changed and then stayed quiet for a moment.
-    pub async fn settled_change(&mut self) {
+    pub(super) async fn settled_change(&mut self) {
         if self.changes.recv().await.is_none() {
             return std::future::pending().await;
         }

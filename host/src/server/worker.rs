@@ -1,7 +1,8 @@
 //! A worker thread: a single-threaded tokio runtime serving a share of the
 //! connections with its own instance of every plugin.
 
-use super::{Shared, connection};
+use super::connection;
+use super::shared::Shared;
 use crate::metrics;
 use crate::plugins::{PluginSet, WorkerPlugins};
 use crate::session::SessionContext;
@@ -14,7 +15,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::{JoinSet, LocalSet};
 
 /// The accept loop's handle on a worker thread.
-pub struct Worker {
+pub(super) struct Worker {
     index: usize,
     /// New connections for this worker.
     connections: mpsc::UnboundedSender<(std::net::TcpStream, SocketAddr)>,
@@ -27,7 +28,7 @@ pub struct Worker {
 
 impl Worker {
     /// Start worker `index`.
-    pub fn spawn(
+    pub(super) fn spawn(
         index: usize,
         shared: Arc<Shared>,
         shutdown: watch::Receiver<bool>,
@@ -58,14 +59,14 @@ impl Worker {
     }
 
     /// Wait until the worker has built its plugin instances.
-    pub async fn ready(&mut self) {
+    pub(super) async fn ready(&mut self) {
         if let Some(ready) = self.ready.take() {
             let _ = ready.await;
         }
     }
 
     /// Give the worker a new connection.
-    pub fn hand_over(&self, stream: TcpStream, peer: SocketAddr) {
+    pub(super) fn hand_over(&self, stream: TcpStream, peer: SocketAddr) {
         match stream.into_std() {
             Ok(stream) => {
                 if self.connections.send((stream, peer)).is_err() {
@@ -81,7 +82,7 @@ impl Worker {
 
     /// Switch the worker to a reloaded set of plugins; resolves once the
     /// next event on this worker goes to it.
-    pub async fn switch_to(&self, set: Arc<PluginSet>) {
+    pub(super) async fn switch_to(&self, set: Arc<PluginSet>) {
         let (done, switched) = oneshot::channel();
         if self.reloads.send((set, done)).is_ok() {
             let _ = switched.await;
@@ -90,7 +91,7 @@ impl Worker {
 
     /// Stop handing connections over and wait for the thread to finish its
     /// sessions.
-    pub async fn join(self) {
+    pub(super) async fn join(self) {
         drop(self.connections);
         let index = self.index;
         let thread = self.thread;
@@ -126,8 +127,7 @@ async fn serve(
     let stats = shared.worker_stats[index].clone();
     metrics::enter_worker(stats.clone());
     let plugins =
-        WorkerPlugins::start_counting(shared.plugins(), shared.services.clone(), stats.clone())
-            .await;
+        WorkerPlugins::start(shared.plugins(), shared.services.clone(), stats.clone()).await;
     let ctx = Rc::new(SessionContext {
         plugins: RefCell::new(Rc::new(plugins)),
         services: shared.services.clone(),

@@ -6,7 +6,7 @@ use tokio::time::Instant;
 
 /// Messages per second and the burst allowed above it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RateLimit {
+pub(crate) struct RateLimit {
     /// Sustained messages per second.
     pub per_second: u32,
     /// Messages a socket may send at once after being quiet.
@@ -15,7 +15,7 @@ pub struct RateLimit {
 
 /// One socket's bucket.
 #[derive(Debug)]
-pub struct TokenBucket {
+pub(super) struct TokenBucket {
     limit: RateLimit,
     tokens: f64,
     refilled_at: Instant,
@@ -23,7 +23,7 @@ pub struct TokenBucket {
 
 impl TokenBucket {
     /// A full bucket.
-    pub fn new(limit: RateLimit, now: Instant) -> Self {
+    pub(super) fn new(limit: RateLimit, now: Instant) -> Self {
         TokenBucket {
             limit,
             tokens: f64::from(limit.burst),
@@ -33,7 +33,7 @@ impl TokenBucket {
 
     /// Take a token for one message; `false` when the socket is over its
     /// rate and the message must be refused.
-    pub fn take(&mut self, now: Instant) -> bool {
+    pub(super) fn take(&mut self, now: Instant) -> bool {
         let elapsed = now.saturating_duration_since(self.refilled_at);
         self.refilled_at = now;
         self.tokens = (self.tokens + elapsed.as_secs_f64() * f64::from(self.limit.per_second))
@@ -47,13 +47,13 @@ impl TokenBucket {
     }
 
     /// The limit, for error messages.
-    pub fn limit(&self) -> RateLimit {
+    pub(super) fn limit(&self) -> RateLimit {
         self.limit
     }
 }
 
 /// How long until one token is back, for a client told to slow down.
-pub fn retry_after(limit: RateLimit) -> Duration {
+pub(super) fn retry_after(limit: RateLimit) -> Duration {
     Duration::from_secs_f64(1.0 / f64::from(limit.per_second.max(1)))
 }
 

@@ -1,7 +1,7 @@
 //! A session's outbound queue, bounded: a client that stops reading cannot
 //! make the server hold an ever longer queue of frames for it. When a
 //! sender finds the queue full, the message is dropped and the session is
-//! told to close the connection ([`Inbox::overflowed`]).
+//! told to close the connection ([`Inbox::overflow`]).
 
 use super::Outbound;
 use std::sync::Arc;
@@ -10,7 +10,7 @@ use tokio::sync::{Notify, mpsc};
 
 /// The session is gone: nothing is queued for it any more.
 #[derive(Debug, PartialEq, Eq)]
-pub struct Gone;
+pub(crate) struct Gone;
 
 /// Set once by the first sender that finds the queue full.
 #[derive(Debug, Default)]
@@ -22,20 +22,20 @@ struct Overflow {
 /// The sending side, held by the broker, the socket registry and the
 /// session itself.
 #[derive(Debug, Clone)]
-pub struct Outbox {
+pub(crate) struct Outbox {
     tx: mpsc::Sender<Outbound>,
     overflow: Arc<Overflow>,
 }
 
 /// The receiving side, drained by the session.
 #[derive(Debug)]
-pub struct Inbox {
+pub(crate) struct Inbox {
     rx: mpsc::Receiver<Outbound>,
     overflow: Arc<Overflow>,
 }
 
 /// A queue holding at most `capacity` messages.
-pub fn outbox(capacity: usize) -> (Outbox, Inbox) {
+pub(crate) fn outbox(capacity: usize) -> (Outbox, Inbox) {
     let (tx, rx) = mpsc::channel(capacity.max(1));
     let overflow = Arc::new(Overflow::default());
     (
@@ -50,7 +50,7 @@ pub fn outbox(capacity: usize) -> (Outbox, Inbox) {
 impl Outbox {
     /// Queue a message. A full queue drops it and makes the session close
     /// (its client is not reading); that is not an error for the sender.
-    pub fn send(&self, message: Outbound) -> Result<(), Gone> {
+    pub(crate) fn send(&self, message: Outbound) -> Result<(), Gone> {
         match self.tx.try_send(message) {
             Ok(()) => Ok(()),
             Err(mpsc::error::TrySendError::Full(_)) => {
@@ -66,33 +66,33 @@ impl Outbox {
 
 impl Inbox {
     /// The next queued message.
-    pub async fn recv(&mut self) -> Option<Outbound> {
+    pub(crate) async fn recv(&mut self) -> Option<Outbound> {
         self.rx.recv().await
     }
 
     /// A queued message, if one is waiting.
-    pub fn try_recv(&mut self) -> Option<Outbound> {
+    pub(crate) fn try_recv(&mut self) -> Option<Outbound> {
         self.rx.try_recv().ok()
     }
 
     /// The signal of a full queue, to wait for beside `recv`.
-    pub fn overflow(&self) -> OverflowSignal {
+    pub(crate) fn overflow(&self) -> OverflowSignal {
         OverflowSignal(self.overflow.clone())
     }
 }
 
 /// Tells a session that a sender found its queue full.
 #[derive(Debug)]
-pub struct OverflowSignal(Arc<Overflow>);
+pub(crate) struct OverflowSignal(Arc<Overflow>);
 
 impl OverflowSignal {
     /// Whether a sender found the queue full.
-    pub fn happened(&self) -> bool {
+    pub(crate) fn happened(&self) -> bool {
         self.0.happened.load(Ordering::Acquire)
     }
 
     /// Resolves once a sender has found the queue full.
-    pub async fn wait(&self) {
+    pub(crate) async fn wait(&self) {
         let notified = self.0.notify.notified();
         if self.happened() {
             return;

@@ -1,50 +1,19 @@
-//! The host functions plugins import (`interface host` in the WIT), and the
-//! per-store state they work on.
+//! The data of each plugin instance's `Store`, and the host functions
+//! plugins call, written once for every version of the contract (each
+//! version's module in `wit/` forwards its imports here).
 
-use super::bindings::wasmcluster::plugin::host::Host;
-use super::bindings::wasmcluster::plugin::types::{self, HostError, LogLevel};
 use super::guest_log::{GuestLog, GuestStream, RecentStderr};
-use super::kv::{KvError, KvStore};
 use super::limits::InstanceLimits;
-use crate::auth::AuthEngine;
-use crate::broker::Broker;
+use super::types::{HostError, LogLevel};
+use crate::kv::KvError;
+use crate::mailbox::{Control, Outbound};
+use crate::metrics::{self, PublicationSource};
 use crate::protocol;
-use crate::session::{Control, Outbound, SocketRegistry};
+use crate::services::HostServices;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
-
-/// What host functions act on: shared by every plugin instance on every
-/// worker.
-pub struct HostServices {
-    /// Channel subscriptions and publication delivery.
-    pub broker: Broker,
-    /// Connected sockets by id, for `transmit`.
-    pub sockets: SocketRegistry,
-    /// The plugins' key-value store.
-    pub kv: KvStore,
-    /// Signs the tokens plugins give to sockets.
-    pub auth: Arc<AuthEngine>,
-}
-
-impl HostServices {
-    /// Services of one host (local broker, in-memory KV) signing tokens
-    /// with `auth`.
-    pub fn new(auth: Arc<AuthEngine>) -> Self {
-        Self::with(auth, Broker::default(), KvStore::default())
-    }
-
-    /// Services with the given broker and KV store.
-    pub fn with(auth: Arc<AuthEngine>, broker: Broker, kv: KvStore) -> Self {
-        HostServices {
-            broker,
-            sockets: SocketRegistry::default(),
-            kv,
-            auth,
-        }
-    }
-}
 
 /// The data of one plugin instance's `Store`.
 pub struct HostState {
@@ -90,6 +59,11 @@ impl HostState {
         &mut self.limits
     }
 
+    /// What the guest wrote to stderr lately, for a fault report.
+    pub fn take_recent_stderr(&self) -> String {
+        self.recent_stderr.take()
+    }
+
     /// Queue something for a socket on any worker.
     fn deliver(&self, socket_id: String, queued: Outbound) -> Result<(), HostError> {
         self.services
@@ -98,70 +72,34 @@ impl HostState {
             .map_err(|_| HostError::UnknownSocket(socket_id))
     }
 
-    /// What the guest wrote to stderr lately, for a fault report.
-    pub fn take_recent_stderr(&self) -> String {
-        self.recent_stderr.take()
-    }
-}
-
-impl WasiView for HostState {
-    fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView {
-            ctx: &mut self.wasi,
-            table: &mut self.table,
-        }
-    }
-}
-
-impl types::Host for HostState {}
-
-fn check_json(what: &str, text: &str) -> Result<(), HostError> {
-    protocol::validate_json(text)
-        .map_err(|error| HostError::InvalidArgument(format!("{what} is not valid JSON: {error}")))
-}
-
-/// A KV failure as the plugin sees it.
-fn kv_error(error: KvError) -> HostError {
-    match error {
-        KvError::Unavailable(_) => HostError::Unavailable(error.to_string()),
-        KvError::NotAnInteger { .. } | KvError::Overflow { .. } => {
-            HostError::InvalidArgument(error.to_string())
-        }
-    }
-}
-
-fn unsupported(function: &str) -> Result<(), HostError> {
-    Err(HostError::Unsupported(format!(
-        "{function} is not supported by this version of wasmcluster yet"
-    )))
-}
-
-impl Host for HostState {
-    fn publish(&mut self, channel: String, data: String) -> Result<(), HostError> {
-        check_json("publish data", &data)?;
-        self.services.broker.publish(&channel, Some(&data));
-        crate::metrics::count_publication(crate::metrics::PublicationSource::Plugin);
+    /// `publish`: deliver `data` to every subscriber of `channel`.
+    pub fn publish(&mut self, channel: &str, data: &str) -> Result<(), HostError> {
+        check_json("publish data", data)?;
+        self.services.broker.publish(channel, Some(data));
+        metrics::count_publication(PublicationSource::Plugin);
         Ok(())
     }
 
-    fn transmit(
+    /// `transmit`: send an event to one socket.
+    pub fn transmit(
         &mut self,
         socket_id: String,
-        event: String,
-        data: Option<String>,
+        event: &str,
+        data: Option<&str>,
     ) -> Result<(), HostError> {
-        if let Some(data) = &data {
+        if let Some(data) = data {
             check_json("transmit data", data)?;
         }
-        let frame = protocol::event(&event, data.as_deref());
+        let frame = protocol::event(event, data);
         self.deliver(socket_id, Outbound::Frame(frame.into()))
     }
 
-    fn set_auth_token(&mut self, socket_id: String, claims: String) -> Result<(), HostError> {
+    /// `set-auth-token`: sign `claims` and give the token to a socket.
+    pub fn set_auth_token(&mut self, socket_id: String, claims: &str) -> Result<(), HostError> {
         let signed = self
             .services
             .auth
-            .sign(&claims)
+            .sign(claims)
             .map_err(|error| HostError::InvalidArgument(error.to_string()))?;
         let queued = Control::SetAuthToken {
             token: signed.token,
@@ -172,11 +110,13 @@ impl Host for HostState {
         self.deliver(socket_id, queued)
     }
 
-    fn deauthenticate(&mut self, socket_id: String) -> Result<(), HostError> {
+    /// `deauthenticate`: take a socket's token back.
+    pub fn deauthenticate(&mut self, socket_id: String) -> Result<(), HostError> {
         self.deliver(socket_id, Control::Deauthenticate.into())
     }
 
-    fn disconnect(
+    /// `disconnect`: close a socket with a code and reason.
+    pub fn disconnect(
         &mut self,
         socket_id: String,
         code: u16,
@@ -196,7 +136,8 @@ impl Host for HostState {
         self.deliver(socket_id, Control::Disconnect { code, reason }.into())
     }
 
-    fn kick_out(
+    /// `kick-out`: unsubscribe a socket from a channel and tell it.
+    pub fn kick_out(
         &mut self,
         socket_id: String,
         channel: String,
@@ -208,19 +149,22 @@ impl Host for HostState {
         self.deliver(socket_id, Control::KickOut { channel, message }.into())
     }
 
-    fn subscriptions(&mut self, _socket_id: String) -> Result<Vec<String>, HostError> {
-        unsupported("subscriptions").map(|()| Vec::new())
+    /// `subscriptions`: not served yet.
+    pub fn subscriptions(&mut self, _socket_id: &str) -> Result<Vec<String>, HostError> {
+        Err(unsupported("subscriptions"))
     }
 
-    async fn kv_get(&mut self, key: String) -> Result<Option<String>, HostError> {
+    /// `kv-get`.
+    pub async fn kv_get(&mut self, key: &str) -> Result<Option<String>, HostError> {
         self.services
             .kv
-            .get(&self.plugin, &key)
+            .get(&self.plugin, key)
             .await
             .map_err(kv_error)
     }
 
-    async fn kv_set(&mut self, key: String, value: String) -> Result<(), HostError> {
+    /// `kv-set`.
+    pub async fn kv_set(&mut self, key: String, value: String) -> Result<(), HostError> {
         self.services
             .kv
             .set(&self.plugin, key, value)
@@ -228,23 +172,26 @@ impl Host for HostState {
             .map_err(kv_error)
     }
 
-    async fn kv_delete(&mut self, key: String) -> Result<bool, HostError> {
+    /// `kv-delete`.
+    pub async fn kv_delete(&mut self, key: &str) -> Result<bool, HostError> {
         self.services
             .kv
-            .delete(&self.plugin, &key)
+            .delete(&self.plugin, key)
             .await
             .map_err(kv_error)
     }
 
-    async fn kv_incr(&mut self, key: String, delta: i64) -> Result<i64, HostError> {
+    /// `kv-incr`.
+    pub async fn kv_incr(&mut self, key: &str, delta: i64) -> Result<i64, HostError> {
         self.services
             .kv
-            .incr(&self.plugin, &key, delta)
+            .incr(&self.plugin, key, delta)
             .await
             .map_err(kv_error)
     }
 
-    fn log(&mut self, level: LogLevel, message: String) {
+    /// `log`: a line in the host log, tagged with the plugin's name.
+    pub fn log(&mut self, level: LogLevel, message: &str) {
         let plugin = &*self.plugin;
         match level {
             LogLevel::Trace => tracing::trace!(plugin, "{message}"),
@@ -255,13 +202,58 @@ impl Host for HostState {
         }
     }
 
-    fn now_ms(&mut self) -> u64 {
+    /// `now-ms`: milliseconds since the Unix epoch.
+    pub fn now_ms() -> u64 {
         SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |since| since.as_millis() as u64)
     }
 
-    fn set_timer(&mut self, _id: String, _delay_ms: u64, _repeat: bool) -> Result<(), HostError> {
-        unsupported("set-timer")
+    /// `set-timer`: not served yet.
+    pub fn set_timer(
+        &mut self,
+        _id: String,
+        _delay_ms: u64,
+        _repeat: bool,
+    ) -> Result<(), HostError> {
+        Err(unsupported("set-timer"))
+    }
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+fn check_json(what: &str, text: &str) -> Result<(), HostError> {
+    protocol::validate_json(text)
+        .map_err(|error| HostError::InvalidArgument(format!("{what} is not valid JSON: {error}")))
+}
+
+/// A KV failure as the plugin sees it.
+fn kv_error(error: KvError) -> HostError {
+    match error {
+        KvError::Unavailable(_) => HostError::Unavailable(error.to_string()),
+        KvError::NotAnInteger { .. } | KvError::Overflow { .. } => {
+            HostError::InvalidArgument(error.to_string())
+        }
+    }
+}
+
+fn unsupported(function: &str) -> HostError {
+    HostError::Unsupported(format!(
+        "{function} is not supported by this version of wasmcluster yet"
+    ))
+}
+
+impl std::fmt::Debug for HostState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HostState")
+            .field("plugin", &self.plugin)
+            .finish_non_exhaustive()
     }
 }

@@ -12,16 +12,13 @@
 //! backs off: its events are answered at once with `PluginUnavailable`, for
 //! a delay that doubles up to [`MAX_BACKOFF`], until a rebuild succeeds.
 
-use super::Socket;
-use super::bindings::wasmcluster::plugin::types::ErrorObject as WitError;
 use super::engine::deadline_ticks;
-use super::health::FaultKind;
-use super::host_api::HostServices;
-use super::limits::MemoryCapExceeded;
-use super::loader::{Instance, LoadedPlugin, PluginSet};
-use crate::metrics::{self, RpcStats};
-use crate::protocol::{self, ErrorObject};
-use crate::session::SessionStats;
+use super::fault::{Call, CallFailure, Retired, describe_fault};
+use super::loaded::{Instance, LoadedPlugin};
+use super::routes::PluginSet;
+use super::types::{Hook, Socket};
+use crate::metrics::{RpcStats, WorkerStats};
+use crate::services::HostServices;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -29,78 +26,15 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Mutex;
 use tokio::time::Instant;
-use wasmtime::Trap;
 
 /// Consecutive faulted calls (with no successful call between them) after
 /// which a plugin instance backs off. A plugin that faults on some inputs
 /// but serves others is rebuilt each time and never backs off.
-pub const FAULTS_BEFORE_BACKOFF: u32 = 10;
+pub(super) const FAULTS_BEFORE_BACKOFF: u32 = 10;
 /// The first back-off delay.
-pub const MIN_BACKOFF: Duration = Duration::from_millis(10);
+pub(super) const MIN_BACKOFF: Duration = Duration::from_millis(10);
 /// The longest back-off delay.
-pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
-
-/// Which export a call enters, and for which event: named in fault logs
-/// and errors. Formatted only when something fails.
-#[derive(Clone, Copy)]
-pub(super) enum Call<'a> {
-    Invoke(&'a str),
-    Transmit(&'a str),
-    Connect,
-    Disconnect,
-    Handshake,
-    Authenticate,
-    Subscribe(&'a str),
-    PublishIn(&'a str),
-    InvokeIn(&'a str),
-    TransmitIn(&'a str),
-}
-
-impl Call<'_> {
-    /// The event or channel the call is about, for error details.
-    pub(super) fn subject(&self) -> &str {
-        match self {
-            Call::Invoke(subject)
-            | Call::Transmit(subject)
-            | Call::Subscribe(subject)
-            | Call::PublishIn(subject)
-            | Call::InvokeIn(subject)
-            | Call::TransmitIn(subject) => subject,
-            Call::Connect => "#connect",
-            Call::Disconnect => "#disconnect",
-            Call::Handshake => "#handshake",
-            Call::Authenticate => "#authenticate",
-        }
-    }
-}
-
-impl std::fmt::Display for Call<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Call::Invoke(event) => write!(f, "on-invoke '{event}'"),
-            Call::Transmit(event) => write!(f, "on-transmit '{event}'"),
-            Call::Connect => f.write_str("on-connect"),
-            Call::Disconnect => f.write_str("on-disconnect"),
-            Call::Handshake => f.write_str("on-handshake"),
-            Call::Authenticate => f.write_str("on-authenticate"),
-            Call::Subscribe(channel) => write!(f, "on-subscribe '{channel}'"),
-            Call::PublishIn(channel) => write!(f, "on-publish-in '{channel}'"),
-            Call::InvokeIn(event) => write!(f, "on-invoke-in '{event}'"),
-            Call::TransmitIn(event) => write!(f, "on-transmit-in '{event}'"),
-        }
-    }
-}
-
-/// Why a call into a plugin did not produce an answer.
-#[derive(Debug)]
-pub(super) enum CallFailure {
-    /// The call trapped, timed out or ran out of memory.
-    Fault(String),
-    /// No instance could take the call (rebuild failed, backing off).
-    Unavailable(String),
-    /// A reload replaced the plugin while the call waited for it.
-    Retired,
-}
+pub(super) const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 /// One worker's state for one plugin.
 #[derive(Default)]
@@ -134,7 +68,7 @@ pub struct WorkerPlugins {
     /// What host functions act on.
     services: Arc<HostServices>,
     /// The worker's counters (middleware denials, RPC histograms).
-    pub(super) stats: Arc<SessionStats>,
+    pub(super) stats: Arc<WorkerStats>,
     /// Each RPC event the set routes: its plugin and this worker's histogram
     /// of it, so that measuring an RPC costs no lookup beyond routing it.
     rpc_routes: HashMap<Box<str>, RpcRoute>,
@@ -144,15 +78,15 @@ pub struct WorkerPlugins {
 }
 
 /// Where an RPC event goes on a worker, and where it is measured.
-struct RpcRoute {
+pub(super) struct RpcRoute {
     /// The plugin's index in the set.
-    index: usize,
+    pub(super) index: usize,
     /// This worker's measurements of the event.
-    stats: Arc<RpcStats>,
+    pub(super) stats: Arc<RpcStats>,
 }
 
 /// The RPC routing of `set`, with a histogram of `stats` for each event.
-fn rpc_routes(set: &PluginSet, stats: &SessionStats) -> HashMap<Box<str>, RpcRoute> {
+fn rpc_routes(set: &PluginSet, stats: &WorkerStats) -> HashMap<Box<str>, RpcRoute> {
     let mut routes = HashMap::new();
     for plugin in &set.plugins {
         for event in &plugin.manifest.rpc_events {
@@ -171,22 +105,14 @@ impl WorkerPlugins {
     pub(super) fn set(&self) -> &PluginSet {
         &self.set
     }
-}
 
-impl WorkerPlugins {
-    /// Instantiate and `init` every plugin for one worker. A plugin whose
-    /// instance cannot be built here backs off and is retried. Counters go
-    /// to a private [`SessionStats`]; a worker uses
-    /// [`WorkerPlugins::start_counting`].
-    pub async fn start(set: Arc<PluginSet>, services: Arc<HostServices>) -> Self {
-        Self::start_counting(set, services, Arc::default()).await
-    }
-
-    /// [`WorkerPlugins::start`], counting on the worker's `stats`.
-    pub async fn start_counting(
+    /// Instantiate and `init` every plugin for one worker, counting on the
+    /// worker's `stats`. A plugin whose instance cannot be built here backs
+    /// off and is retried.
+    pub async fn start(
         set: Arc<PluginSet>,
         services: Arc<HostServices>,
-        stats: Arc<SessionStats>,
+        stats: Arc<WorkerStats>,
     ) -> Self {
         let mut slots = Vec::with_capacity(set.plugins.len());
         for plugin in &set.plugins {
@@ -278,167 +204,82 @@ impl WorkerPlugins {
     }
 
     /// Call `f` on plugin `index`'s instance with a fresh deadline, building
-    /// the instance first if an earlier fault dropped it.
+    /// the instance first if an earlier fault dropped it. `Err(Retired)` when
+    /// a reload replaced the plugin while the call waited for it.
     pub(super) async fn call<R>(
         &self,
         index: usize,
         what: Call<'_>,
         f: impl AsyncFnOnce(&mut Instance) -> wasmtime::Result<R>,
-    ) -> Result<R, CallFailure> {
+    ) -> Result<Result<R, CallFailure>, Retired> {
         let plugin = &self.set.plugins[index];
         let mut slot = self.slots[index].lock().await;
         if slot.retired {
-            return Err(CallFailure::Retired);
+            return Err(Retired);
         }
         if slot
             .backoff_until
             .is_some_and(|until| Instant::now() < until)
         {
-            return Err(CallFailure::Unavailable(slot.reason.clone()));
+            return Ok(Err(CallFailure::Unavailable(slot.reason.clone())));
         }
         if slot.instance.is_none()
             && let Err(reason) = Box::pin(rebuild(&mut slot, plugin, &self.services)).await
         {
             schedule_recovery(&mut slot, &self.slots[index], plugin, &self.services);
-            return Err(CallFailure::Unavailable(reason));
+            return Ok(Err(CallFailure::Unavailable(reason)));
         }
         let Some(instance) = slot.instance.as_mut() else {
-            return Err(CallFailure::Unavailable(slot.reason.clone()));
+            return Ok(Err(CallFailure::Unavailable(slot.reason.clone())));
         };
         instance
             .store
             .set_epoch_deadline(deadline_ticks(plugin.limits.deadline));
-        match f(instance).await {
+        let error = match f(instance).await {
             Ok(value) => {
                 slot.consecutive_faults = 0;
                 slot.last_delay = None;
-                Ok(value)
+                return Ok(Ok(value));
             }
-            Err(error) => {
-                let guest_stderr = instance.store.data().take_recent_stderr();
-                slot.instance = None;
-                slot.consecutive_faults += 1;
-                let (kind, fault) = describe_fault(&error, plugin);
-                let description = format!("Plugin '{}' {fault} in {what}", plugin.name);
-                plugin.health.fault(kind, &description);
-                tracing::error!(
-                    plugin = &*plugin.name,
-                    path = %plugin.path.display(),
-                    call = %what,
-                    guest_stderr,
-                    "plugin fault: {fault}; the instance will be rebuilt. {error:#}"
-                );
-                if slot.consecutive_faults >= FAULTS_BEFORE_BACKOFF {
-                    let reason = format!(
-                        "Plugin '{}' is unavailable after {} faults in a row (last: {fault} in {what})",
-                        plugin.name, slot.consecutive_faults
-                    );
-                    start_backoff(&mut slot, plugin, reason);
-                    schedule_recovery(&mut slot, &self.slots[index], plugin, &self.services);
-                }
-                Err(CallFailure::Fault(description))
-            }
-        }
-    }
-
-    /// Answer RPC `event`: the data, or the error object the client
-    /// receives (`UnknownEventError` when no plugin declares it).
-    pub async fn invoke(
-        self: &Rc<Self>,
-        socket: &Socket,
-        event: &str,
-        data: Option<&str>,
-    ) -> Result<Option<String>, ErrorObject> {
-        let mut plugins = self.newest();
-        loop {
-            // Unknown events are answered without being measured: they
-            // create no label set.
-            let Some(route) = plugins.rpc_routes.get(event) else {
-                return Err(ErrorObject::unknown_event(event));
-            };
-            let started = metrics::start();
-            match plugins.invoke_at(route.index, socket, event, data).await {
-                Err(Retired) => plugins = plugins.newest(),
-                Ok(answer) => {
-                    route.stats.observe(started, answer.is_err());
-                    return answer;
-                }
-            }
-        }
-    }
-
-    async fn invoke_at(
-        &self,
-        index: usize,
-        socket: &Socket,
-        event: &str,
-        data: Option<&str>,
-    ) -> Result<Result<Option<String>, ErrorObject>, Retired> {
-        let plugin = &self.set.plugins[index];
-        let data = data.map(str::to_owned);
-        let answer = match self
-            .call(index, Call::Invoke(event), async |i: &mut Instance| {
-                i.exports
-                    .call_on_invoke(&mut i.store, socket, event, data.as_ref())
-                    .await
-            })
-            .await
-        {
-            Ok(answer) => answer,
-            Err(CallFailure::Retired) => return Err(Retired),
-            Err(failure) => return Ok(Err(failure_error(failure, &plugin.name, event))),
+            Err(error) => error,
         };
-        Ok(match answer {
-            Ok(Some(json)) if protocol::validate_json(&json).is_err() => Err(invalid_answer(
-                &plugin.name,
-                event,
-                "answered with data that is not valid JSON",
-            )),
-            Ok(data) => Ok(data),
-            Err(error) => {
-                Err(plugin_error(error)
-                    .unwrap_or_else(|why| invalid_answer(&plugin.name, event, &why)))
-            }
-        })
+        let guest_stderr = instance.store.data().take_recent_stderr();
+        slot.instance = None;
+        slot.consecutive_faults += 1;
+        let (kind, fault) = describe_fault(&error, plugin);
+        let description = format!("Plugin '{}' {fault} in {what}", plugin.name);
+        plugin.health.fault(kind, &description);
+        tracing::error!(
+            plugin = &*plugin.name,
+            path = %plugin.path.display(),
+            call = %what,
+            guest_stderr,
+            "plugin fault: {fault}; the instance will be rebuilt. {error:#}"
+        );
+        if slot.consecutive_faults >= FAULTS_BEFORE_BACKOFF {
+            let reason = format!(
+                "Plugin '{}' is unavailable after {} faults in a row (last: {fault} in {what})",
+                plugin.name, slot.consecutive_faults
+            );
+            start_backoff(&mut slot, plugin, reason);
+            schedule_recovery(&mut slot, &self.slots[index], plugin, &self.services);
+        }
+        Ok(Err(CallFailure::Fault(description)))
     }
 
-    /// Deliver transmit `event` to the plugin that declares it; `false` when
-    /// none does. Failures are logged where the call is made; a transmit
-    /// has no one to answer.
-    pub async fn transmit(
-        self: &Rc<Self>,
-        socket: &Socket,
-        event: &str,
-        data: Option<&str>,
-    ) -> bool {
-        let data = data.map(str::to_owned);
-        let mut plugins = self.newest();
-        loop {
-            let Some(index) = plugins.set.transmit_route(event) else {
-                return false;
-            };
-            let delivered = plugins
-                .call(index, Call::Transmit(event), async |i: &mut Instance| {
-                    i.exports
-                        .call_on_transmit(&mut i.store, socket, event, data.as_ref())
-                        .await
-                })
-                .await;
-            match delivered {
-                Err(CallFailure::Retired) => plugins = plugins.newest(),
-                _ => return true,
-            }
-        }
+    /// Where RPC `event` goes on this worker, and where it is measured.
+    pub(super) fn rpc_route(&self, event: &str) -> Option<&RpcRoute> {
+        self.rpc_routes.get(event)
     }
 
     /// Tell every plugin with the `connect` hook about a new socket.
     pub async fn connected(self: &Rc<Self>, socket: &Socket) {
         let plugins = self.newest();
         for (index, plugin) in plugins.set.plugins.iter().enumerate() {
-            if plugin.on_connect {
+            if plugin.has_hook(Hook::Connect) {
                 let _ = plugins
                     .call(index, Call::Connect, async |i: &mut Instance| {
-                        i.exports.call_on_connect(&mut i.store, socket).await
+                        i.exports.on_connect(&mut i.store, socket).await
                     })
                     .await;
             }
@@ -449,11 +290,11 @@ impl WorkerPlugins {
     pub async fn disconnected(self: &Rc<Self>, socket: &Socket, code: u16, reason: &str) {
         let plugins = self.newest();
         for (index, plugin) in plugins.set.plugins.iter().enumerate() {
-            if plugin.on_disconnect {
+            if plugin.has_hook(Hook::Disconnect) {
                 let _ = plugins
                     .call(index, Call::Disconnect, async |i: &mut Instance| {
                         i.exports
-                            .call_on_disconnect(&mut i.store, socket, code, reason)
+                            .on_disconnect(&mut i.store, socket, code, reason)
                             .await
                     })
                     .await;
@@ -461,9 +302,6 @@ impl WorkerPlugins {
         }
     }
 }
-
-/// A call found its plugin replaced by a reload; it is retried on the newer set.
-struct Retired;
 
 /// Hand the state of `old` (an instance of the build being replaced) to
 /// `new`, when the plugin exports `state`. Failures are logged: the new build
@@ -622,68 +460,10 @@ fn start_backoff(slot: &mut Slot, plugin: &LoadedPlugin, reason: String) {
     slot.reason = reason;
 }
 
-/// Say what kind of fault `error` is, for the log and the client.
-fn describe_fault(error: &wasmtime::Error, plugin: &LoadedPlugin) -> (FaultKind, String) {
-    if let Some(cap) = error.downcast_ref::<MemoryCapExceeded>() {
-        return (
-            FaultKind::OutOfMemory,
-            format!("ran out of memory (cap {} MiB)", cap.cap / (1024 * 1024)),
-        );
+impl std::fmt::Debug for WorkerPlugins {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkerPlugins")
+            .field("set", &self.set)
+            .finish_non_exhaustive()
     }
-    let trap = match error.downcast_ref::<Trap>() {
-        Some(Trap::Interrupt) => {
-            return (
-                FaultKind::Timeout,
-                format!(
-                    "timed out (deadline {} ms)",
-                    plugin.limits.deadline.as_millis()
-                ),
-            );
-        }
-        Some(Trap::StackOverflow) => "trapped (stack overflow)".to_owned(),
-        Some(Trap::UnreachableCodeReached) => "trapped (panic or unreachable)".to_owned(),
-        Some(trap) => format!("trapped ({trap})"),
-        None => format!("failed ({error:#})"),
-    };
-    (FaultKind::Trap, trap)
-}
-
-pub(super) fn failure_error(failure: CallFailure, plugin: &str, event: &str) -> ErrorObject {
-    let (name, message) = match failure {
-        CallFailure::Fault(message) => ("PluginError", message),
-        CallFailure::Unavailable(message) => ("PluginUnavailable", message),
-        CallFailure::Retired => (
-            "PluginUnavailable",
-            format!("Plugin '{plugin}' was replaced while the call waited"),
-        ),
-    };
-    ErrorObject::new(name, message)
-        .with("plugin", plugin)
-        .with("event", event)
-}
-
-pub(super) fn invalid_answer(plugin: &str, event: &str, why: &str) -> ErrorObject {
-    ErrorObject::new(
-        "PluginError",
-        format!("Plugin '{plugin}' {why} to '{event}'"),
-    )
-    .with("plugin", plugin)
-    .with("event", event)
-}
-
-/// The client-facing error object for an error a plugin returned, or why it
-/// is not acceptable.
-pub(super) fn plugin_error(error: WitError) -> Result<ErrorObject, String> {
-    let details = match error.details.as_deref() {
-        None => serde_json::Map::new(),
-        Some(json) => match serde_json::from_str::<serde_json::Value>(json) {
-            Ok(serde_json::Value::Object(map)) => map,
-            _ => return Err("answered with error details that are not a JSON object".into()),
-        },
-    };
-    Ok(ErrorObject {
-        name: error.name,
-        message: error.message,
-        details,
-    })
 }

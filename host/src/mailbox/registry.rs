@@ -8,30 +8,30 @@ use thiserror::Error;
 /// No open socket has the id.
 #[derive(Debug, Error, PartialEq)]
 #[error("no open socket has id {0}")]
-pub struct UnknownSocket(pub String);
+pub(crate) struct UnknownSocket(pub String);
 
 /// The outboxes of every socket that completed its handshake.
 #[derive(Debug, Default)]
-pub struct SocketRegistry {
+pub(crate) struct SocketRegistry {
     /// Socket id to the socket's outbound queue.
     sockets: RwLock<HashMap<String, Outbox>>,
 }
 
 impl SocketRegistry {
     /// Make a socket reachable by id.
-    pub fn register(&self, id: &str, outbox: Outbox) {
+    pub(crate) fn register(&self, id: &str, outbox: Outbox) {
         let mut sockets = self.sockets.write().unwrap_or_else(|e| e.into_inner());
         sockets.insert(id.to_owned(), outbox);
     }
 
     /// Forget a socket that closed.
-    pub fn remove(&self, id: &str) {
+    pub(crate) fn remove(&self, id: &str) {
         let mut sockets = self.sockets.write().unwrap_or_else(|e| e.into_inner());
         sockets.remove(id);
     }
 
     /// Queue anything for one socket (a frame, an auth change).
-    pub fn deliver(&self, id: &str, queued: Outbound) -> Result<(), UnknownSocket> {
+    pub(crate) fn deliver(&self, id: &str, queued: Outbound) -> Result<(), UnknownSocket> {
         let sockets = self.sockets.read().unwrap_or_else(|e| e.into_inner());
         sockets
             .get(id)
@@ -40,12 +40,7 @@ impl SocketRegistry {
     }
 
     /// How many sockets are open.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.sockets.read().unwrap_or_else(|e| e.into_inner()).len()
-    }
-
-    /// Whether no socket is open.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }

@@ -1,4 +1,4 @@
-//! The plugin key-value store kept by the host.
+//! The plugins' key-value store, kept by the host.
 //!
 //! Each plugin has its own namespace (its name). Values outlive plugin
 //! instances, so state kept here survives traps, rebuilds and hot swaps, and
@@ -12,7 +12,7 @@ use std::sync::Mutex;
 use thiserror::Error;
 
 /// The store: in this process, or in Redis.
-pub enum KvStore {
+pub(crate) enum KvStore {
     /// One host: a map in memory.
     Memory(MemoryKv),
     /// Shared by every host: keys `<prefix>kv:<plugin>:<key>` in Redis.
@@ -32,7 +32,7 @@ impl Default for KvStore {
 
 impl KvStore {
     /// The value at `key` in `plugin`'s namespace.
-    pub async fn get(&self, plugin: &str, key: &str) -> Result<Option<String>, KvError> {
+    pub(crate) async fn get(&self, plugin: &str, key: &str) -> Result<Option<String>, KvError> {
         match self {
             KvStore::Memory(kv) => Ok(kv.get(plugin, key)),
             KvStore::Redis { connection, prefix } => connection
@@ -44,7 +44,12 @@ impl KvStore {
     }
 
     /// Store `value` at `key`.
-    pub async fn set(&self, plugin: &str, key: String, value: String) -> Result<(), KvError> {
+    pub(crate) async fn set(
+        &self,
+        plugin: &str,
+        key: String,
+        value: String,
+    ) -> Result<(), KvError> {
         match self {
             KvStore::Memory(kv) => {
                 kv.set(plugin, key, value);
@@ -59,7 +64,7 @@ impl KvStore {
     }
 
     /// Delete `key`; whether it existed.
-    pub async fn delete(&self, plugin: &str, key: &str) -> Result<bool, KvError> {
+    pub(crate) async fn delete(&self, plugin: &str, key: &str) -> Result<bool, KvError> {
         match self {
             KvStore::Memory(kv) => Ok(kv.delete(plugin, key)),
             KvStore::Redis { connection, prefix } => connection
@@ -72,7 +77,7 @@ impl KvStore {
     }
 
     /// Add `delta` to the integer at `key` (missing counts as 0).
-    pub async fn incr(&self, plugin: &str, key: &str, delta: i64) -> Result<i64, KvError> {
+    pub(crate) async fn incr(&self, plugin: &str, key: &str, delta: i64) -> Result<i64, KvError> {
         match self {
             KvStore::Memory(kv) => kv.incr(plugin, key, delta),
             KvStore::Redis { connection, prefix } => connection
@@ -108,7 +113,7 @@ fn redis_error(error: redis::RedisError, key: &str) -> KvError {
 
 /// Why a KV operation failed.
 #[derive(Debug, Error, PartialEq)]
-pub enum KvError {
+pub(crate) enum KvError {
     /// `incr` on a value that is not a decimal i64.
     #[error("the value at key '{key}' is not an integer")]
     NotAnInteger {
@@ -128,7 +133,7 @@ pub enum KvError {
 
 /// In-memory KV store, one namespace per plugin.
 #[derive(Debug, Default)]
-pub struct MemoryKv {
+pub(crate) struct MemoryKv {
     /// Plugin name to that plugin's keys and values.
     namespaces: Mutex<HashMap<String, HashMap<String, String>>>,
 }
@@ -147,22 +152,22 @@ impl MemoryKv {
     }
 
     /// The value at `key` in `plugin`'s namespace.
-    pub fn get(&self, plugin: &str, key: &str) -> Option<String> {
+    pub(crate) fn get(&self, plugin: &str, key: &str) -> Option<String> {
         self.with_namespace(plugin, |ns| ns.get(key).cloned())
     }
 
     /// Store `value` at `key`.
-    pub fn set(&self, plugin: &str, key: String, value: String) {
+    pub(crate) fn set(&self, plugin: &str, key: String, value: String) {
         self.with_namespace(plugin, |ns| ns.insert(key, value));
     }
 
     /// Delete `key`; whether it existed.
-    pub fn delete(&self, plugin: &str, key: &str) -> bool {
+    pub(crate) fn delete(&self, plugin: &str, key: &str) -> bool {
         self.with_namespace(plugin, |ns| ns.remove(key).is_some())
     }
 
     /// Add `delta` to the integer at `key` (missing counts as 0).
-    pub fn incr(&self, plugin: &str, key: &str, delta: i64) -> Result<i64, KvError> {
+    pub(crate) fn incr(&self, plugin: &str, key: &str, delta: i64) -> Result<i64, KvError> {
         self.with_namespace(plugin, |ns| {
             let current = match ns.get(key) {
                 Some(text) => text.parse::<i64>().map_err(|_| KvError::NotAnInteger {
@@ -178,6 +183,15 @@ impl MemoryKv {
             ns.insert(key.to_owned(), next.to_string());
             Ok(next)
         })
+    }
+}
+
+impl std::fmt::Debug for KvStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            KvStore::Memory(_) => f.write_str("KvStore::Memory"),
+            KvStore::Redis { prefix, .. } => write!(f, "KvStore::Redis({prefix:?})"),
+        }
     }
 }
 

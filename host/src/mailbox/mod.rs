@@ -1,0 +1,66 @@
+//! The mailbox of every socket: what other tasks (the broker, plugins on any
+//! worker) queue for a session, and the registry that finds a socket's
+//! mailbox by id.
+//!
+//! This is the vocabulary shared by the broker, the plugins and the
+//! sessions; it imports nothing else of the crate, so that those three can
+//! all depend on it without depending on each other.
+
+mod queue;
+mod registry;
+
+pub(crate) use queue::{Inbox, Outbox, OverflowSignal, outbox};
+pub(crate) use registry::SocketRegistry;
+
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+/// Identifies a session inside the process (the broker's subscriber key).
+pub(crate) type SessionKey = u64;
+
+/// What other tasks ask of a session: frames to write, and changes plugins
+/// make to the socket (kept in order with the frames that tell the client).
+#[derive(Debug)]
+pub(crate) enum Outbound {
+    /// A frame to write as it is (publications are shared, not copied).
+    Frame(Utf8Bytes),
+    /// A change to the socket; boxed, being rare, so that the queue's
+    /// blocks stay small for idle connections.
+    Control(Box<Control>),
+}
+
+/// A change a plugin makes to a socket.
+#[derive(Debug)]
+pub(crate) enum Control {
+    /// The socket is now authenticated with `claims`; the client gets
+    /// `#setAuthToken` with the signed `token`.
+    SetAuthToken {
+        /// The signed token.
+        token: String,
+        /// Its claims, as plugins will see them.
+        claims: String,
+        /// Its `exp`.
+        expires_at: Option<u64>,
+    },
+    /// The socket's token is dropped and the client told to forget it.
+    Deauthenticate,
+    /// The socket is unsubscribed from `channel` and told so (`#kickOut`).
+    KickOut {
+        /// The channel.
+        channel: String,
+        /// What the client's `kickOut` event carries (JSON), if anything.
+        message: Option<String>,
+    },
+    /// The server closes the connection with this code and reason.
+    Disconnect {
+        /// WebSocket close code.
+        code: u16,
+        /// Close reason.
+        reason: String,
+    },
+}
+
+impl From<Control> for Outbound {
+    fn from(control: Control) -> Self {
+        Outbound::Control(Box::new(control))
+    }
+}

@@ -1,0 +1,197 @@
+//! A plugin compiled and checked ([`LoadedPlugin`]), and a live instance of
+//! it ([`Instance`]): what a worker builds, calls, and rebuilds after a fault.
+
+use super::engine::deadline_ticks;
+use super::health::PluginHealth;
+use super::host_state::HostState;
+use super::options::PluginLimits;
+use super::types::Manifest;
+use super::wit::{Exports, PluginPre, WitVersion};
+use crate::services::HostServices;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use wasmtime::Store;
+use wasmtime::component::{Component, ComponentExportIndex, TypedFunc};
+
+/// A compiled, checked plugin, ready to be instantiated on every worker.
+pub struct LoadedPlugin {
+    /// The name from the manifest; also the KV namespace.
+    pub name: Arc<str>,
+    /// The file it was loaded from.
+    pub path: PathBuf,
+    /// Hash of the file's bytes: a reload replaces the plugin only when its
+    /// file changed.
+    pub content_hash: u64,
+    /// The version of the contract it was built against.
+    pub wit_version: WitVersion,
+    /// What `describe` returned.
+    pub manifest: Manifest,
+    /// The limits its calls run under.
+    pub limits: PluginLimits,
+    /// Fault counters and back-off state, shared by every worker.
+    pub health: Arc<PluginHealth>,
+    /// Linked and type-checked, so an instance is a cheap step away.
+    pub(super) pre: PluginPre,
+    /// The optional `state` exports, if the component has them.
+    pub(super) state_exports: Option<StateExports>,
+    /// The config passed to `init`.
+    pub(super) config: String,
+}
+
+/// A live instance of a plugin with its store.
+pub struct Instance {
+    /// The store holding the instance's memory and host state.
+    pub store: Store<HostState>,
+    /// The plugin's exports.
+    pub exports: Exports,
+    /// The optional `state` exports, when the plugin has them.
+    state: Option<StateFuncs>,
+}
+
+/// The typed `snapshot` and `restore` exports of one instance.
+struct StateFuncs {
+    snapshot: TypedFunc<(), (Option<String>,)>,
+    restore: TypedFunc<(String,), (Result<(), String>,)>,
+}
+
+/// Where a component's optional `state` exports are, found once at load.
+#[derive(Debug, Clone)]
+pub(super) struct StateExports {
+    snapshot: ComponentExportIndex,
+    restore: ComponentExportIndex,
+}
+
+impl StateExports {
+    /// The `snapshot` and `restore` exports of a component of `version`.
+    pub(super) fn find(component: &Component, version: WitVersion) -> Option<Self> {
+        let interface = component.get_export_index(None, version.state_interface())?;
+        Some(StateExports {
+            snapshot: component.get_export_index(Some(&interface), "snapshot")?,
+            restore: component.get_export_index(Some(&interface), "restore")?,
+        })
+    }
+}
+
+impl Instance {
+    /// Create a store and instantiate `pre` in it.
+    pub(super) async fn new(
+        pre: &PluginPre,
+        state_exports: Option<&StateExports>,
+        name: Arc<str>,
+        services: Arc<HostServices>,
+        limits: PluginLimits,
+    ) -> wasmtime::Result<Instance> {
+        let mut store = Store::new(
+            pre.engine(),
+            HostState::new(name, services, limits.memory_bytes),
+        );
+        store.limiter(|state| state.limits());
+        store.set_epoch_deadline(deadline_ticks(limits.deadline));
+        let (exports, instance) = pre.instantiate(&mut store).await?;
+        let state = match state_exports {
+            Some(found) => Some(StateFuncs {
+                snapshot: instance.get_typed_func(&mut store, found.snapshot)?,
+                restore: instance.get_typed_func(&mut store, found.restore)?,
+            }),
+            None => None,
+        };
+        Ok(Instance {
+            store,
+            exports,
+            state,
+        })
+    }
+
+    /// Run `init` with the operator's config, under `limits`.
+    pub(super) async fn init(&mut self, config: &str, limits: PluginLimits) -> Result<(), String> {
+        self.store
+            .set_epoch_deadline(deadline_ticks(limits.deadline));
+        match self.exports.init(&mut self.store, config).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(reason)) => Err(format!("the plugin refused to start: {reason}")),
+            Err(trap) => Err(format!("{trap:#}")),
+        }
+    }
+
+    /// What the plugin hands to its next build, if it exports `state`.
+    pub async fn snapshot(&mut self, deadline: Duration) -> wasmtime::Result<Option<String>> {
+        let Some(state) = &self.state else {
+            return Ok(None);
+        };
+        self.store.set_epoch_deadline(deadline_ticks(deadline));
+        let (snapshot,) = state.snapshot.call_async(&mut self.store, ()).await?;
+        Ok(snapshot)
+    }
+
+    /// Give a fresh instance what the previous build handed over. `Ok(false)`
+    /// when this build does not take state.
+    pub async fn restore(
+        &mut self,
+        snapshot: String,
+        deadline: Duration,
+    ) -> wasmtime::Result<bool> {
+        let Some(state) = &self.state else {
+            return Ok(false);
+        };
+        self.store.set_epoch_deadline(deadline_ticks(deadline));
+        let (restored,) = state
+            .restore
+            .call_async(&mut self.store, (snapshot,))
+            .await?;
+        restored
+            .map_err(|reason| wasmtime::format_err!("the plugin refused the state: {reason}"))?;
+        Ok(true)
+    }
+}
+
+impl LoadedPlugin {
+    /// Whether the plugin exports `state` and so keeps its in-memory state
+    /// across hot swaps.
+    pub fn keeps_state(&self) -> bool {
+        self.state_exports.is_some()
+    }
+
+    /// Whether the manifest lists `hook`.
+    pub fn has_hook(&self, hook: super::types::Hook) -> bool {
+        self.manifest.hooks.contains(&hook)
+    }
+
+    /// A fresh, initialized instance: used by each worker at start and after
+    /// every fault. The error says which stage failed.
+    pub async fn instantiate(&self, services: Arc<HostServices>) -> Result<Instance, String> {
+        let mut instance = Instance::new(
+            &self.pre,
+            self.state_exports.as_ref(),
+            self.name.clone(),
+            services,
+            self.limits,
+        )
+        .await
+        .map_err(|error| format!("{}: instantiate failed: {error:#}", self.path.display()))?;
+        instance
+            .init(&self.config, self.limits)
+            .await
+            .map_err(|reason| format!("{}: init failed: {reason}", self.path.display()))?;
+        Ok(instance)
+    }
+}
+
+impl std::fmt::Debug for LoadedPlugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadedPlugin")
+            .field("name", &self.name)
+            .field("path", &self.path)
+            .field("wit_version", &self.wit_version)
+            .field("manifest", &self.manifest)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for Instance {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Instance")
+            .field("plugin", self.store.data())
+            .finish_non_exhaustive()
+    }
+}

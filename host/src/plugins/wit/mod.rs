@@ -1,0 +1,266 @@
+//! The released versions of the plugin contract, side by side: one module of
+//! generated bindings per version (`v0_1`), and the enums through which the
+//! rest of the host calls a plugin whatever version it targets. This folder
+//! is the only code that knows a bindgen exists.
+//!
+//! The `types` interface is the same in every version and is mapped onto the
+//! host's own [`types`](super::types); what differs between versions
+//! (imports, `describe`) is translated here.
+
+mod v0_1;
+
+use super::host_state::HostState;
+use super::types::{Decision, ErrorObject, HandshakeInfo, InboundDecision, Json, Manifest, Socket};
+use wasmtime::component::{Component, Linker};
+use wasmtime::{Engine, Store};
+
+/// A released version of the plugin package.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WitVersion {
+    /// `wasmcluster:plugin@0.1.0`.
+    V0_1,
+}
+
+impl WitVersion {
+    /// Every version this host loads, oldest first.
+    const ALL: [WitVersion; 1] = [WitVersion::V0_1];
+
+    /// The package version, as in `wasmcluster:plugin@0.1.0`.
+    pub fn number(self) -> &'static str {
+        match self {
+            WitVersion::V0_1 => "0.1.0",
+        }
+    }
+
+    /// The version a component was built against, read from the names of
+    /// the `wasmcluster:plugin` interfaces it imports. `None` when it
+    /// imports none of a version this host knows.
+    pub fn of(component: &Component, engine: &Engine) -> Option<WitVersion> {
+        let imports: Vec<String> = component
+            .component_type()
+            .imports(engine)
+            .map(|(name, _)| name.to_owned())
+            .collect();
+        Self::ALL.into_iter().rev().find(|version| {
+            let suffix = format!("@{}", version.number());
+            imports
+                .iter()
+                .any(|name| name.starts_with("wasmcluster:plugin/") && name.ends_with(&suffix))
+        })
+    }
+
+    /// The versions this host loads, for messages: `0.1.0`.
+    pub fn known() -> String {
+        Self::ALL.map(WitVersion::number).join(", ")
+    }
+
+    /// The interface of the optional `snapshot`/`restore` exports.
+    pub fn state_interface(self) -> &'static str {
+        match self {
+            WitVersion::V0_1 => "wasmcluster:plugin/state@0.1.0",
+        }
+    }
+}
+
+impl std::fmt::Display for WitVersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "wasmcluster:plugin@{}", self.number())
+    }
+}
+
+/// Add every version's host functions to the linker.
+pub(super) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+    v0_1::add_to_linker(linker)
+}
+
+/// A component linked against this host and checked against its version's
+/// world: instantiating it is a cheap step.
+#[derive(Clone)]
+pub(super) enum PluginPre {
+    /// Built against 0.1.0.
+    V0_1(v0_1::PluginPre<HostState>),
+}
+
+impl PluginPre {
+    /// Link `component` as a plugin of `version`.
+    pub(super) fn new(
+        version: WitVersion,
+        linker: &Linker<HostState>,
+        component: &Component,
+    ) -> wasmtime::Result<Self> {
+        let pre = linker.instantiate_pre(component)?;
+        Ok(match version {
+            WitVersion::V0_1 => PluginPre::V0_1(v0_1::PluginPre::new(pre)?),
+        })
+    }
+
+    /// Instantiate in `store`: the plugin's exports, and the instance (for
+    /// the optional exports).
+    pub(super) async fn instantiate(
+        &self,
+        store: &mut Store<HostState>,
+    ) -> wasmtime::Result<(Exports, wasmtime::component::Instance)> {
+        match self {
+            PluginPre::V0_1(pre) => {
+                let instance = pre.instance_pre().instantiate_async(&mut *store).await?;
+                let exports = v0_1::Plugin::new(&mut *store, &instance)?;
+                Ok((Exports::V0_1(exports), instance))
+            }
+        }
+    }
+
+    /// The engine the component was compiled with.
+    pub(super) fn engine(&self) -> &Engine {
+        match self {
+            PluginPre::V0_1(pre) => pre.engine(),
+        }
+    }
+}
+
+/// The exports of one plugin instance, whatever its version.
+pub enum Exports {
+    /// Built against 0.1.0.
+    V0_1(v0_1::Plugin),
+}
+
+/// Call the export `$call` on whichever version's bindings `$exports` holds.
+macro_rules! dispatch {
+    ($exports:expr, $store:expr, $call:ident ( $($arg:expr),* )) => {
+        match $exports {
+            Exports::V0_1(plugin) => plugin.$call($store $(, $arg)*).await,
+        }
+    };
+}
+
+impl Exports {
+    /// `describe`.
+    pub async fn describe(&self, store: &mut Store<HostState>) -> wasmtime::Result<Manifest> {
+        dispatch!(self, store, call_describe())
+    }
+
+    /// `init`.
+    pub async fn init(
+        &self,
+        store: &mut Store<HostState>,
+        config: &str,
+    ) -> wasmtime::Result<Result<(), String>> {
+        dispatch!(self, store, call_init(&config.to_owned()))
+    }
+
+    /// `on-handshake`.
+    pub async fn on_handshake(
+        &self,
+        store: &mut Store<HostState>,
+        info: &HandshakeInfo,
+    ) -> wasmtime::Result<Decision> {
+        dispatch!(self, store, call_on_handshake(info))
+    }
+
+    /// `on-connect`.
+    pub async fn on_connect(
+        &self,
+        store: &mut Store<HostState>,
+        socket: &Socket,
+    ) -> wasmtime::Result<()> {
+        dispatch!(self, store, call_on_connect(socket))
+    }
+
+    /// `on-disconnect`.
+    pub async fn on_disconnect(
+        &self,
+        store: &mut Store<HostState>,
+        socket: &Socket,
+        code: u16,
+        reason: &str,
+    ) -> wasmtime::Result<()> {
+        dispatch!(self, store, call_on_disconnect(socket, code, reason))
+    }
+
+    /// `on-invoke`.
+    pub async fn on_invoke(
+        &self,
+        store: &mut Store<HostState>,
+        socket: &Socket,
+        event: &str,
+        data: Option<&Json>,
+    ) -> wasmtime::Result<Result<Option<Json>, ErrorObject>> {
+        dispatch!(self, store, call_on_invoke(socket, event, data))
+    }
+
+    /// `on-transmit`.
+    pub async fn on_transmit(
+        &self,
+        store: &mut Store<HostState>,
+        socket: &Socket,
+        event: &str,
+        data: Option<&Json>,
+    ) -> wasmtime::Result<()> {
+        dispatch!(self, store, call_on_transmit(socket, event, data))
+    }
+
+    /// `on-subscribe`.
+    pub async fn on_subscribe(
+        &self,
+        store: &mut Store<HostState>,
+        socket: &Socket,
+        channel: &str,
+        data: Option<&Json>,
+    ) -> wasmtime::Result<Decision> {
+        dispatch!(self, store, call_on_subscribe(socket, channel, data))
+    }
+
+    /// `on-authenticate`.
+    pub async fn on_authenticate(
+        &self,
+        store: &mut Store<HostState>,
+        socket: &Socket,
+        claims: &str,
+    ) -> wasmtime::Result<Decision> {
+        dispatch!(
+            self,
+            store,
+            call_on_authenticate(socket, &claims.to_owned())
+        )
+    }
+
+    /// `on-publish-in`.
+    pub async fn on_publish_in(
+        &self,
+        store: &mut Store<HostState>,
+        socket: &Socket,
+        channel: &str,
+        data: Option<&Json>,
+    ) -> wasmtime::Result<InboundDecision> {
+        dispatch!(self, store, call_on_publish_in(socket, channel, data))
+    }
+
+    /// `on-invoke-in`.
+    pub async fn on_invoke_in(
+        &self,
+        store: &mut Store<HostState>,
+        socket: &Socket,
+        event: &str,
+        data: Option<&Json>,
+    ) -> wasmtime::Result<InboundDecision> {
+        dispatch!(self, store, call_on_invoke_in(socket, event, data))
+    }
+
+    /// `on-transmit-in`.
+    pub async fn on_transmit_in(
+        &self,
+        store: &mut Store<HostState>,
+        socket: &Socket,
+        event: &str,
+        data: Option<&Json>,
+    ) -> wasmtime::Result<InboundDecision> {
+        dispatch!(self, store, call_on_transmit_in(socket, event, data))
+    }
+}
+
+impl std::fmt::Debug for Exports {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Exports::V0_1(_) => f.write_str("Exports::V0_1"),
+        }
+    }
+}

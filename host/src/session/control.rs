@@ -1,0 +1,53 @@
+//! What plugins and the broker ask of a socket through its mailbox: frames
+//! to write, and changes to the socket (tokens, kick-outs, closes) applied
+//! in order with them.
+
+use super::{Ending, Session};
+use crate::mailbox::{Control, Outbound};
+use crate::protocol;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+impl<S> Session<S>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    /// Write a queued frame, or apply an auth change a plugin asked for and
+    /// write the frame that tells the client.
+    pub(super) async fn apply(&mut self, queued: Outbound) -> Result<(), Ending> {
+        let control = match queued {
+            Outbound::Frame(frame) => return self.feed(frame).await,
+            Outbound::Control(control) => *control,
+        };
+        match control {
+            Control::SetAuthToken {
+                token,
+                claims,
+                expires_at,
+            } => {
+                self.socket.auth_token = Some(claims);
+                self.token_expiry = expires_at;
+                let data = serde_json::json!({ "token": token }).to_string();
+                self.feed(Utf8Bytes::from(protocol::event(
+                    "#setAuthToken",
+                    Some(&data),
+                )))
+                .await
+            }
+            Control::Deauthenticate => {
+                self.clear_auth();
+                self.feed(Utf8Bytes::from(protocol::event("#removeAuthToken", None)))
+                    .await
+            }
+            Control::KickOut { channel, message } => {
+                if self.subscriptions.remove(&channel) {
+                    self.ctx.services.broker.unsubscribe(&channel, self.key);
+                }
+                let data = protocol::kick_out(&channel, message.as_deref());
+                self.feed(Utf8Bytes::from(protocol::event("#kickOut", Some(&data))))
+                    .await
+            }
+            Control::Disconnect { code, reason } => Err(Ending::close(code, &reason)),
+        }
+    }
+}

@@ -1,0 +1,350 @@
+//! The session's loop: frames in, dispatched once by what they ask for;
+//! queued frames out; pings and deadlines; and the close.
+
+use super::rate::{self, TokenBucket};
+use super::{Ending, Session, State};
+use crate::mailbox::Outbound;
+use crate::metrics::{self, MessageKind};
+use crate::protocol::{self, ErrorObject, Frame, PingProtocol, Request, close_code};
+use futures_util::{FutureExt, SinkExt, StreamExt};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::time::{Instant, MissedTickBehavior, interval_at, sleep_until};
+use tokio_tungstenite::tungstenite::error::{CapacityError, ProtocolError};
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
+
+/// The most frames handled before their answers are flushed, so that a
+/// client streaming without pause still gets its answers regularly.
+const MAX_FRAMES_PER_FLUSH: usize = 64;
+
+/// How long closing a connection may take (queued frames, the close frame,
+/// the client's close reply) before it is dropped.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+impl<S> Session<S>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    /// The event loop: frames in, queued frames out, pings, deadlines.
+    pub(super) async fn serve(&mut self) -> Ending {
+        let settings = self.ctx.settings.clone();
+        let mut shutdown = self.ctx.shutdown.clone();
+        let handshake_deadline = Instant::now() + settings.handshake_timeout;
+        let mut pings = interval_at(
+            Instant::now() + settings.ping_interval,
+            settings.ping_interval,
+        );
+        pings.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            let step = tokio::select! {
+                frame = self.ws.next() => self.on_frames(frame).await,
+                Some(frame) = self.inbox.recv() => self.write_queued(frame).await,
+                () = self.overflow.wait() => Err(Ending::queue_full()),
+                _ = pings.tick() => self.ping().await,
+                () = sleep_until(self.pong_deadline) => Err(Ending::close(close_code::PONG_TIMEOUT, "")),
+                () = sleep_until(handshake_deadline), if self.state == State::Connecting => {
+                    Err(Ending::close(close_code::HANDSHAKE_TIMEOUT, ""))
+                }
+                _ = shutdown.wait_for(|&stop| stop) => Err(Ending::close(close_code::GOING_AWAY, "Server is shutting down")),
+            };
+            if let Err(ending) = step {
+                return ending;
+            }
+        }
+    }
+
+    /// Handle a frame and every frame already received after it, then write
+    /// all the answers in one flush: a pipelining client gets one write per
+    /// burst rather than one per request.
+    async fn on_frames(&mut self, first: Option<Result<Message, WsError>>) -> Result<(), Ending> {
+        self.on_frame(first).await?;
+        for _ in 0..MAX_FRAMES_PER_FLUSH {
+            match self.ws.next().now_or_never() {
+                Some(frame) => self.on_frame(frame).await?,
+                None => break,
+            }
+        }
+        self.flush().await
+    }
+
+    /// Handle what the WebSocket produced; answers are buffered, not flushed.
+    async fn on_frame(&mut self, frame: Option<Result<Message, WsError>>) -> Result<(), Ending> {
+        let message = match frame {
+            None => return Err(Ending::lost()),
+            Some(Ok(message)) => message,
+            Some(Err(WsError::Capacity(CapacityError::MessageTooLong { size, max_size }))) => {
+                tracing::info!(
+                    socket = self.socket.id,
+                    size,
+                    max_size,
+                    "frame over the maximum payload; closing with 1009"
+                );
+                return Err(Ending::close(
+                    close_code::MESSAGE_TOO_BIG,
+                    &format!(
+                        "Message of {size} bytes exceeds the maximum payload of {max_size} bytes"
+                    ),
+                ));
+            }
+            Some(Err(WsError::Utf8(_))) => {
+                return Err(Ending::close(
+                    close_code::INVALID_PAYLOAD,
+                    "Invalid UTF-8 in a text frame",
+                ));
+            }
+            // The TCP connection ended without a close frame: lost, not a
+            // protocol error (and there is nobody to send a close frame to).
+            Some(Err(WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake))) => {
+                return Err(Ending::lost());
+            }
+            Some(Err(WsError::Protocol(error))) => {
+                tracing::debug!(socket = self.socket.id, "WebSocket protocol error: {error}");
+                return Err(Ending::close(close_code::PROTOCOL_ERROR, ""));
+            }
+            Some(Err(error)) => {
+                tracing::debug!(socket = self.socket.id, "connection error: {error}");
+                return Err(Ending::lost());
+            }
+        };
+        // Like SocketCluster, only messages count as signs of life; WebSocket
+        // control frames do not.
+        if matches!(message, Message::Text(_) | Message::Binary(_)) {
+            self.pong_deadline = Instant::now() + self.ctx.settings.ping_timeout;
+            metrics::bump(&self.ctx.stats.messages_in);
+        }
+        match message {
+            Message::Text(text) => self.on_text(&text).await?,
+            Message::Binary(bytes) => match std::str::from_utf8(&bytes) {
+                Ok(text) => self.on_text(text).await?,
+                Err(_) if self.state == State::Connecting => {
+                    return Err(Ending::close(close_code::MESSAGE_BEFORE_HANDSHAKE, ""));
+                }
+                Err(_) => tracing::debug!(
+                    socket = self.socket.id,
+                    "ignored a binary frame that is not UTF-8"
+                ),
+            },
+            Message::Close(frame) => {
+                let (code, reason) = frame.map_or((close_code::NO_STATUS, String::new()), |f| {
+                    (f.code.into(), f.reason.to_string())
+                });
+                // Send tungstenite's close reply before the task ends.
+                let _ = self.ws.flush().await;
+                return Err(Ending::closed_by_peer(code, reason));
+            }
+            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
+        }
+        Ok(())
+    }
+
+    /// Handle one text frame: a pong, a packet or a batch of packets.
+    async fn on_text(&mut self, text: &str) -> Result<(), Ending> {
+        match protocol::parse_frame(text) {
+            Frame::Pong(_) | Frame::Unparsable if self.state == State::Connecting => {
+                self.count_in(MessageKind::Other);
+                Err(Ending::close(close_code::MESSAGE_BEFORE_HANDSHAKE, ""))
+            }
+            Frame::Pong(protocol) => {
+                self.count_in(MessageKind::Other);
+                self.ping_protocol.get_or_insert(protocol);
+                self.check_token_expiry().await
+            }
+            Frame::Unparsable => {
+                self.count_in(MessageKind::Other);
+                tracing::debug!(
+                    socket = self.socket.id,
+                    "ignored a frame that is not a SocketCluster packet"
+                );
+                Ok(())
+            }
+            Frame::Packets(packets) => {
+                for request in packets {
+                    self.on_request(request).await?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Handle one packet, in the order SocketCluster's
+    /// `_processInboundPacket` does. This is the one place requests are
+    /// dispatched.
+    async fn on_request(&mut self, request: Request<'_>) -> Result<(), Ending> {
+        self.count_in(MessageKind::of(&request));
+        match request {
+            Request::Handshake { data, cid } => self.on_handshake(data, cid).await,
+            _ if self.state == State::Connecting => {
+                Err(Ending::close(close_code::MESSAGE_BEFORE_HANDSHAKE, ""))
+            }
+            // Responses to server invokes and other values: nothing to do.
+            Request::Response | Request::Other => Ok(()),
+            _ if !self.within_rate() => self.refuse_over_rate(&request).await,
+            Request::Authenticate { data, cid } => self.on_authenticate(data, cid).await,
+            Request::RemoveAuthToken => {
+                self.clear_auth();
+                Ok(())
+            }
+            // As SocketCluster: before any other event an expired token is
+            // dropped, and the packet is still handled (unauthenticated).
+            Request::Subscribe { data, cid } => {
+                self.check_token_expiry().await?;
+                self.on_subscribe(data, cid).await
+            }
+            Request::Unsubscribe { data, cid } => {
+                self.check_token_expiry().await?;
+                self.on_unsubscribe(data, cid).await
+            }
+            Request::Publish { data, cid } => {
+                self.check_token_expiry().await?;
+                self.on_publish(data, cid).await
+            }
+            Request::Invoke { event, data, cid } => {
+                self.check_token_expiry().await?;
+                self.on_invoke(&event, data, cid).await
+            }
+            Request::Transmit { event, data } => {
+                self.check_token_expiry().await?;
+                self.on_transmit(&event, data).await;
+                Ok(())
+            }
+        }
+    }
+
+    /// Count an inbound packet of this kind.
+    fn count_in(&self, kind: MessageKind) {
+        metrics::bump(&self.ctx.stats.messages_in_by_kind[kind as usize]);
+    }
+
+    /// Take a token for an inbound packet; `false` when the socket is over
+    /// its rate limit.
+    fn within_rate(&mut self) -> bool {
+        self.rate
+            .as_mut()
+            .is_none_or(|bucket| bucket.take(Instant::now()))
+    }
+
+    /// Refuse a packet over the rate limit: an RPC gets `RateLimitError`,
+    /// anything else is dropped.
+    async fn refuse_over_rate(&mut self, request: &Request<'_>) -> Result<(), Ending> {
+        metrics::bump(&self.ctx.stats.rate_limited);
+        let limit = self.rate.as_ref().map(TokenBucket::limit);
+        let Some((cid, limit)) = request.cid().zip(limit) else {
+            tracing::debug!(
+                socket = self.socket.id,
+                event = request.event(),
+                "dropped a packet over the rate limit"
+            );
+            return Ok(());
+        };
+        let error = ErrorObject::new(
+            "RateLimitError",
+            format!(
+                "Socket {} exceeded its rate limit of {} messages per second (burst {})",
+                self.socket.id, limit.per_second, limit.burst
+            ),
+        )
+        .with("retryAfterMs", rate::retry_after(limit).as_millis() as u64);
+        self.send(protocol::error_response(cid, &error)).await
+    }
+
+    /// Send the heartbeat (see [`PingMode::Auto`] before the client answered).
+    async fn ping(&mut self) -> Result<(), Ending> {
+        self.pings_sent += 1;
+        match self.ping_protocol {
+            Some(protocol) => self.send_now(protocol.ping()).await,
+            None if self.pings_sent == 1 => self.send_now(PingProtocol::V2.ping()).await,
+            None => {
+                self.send_now(PingProtocol::V2.ping()).await?;
+                self.send_now(PingProtocol::V1.ping()).await
+            }
+        }
+    }
+
+    async fn send_now(&mut self, text: &'static str) -> Result<(), Ending> {
+        self.send(text.to_owned()).await?;
+        self.flush().await
+    }
+
+    /// Write a frame this session produced, after everything already queued
+    /// for it, so that a publication fanned out before an RPC answer reaches
+    /// the client first.
+    pub(super) async fn send(&mut self, frame: String) -> Result<(), Ending> {
+        while let Some(queued) = self.inbox.try_recv() {
+            self.apply(queued).await?;
+        }
+        self.feed(Utf8Bytes::from(frame)).await
+    }
+
+    /// Apply what the broker or plugins queued, in one flush.
+    async fn write_queued(&mut self, first: Outbound) -> Result<(), Ending> {
+        self.apply(first).await?;
+        while let Some(queued) = self.inbox.try_recv() {
+            self.apply(queued).await?;
+        }
+        self.flush().await
+    }
+
+    /// Write a frame; a client that does not read blocks this until its
+    /// queue overflows, which ends the session.
+    pub(super) async fn feed(&mut self, frame: Utf8Bytes) -> Result<(), Ending> {
+        metrics::bump(&self.ctx.stats.messages_out);
+        tokio::select! {
+            written = self.ws.feed(Message::Text(frame)) => written.map_err(|_| Ending::lost()),
+            () = self.overflow.wait() => Err(Ending::queue_full()),
+        }
+    }
+
+    async fn flush(&mut self) -> Result<(), Ending> {
+        tokio::select! {
+            flushed = self.ws.flush() => flushed.map_err(|_| Ending::lost()),
+            () = self.overflow.wait() => Err(Ending::queue_full()),
+        }
+    }
+
+    /// Close the connection if the server ends it, release the socket's
+    /// subscriptions, and tell plugins.
+    pub(super) async fn finish(mut self, ending: Ending) {
+        if ending.code == close_code::QUEUE_FULL {
+            metrics::bump(&self.ctx.stats.queue_overflows);
+            tracing::warn!(
+                socket = self.socket.id,
+                code = ending.code,
+                limit = self.ctx.settings.max_queued_messages,
+                "outbound queue full: the client does not read what it is sent; disconnecting"
+            );
+        }
+        if ending.send_close {
+            let closing = async {
+                // Deliver what is already queued (a shutdown must not lose
+                // it), unless the queue is what overflowed.
+                if !self.overflow.happened() {
+                    while let Some(queued) = self.inbox.try_recv() {
+                        if self.apply(queued).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+                let frame = CloseFrame {
+                    code: ending.code.into(),
+                    reason: Utf8Bytes::from(ending.reason.clone()),
+                };
+                if self.ws.close(Some(frame)).await.is_ok() {
+                    // Let the client's close reply arrive so the TCP close is clean.
+                    while let Some(Ok(_)) = self.ws.next().await {}
+                }
+            };
+            // A client that does not read may never take the close frame.
+            let _ = tokio::time::timeout(CLOSE_TIMEOUT, closing).await;
+        }
+        for channel in self.subscriptions.drain() {
+            self.ctx.services.broker.unsubscribe(&channel, self.key);
+        }
+        if self.state == State::Open {
+            self.ctx.services.sockets.remove(&self.socket.id);
+            tracing::debug!(socket = self.socket.id, code = ending.code, "socket closed");
+            let plugins = self.ctx.current_plugins();
+            Box::pin(plugins.disconnected(&self.socket, ending.code, &ending.reason)).await;
+        }
+    }
+}

@@ -1,0 +1,157 @@
+//! Subscriptions and publications: `#subscribe`, `#unsubscribe` and
+//! `#publish`, with SocketCluster's answers to malformed ones, the channel
+//! limit, and the `subscribe` and `publish-in` middleware.
+
+use super::{Ending, Session};
+use crate::metrics::{self, PublicationSource};
+use crate::protocol::{self, ChannelRequest, ErrorObject};
+use serde_json::value::RawValue;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+/// The longest a first subscription waits for the broker to confirm it
+/// (see [`crate::broker::Broker::subscribe`]) before it is answered anyway.
+const BROKER_CONFIRM_TIMEOUT: Duration = Duration::from_secs(2);
+
+impl<S> Session<S>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    pub(super) async fn on_subscribe(
+        &mut self,
+        data: Option<&RawValue>,
+        cid: Option<&RawValue>,
+    ) -> Result<(), Ending> {
+        // SocketCluster performs a subscription only when it is an RPC.
+        let Some(cid) = cid else {
+            return Ok(());
+        };
+        let Some(request) = ChannelRequest::parse(data) else {
+            let error = ErrorObject::invalid_action("Subscribe channel name was malformatted");
+            return self.send(protocol::error_response(cid, &error)).await;
+        };
+        if self.must_authenticate() {
+            let error =
+                ErrorObject::auth_required(&format!("Subscribing to '{}'", request.channel));
+            return self.send(protocol::error_response(cid, &error)).await;
+        }
+        let limit = self.ctx.settings.socket_channel_limit;
+        if limit > 0 && self.subscriptions.len() >= limit {
+            // SocketCluster's check and wording, as its clients see them.
+            let error = ErrorObject::new(
+                "BrokerError",
+                format!(
+                    "Failed to subscribe socket to the {} channel - InvalidActionError: Socket {} \
+                     tried to exceed the channel subscription limit of {limit}",
+                    request.channel, self.socket.id
+                ),
+            );
+            return self.send(protocol::error_response(cid, &error)).await;
+        }
+        let plugins = self.ctx.current_plugins();
+        let checked = plugins.check_subscribe(
+            &self.socket,
+            &request.channel,
+            request.data.map(RawValue::get),
+        );
+        if let Err(error) = Box::pin(checked).await {
+            return self.send(protocol::error_response(cid, &error)).await;
+        }
+        if self.subscriptions.insert(request.channel.to_string()) {
+            let confirmation =
+                self.ctx
+                    .services
+                    .broker
+                    .subscribe(&request.channel, self.key, &self.outbox);
+            if let Some(confirmation) = confirmation {
+                // The first subscriber of a channel on this host is answered
+                // once the broker listens to it on other hosts too, so that a
+                // publication made elsewhere after the answer reaches it.
+                // Bounded: while Redis is away, local delivery still works.
+                let _ = tokio::time::timeout(BROKER_CONFIRM_TIMEOUT, confirmation).await;
+            }
+        }
+        self.send(protocol::ok_response(cid, None)).await
+    }
+
+    pub(super) async fn on_unsubscribe(
+        &mut self,
+        data: Option<&RawValue>,
+        cid: Option<&RawValue>,
+    ) -> Result<(), Ending> {
+        let error = match protocol::unsubscribe_channel(data) {
+            None => Some(ErrorObject::invalid_action(
+                "Unsubscribe channel name was malformatted",
+            )),
+            Some(channel) if !self.subscriptions.remove(&*channel) => Some(ErrorObject::new(
+                "BrokerError",
+                format!(
+                    "Failed to unsubscribe socket from the {channel} channel - InvalidActionError: \
+                     Socket {} tried to unsubscribe from a channel which it is not subscribed to",
+                    self.socket.id
+                ),
+            )),
+            Some(channel) => {
+                self.ctx.services.broker.unsubscribe(&channel, self.key);
+                None
+            }
+        };
+        self.answer(cid, error).await
+    }
+
+    pub(super) async fn on_publish(
+        &mut self,
+        data: Option<&RawValue>,
+        cid: Option<&RawValue>,
+    ) -> Result<(), Ending> {
+        let outcome = self.publish(data).await;
+        self.answer(cid, outcome.err()).await
+    }
+
+    /// Check a client publication against the policies and the `publish-in`
+    /// middleware, and publish what they let through.
+    async fn publish(&mut self, data: Option<&RawValue>) -> Result<(), ErrorObject> {
+        if !self.ctx.settings.allow_client_publish {
+            return Err(ErrorObject::invalid_action(
+                "Client publish feature is disabled",
+            ));
+        }
+        let request = ChannelRequest::parse(data)
+            .ok_or_else(|| ErrorObject::invalid_action("Publish channel name was malformatted"))?;
+        if self.must_authenticate() {
+            return Err(ErrorObject::auth_required(&format!(
+                "Publishing to '{}'",
+                request.channel
+            )));
+        }
+        let data = request.data.map(RawValue::get);
+        let plugins = self.ctx.current_plugins();
+        let rewritten =
+            Box::pin(plugins.check_publish(&self.socket, &request.channel, data)).await?;
+        self.ctx
+            .services
+            .broker
+            .publish(&request.channel, rewritten.as_deref().or(data));
+        metrics::bump(&self.ctx.stats.publications[PublicationSource::Client as usize]);
+        Ok(())
+    }
+
+    /// Answer a reserved event when it was an RPC: `{"rid"}` or the error.
+    async fn answer(
+        &mut self,
+        cid: Option<&RawValue>,
+        error: Option<ErrorObject>,
+    ) -> Result<(), Ending> {
+        let Some(cid) = cid else {
+            if let Some(error) = error {
+                tracing::debug!(socket = self.socket.id, "{}: {}", error.name, error.message);
+            }
+            return Ok(());
+        };
+        let frame = match error {
+            None => protocol::ok_response(cid, None),
+            Some(error) => protocol::error_response(cid, &error),
+        };
+        self.send(frame).await
+    }
+}

@@ -1,0 +1,49 @@
+//! RPCs and transmits for plugins: each goes through `--require-auth` and
+//! its middleware to the plugin that declares its event.
+
+use super::{Ending, Session};
+use crate::protocol::{self, ErrorObject};
+use serde_json::value::RawValue;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+impl<S> Session<S>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    pub(super) async fn on_invoke(
+        &mut self,
+        event: &str,
+        data: Option<&RawValue>,
+        cid: &RawValue,
+    ) -> Result<(), Ending> {
+        let reply = match self.invoke(event, data.map(RawValue::get)).await {
+            Ok(data) => protocol::ok_response(cid, data.as_deref()),
+            Err(error) => protocol::error_response(cid, &error),
+        };
+        self.send(reply).await
+    }
+
+    /// The answer to RPC `event`, from its plugin or the error that stopped it.
+    async fn invoke(&self, event: &str, data: Option<&str>) -> Result<Option<String>, ErrorObject> {
+        let plugins = self.ctx.current_plugins();
+        // Plugin calls are boxed so that their large futures are not part of
+        // every idle session's state.
+        Box::pin(plugins.rpc(&self.socket, event, data, !self.must_authenticate())).await
+    }
+
+    pub(super) async fn on_transmit(&mut self, event: &str, data: Option<&RawValue>) {
+        if self.must_authenticate() {
+            let error = ErrorObject::auth_required(&format!("Transmit '{event}'"));
+            tracing::debug!(
+                socket = self.socket.id,
+                event,
+                "dropped a transmit: {}: {}",
+                error.name,
+                error.message
+            );
+            return;
+        }
+        let plugins = self.ctx.current_plugins();
+        Box::pin(plugins.transmit(&self.socket, event, data.map(RawValue::get))).await;
+    }
+}
