@@ -7,7 +7,8 @@ mod support;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use support::{Client, TestServer, plugins_dir};
+use support::{TestServer, plugins_dir};
+use testkit::Client;
 
 const KEY: &str = "capture-secret-key";
 

@@ -8,7 +8,8 @@ mod support;
 use serde_json::json;
 use std::path::Path;
 use std::process::Command;
-use support::{Client, TestServer, plugins_dir};
+use support::{TestServer, plugins_dir};
+use testkit::Client;
 
 /// Write a config file into `dir`; its path as a string.
 fn config_file(dir: &Path, text: &str) -> String {

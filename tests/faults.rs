@@ -6,7 +6,8 @@ mod support;
 
 use serde_json::{Value, json};
 use std::time::Duration;
-use support::{Client, TestServer, fixture_plugin, plugins_dir};
+use support::{TestServer, fixture_plugin, plugins_dir};
+use testkit::Client;
 
 fn parse_health(body: &str) -> Value {
     serde_json::from_str(body).unwrap()

@@ -6,7 +6,8 @@ mod support;
 use serde_json::json;
 use std::path::Path;
 use std::time::{Duration, Instant};
-use support::{Client, TestServer, example_plugin, fixture_plugin, plugins_dir};
+use support::{TestServer, example_plugin, fixture_plugin, plugins_dir};
+use testkit::Client;
 
 /// Put `source` at `dir/name` the way the README tells operators to: write
 /// a temporary file, then rename it over the old one.

@@ -6,7 +6,8 @@ mod support;
 
 use serde_json::json;
 use std::time::Duration;
-use support::{Client, Closed, TestServer, plugins_dir};
+use support::{TestServer, plugins_dir};
+use testkit::{Client, Closed};
 
 /// The server's resident memory, in bytes.
 fn rss(server: &TestServer) -> u64 {

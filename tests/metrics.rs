@@ -7,7 +7,8 @@ mod support;
 use serde_json::json;
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
-use support::{TestServer, fixture_plugin, host_and_port, plugins_dir};
+use support::{TestServer, fixture_plugin, plugins_dir};
+use testkit::host_and_port;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -27,7 +28,7 @@ async fn get_metrics(server: &TestServer, accept: Option<&str>) -> (String, Stri
     let request = format!("GET /metrics HTTP/1.1\r\nHost: localhost\r\n{accept}\r\n");
     stream.write_all(request.as_bytes()).await.unwrap();
     let mut response = String::new();
-    tokio::time::timeout(support::WAIT, stream.read_to_string(&mut response))
+    tokio::time::timeout(testkit::WAIT, stream.read_to_string(&mut response))
         .await
         .unwrap()
         .unwrap();

@@ -8,7 +8,8 @@ mod support;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
 use std::time::Duration;
-use support::{Client, Closed, TestServer, fixture_plugin, plugins_dir};
+use support::{TestServer, fixture_plugin, plugins_dir};
+use testkit::{Client, Closed};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 const KEY: &str = "middleware-test-key";

@@ -4,7 +4,8 @@ mod support;
 
 use serde_json::json;
 use std::time::Duration;
-use support::{Closed, TestServer, example_plugin, plugins_dir};
+use support::{TestServer, example_plugin, plugins_dir};
+use testkit::Closed;
 
 #[tokio::test]
 async fn a_broken_file_is_skipped_and_the_rest_is_served() {

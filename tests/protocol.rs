@@ -6,7 +6,8 @@ mod support;
 
 use serde_json::json;
 use std::time::Duration;
-use support::{Closed, TestServer, plugins_dir};
+use support::{TestServer, plugins_dir};
+use testkit::Closed;
 
 fn echo_server(extra: &[&str]) -> (TestServer, tempfile::TempDir) {
     let dir = plugins_dir(&["echo"]);
@@ -397,7 +398,7 @@ async fn websocket_protocol_errors_get_a_close_code() {
         assert!(head.starts_with(b"HTTP/1.1 101"));
         stream.write_all(&frame).await.unwrap();
         let mut close = [0u8; 4];
-        tokio::time::timeout(support::WAIT, stream.read_exact(&mut close))
+        tokio::time::timeout(testkit::WAIT, stream.read_exact(&mut close))
             .await
             .unwrap()
             .unwrap();

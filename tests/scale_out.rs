@@ -9,7 +9,8 @@ use serde_json::{Value, json};
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::time::Duration;
-use support::{Client, RedisServer, TestServer, plugins_dir};
+use support::{RedisServer, TestServer, plugins_dir};
+use testkit::Client;
 
 const KEY: &str = "scale-out-test-key";
 

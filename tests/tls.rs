@@ -7,7 +7,8 @@ mod support;
 use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-use support::{Client, TestServer, plugins_dir, tls_connect};
+use support::{TestServer, plugins_dir};
+use testkit::{Client, tls_connect};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A self-signed certificate for `localhost`: (certificate PEM, key PEM).

@@ -5,7 +5,6 @@
 //! scenario against wasmcluster and SocketCluster with the same sizes and
 //! feeds the lines to `loadgen report`.
 
-mod client;
 mod proc_stats;
 mod report;
 mod scenarios;
@@ -128,7 +127,7 @@ fn main() -> Result<()> {
         "--duration-secs must be in (0, 600]"
     );
     let common = Common {
-        target: client::Target {
+        target: scenarios::Target {
             addr: connection.addr,
             path: connection.path.clone(),
         },

@@ -268,7 +268,19 @@ pub mod __private {
         }
     }
 
-    pub fn inbound_decision(result: Result<Inbound, Error>) -> wit::InboundDecision {
+    /// Run one of the rewriting middleware hooks (`on_publish_in`,
+    /// `on_invoke_in`, `on_transmit_in`, which share a signature) and turn
+    /// its answer into the WIT decision.
+    pub fn inbound<P: Plugin>(
+        slot: &'static Slot<P>,
+        hook: fn(&mut P, &wit::Socket, &str, Payload) -> Result<Inbound, Error>,
+        socket: wit::Socket,
+        subject: String,
+        data: Option<String>,
+    ) -> wit::InboundDecision {
+        let result = with(slot, |plugin| {
+            hook(plugin, &socket, &subject, Payload::from(data))
+        });
         match result {
             Ok(Inbound::AsSent) => wit::InboundDecision::Allow,
             Ok(Inbound::Rewritten(data)) => wit::InboundDecision::AllowWith(
@@ -374,14 +386,13 @@ macro_rules! export {
                     channel: ::std::string::String,
                     data: ::std::option::Option<::std::string::String>,
                 ) -> __wit::InboundDecision {
-                    __wc::inbound_decision(__wc::with(&STATE, |p| {
-                        $crate::Plugin::on_publish_in(
-                            p,
-                            &socket,
-                            &channel,
-                            $crate::Payload::from(data),
-                        )
-                    }))
+                    __wc::inbound(
+                        &STATE,
+                        <$plugin as $crate::Plugin>::on_publish_in,
+                        socket,
+                        channel,
+                        data,
+                    )
                 }
                 fn on_authenticate(
                     socket: __wit::Socket,
@@ -400,28 +411,26 @@ macro_rules! export {
                     event: ::std::string::String,
                     data: ::std::option::Option<::std::string::String>,
                 ) -> __wit::InboundDecision {
-                    __wc::inbound_decision(__wc::with(&STATE, |p| {
-                        $crate::Plugin::on_invoke_in(
-                            p,
-                            &socket,
-                            &event,
-                            $crate::Payload::from(data),
-                        )
-                    }))
+                    __wc::inbound(
+                        &STATE,
+                        <$plugin as $crate::Plugin>::on_invoke_in,
+                        socket,
+                        event,
+                        data,
+                    )
                 }
                 fn on_transmit_in(
                     socket: __wit::Socket,
                     event: ::std::string::String,
                     data: ::std::option::Option<::std::string::String>,
                 ) -> __wit::InboundDecision {
-                    __wc::inbound_decision(__wc::with(&STATE, |p| {
-                        $crate::Plugin::on_transmit_in(
-                            p,
-                            &socket,
-                            &event,
-                            $crate::Payload::from(data),
-                        )
-                    }))
+                    __wc::inbound(
+                        &STATE,
+                        <$plugin as $crate::Plugin>::on_transmit_in,
+                        socket,
+                        event,
+                        data,
+            )
                 }
                 fn on_timer(id: ::std::string::String) {
                     __wc::with(&STATE, |p| $crate::Plugin::on_timer(p, &id))
@@ -439,7 +448,7 @@ macro_rules! export {
                 }
             }
 
-    $crate::bindings::export_plugin_world!(Exports with_types_in $crate::bindings);
+            $crate::bindings::export_plugin_world!(Exports with_types_in $crate::bindings);
         };
     };
 }

@@ -1,26 +1,17 @@
-//! Test support: start the real `wasmcluster` binary on a free port and talk
-//! to it with a raw SocketCluster client over tokio-tungstenite.
+//! Test support: start the real `wasmcluster` binary (and a real
+//! `redis-server`) on free ports; clients are the testkit's raw
+//! SocketCluster client.
 
 #![allow(dead_code)]
 
-use futures_util::{SinkExt, StreamExt};
-use serde_json::{Value, json};
+use testkit::{Client, WAIT};
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
-use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::Message;
-
-/// A client's byte stream: plain TCP or TLS.
-pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
-
-/// How long a test waits for any single expected frame.
-pub const WAIT: Duration = Duration::from_secs(10);
 
 /// The repository root (tests live in `<root>/tests`).
 pub fn repo_root() -> PathBuf {
@@ -30,28 +21,85 @@ pub fn repo_root() -> PathBuf {
         .to_owned()
 }
 
-/// An example plugin built by `make plugins`.
+/// An example plugin, built by `make plugins` (run here when needed).
 pub fn example_plugin(name: &str) -> PathBuf {
-    let path = repo_root().join("plugins").join(format!("{name}.wasm"));
-    assert!(
-        path.exists(),
-        "{} is missing: run `make plugins` first (make test does)",
-        path.display()
-    );
-    path
+    ensure_plugins_built();
+    repo_root().join("plugins").join(format!("{name}.wasm"))
 }
 
-/// A test-only plugin built by `make fixtures`.
+/// A test-only plugin, built by `make fixtures` (run here when needed).
 pub fn fixture_plugin(name: &str) -> PathBuf {
-    let path = repo_root()
+    ensure_plugins_built();
+    repo_root()
         .join("tests/fixtures/wasm")
-        .join(format!("{name}.wasm"));
-    assert!(
-        path.exists(),
-        "{} is missing: run `make fixtures` first (make test does)",
-        path.display()
-    );
-    path
+        .join(format!("{name}.wasm"))
+}
+
+/// Build the example plugins and the test fixtures (`make plugins
+/// fixtures`) when a build is missing or older than a source it is made
+/// from, once per test process: `cargo test` alone is enough.
+fn ensure_plugins_built() {
+    static BUILT: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    BUILT.get_or_init(|| {
+        let root = repo_root();
+        let outputs = [root.join("plugins"), root.join("tests/fixtures/wasm")];
+        let sources = [
+            root.join("wit"),
+            root.join("plugin-sdk/src"),
+            root.join("examples"),
+            root.join("tests/fixtures"),
+        ];
+        let oldest_output = outputs.iter().filter_map(|dir| oldest_wasm(dir)).min();
+        let newest_source = sources
+            .iter()
+            .filter_map(|dir| newest_file(dir, &outputs))
+            .max();
+        let fresh = match (oldest_output, newest_source) {
+            (Some(built), Some(changed)) => built >= changed,
+            _ => false,
+        };
+        if fresh && outputs.iter().all(|dir| dir.is_dir()) {
+            return;
+        }
+        let status = Command::new("make")
+            .args(["-s", "plugins", "fixtures"])
+            .current_dir(&root)
+            .status()
+            .expect("run make");
+        assert!(
+            status.success(),
+            "`make plugins fixtures` failed: the tests need the example plugins and fixtures"
+        );
+    });
+}
+
+/// The modification time of the oldest `.wasm` in `dir`.
+fn oldest_wasm(dir: &Path) -> Option<std::time::SystemTime> {
+    std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(Result::ok)
+        .filter(|entry| entry.path().extension().is_some_and(|ext| ext == "wasm"))
+        .filter_map(|entry| entry.metadata().ok()?.modified().ok())
+        .min()
+}
+
+/// The modification time of the newest file under `dir`, leaving out build
+/// outputs (`skip`) and `target` folders.
+fn newest_file(dir: &Path, skip: &[PathBuf]) -> Option<std::time::SystemTime> {
+    let mut newest = None;
+    for entry in std::fs::read_dir(dir).ok()?.filter_map(Result::ok) {
+        let path = entry.path();
+        if skip.contains(&path) || path.file_name().is_some_and(|name| name == "target") {
+            continue;
+        }
+        let time = if path.is_dir() {
+            newest_file(&path, skip)
+        } else {
+            entry.metadata().ok()?.modified().ok()
+        };
+        newest = newest.max(time);
+    }
+    newest
 }
 
 /// A plugins directory holding copies of the given example plugins.
@@ -225,268 +273,6 @@ impl Drop for TestServer {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// What a client saw end its connection.
-#[derive(Debug, PartialEq)]
-pub enum Closed {
-    /// A close frame with this code.
-    Code(u16),
-    /// The TCP connection ended without a close frame.
-    Dropped,
-}
-
-/// A raw SocketCluster client.
-pub struct Client {
-    ws: WebSocketStream<Box<dyn Io>>,
-    /// Packets read while waiting for something else, returned first.
-    pending: std::collections::VecDeque<Value>,
-    next_cid: u64,
-    /// Answer `""` and `#1` pings automatically while waiting for packets.
-    pub auto_pong: bool,
-    /// The socket id from the handshake.
-    pub id: String,
-}
-
-impl Client {
-    /// Open a WebSocket to `url`.
-    pub async fn connect(url: &str) -> Client {
-        let tcp = TcpStream::connect(host_and_port(url))
-            .await
-            .expect("connect");
-        Self::over(url, Box::new(tcp))
-            .await
-            .expect("WebSocket upgrade")
-    }
-
-    /// Open a `wss://` WebSocket to `url`, trusting only `root_pem`.
-    pub async fn connect_tls(url: &str, root_pem: &str) -> Result<Client, String> {
-        let stream = tls_connect(url, root_pem).await?;
-        Self::over(url, Box::new(stream)).await
-    }
-
-    /// Upgrade an open stream to a WebSocket.
-    async fn over(url: &str, stream: Box<dyn Io>) -> Result<Client, String> {
-        let (ws, _) = tokio_tungstenite::client_async(url, stream)
-            .await
-            .map_err(|error| error.to_string())?;
-        Ok(Client {
-            ws,
-            pending: Default::default(),
-            next_cid: 1,
-            auto_pong: true,
-            id: String::new(),
-        })
-    }
-
-    /// Send a text frame as it is.
-    pub async fn send_text(&mut self, text: &str) {
-        self.ws.send(Message::text(text)).await.expect("send");
-    }
-
-    /// Send a JSON packet.
-    pub async fn send(&mut self, packet: Value) {
-        self.send_text(&packet.to_string()).await;
-    }
-
-    /// The next text frame, heartbeats included.
-    pub async fn next_text(&mut self) -> Result<String, Closed> {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            let message = tokio::time::timeout_at(deadline, self.ws.next())
-                .await
-                .expect("timed out waiting for a frame");
-            match message {
-                Some(Ok(Message::Text(text))) => return Ok(text.to_string()),
-                Some(Ok(Message::Close(frame))) => {
-                    return Err(frame.map_or(Closed::Code(1005), |f| Closed::Code(f.code.into())));
-                }
-                Some(Ok(_)) => continue,
-                Some(Err(_)) | None => return Err(Closed::Dropped),
-            }
-        }
-    }
-
-    /// The next packet, answering heartbeats on the way when `auto_pong`.
-    pub async fn next_packet(&mut self) -> Value {
-        if let Some(packet) = self.pending.pop_front() {
-            return packet;
-        }
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            let text = tokio::time::timeout_at(deadline, self.next_text())
-                .await
-                .expect("timed out waiting for a packet")
-                .expect("connection closed");
-            match text.as_str() {
-                "" | "#1" => {
-                    if self.auto_pong {
-                        let pong = if text.is_empty() { "" } else { "#2" };
-                        self.send_text(pong).await;
-                    }
-                }
-                _ => return serde_json::from_str(&text).expect("a JSON packet"),
-            }
-        }
-    }
-
-    /// Wait until the server closes the connection; its close code.
-    pub async fn closed(&mut self) -> Closed {
-        loop {
-            if let Err(closed) = self.next_text().await {
-                return closed;
-            }
-        }
-    }
-
-    /// Assert that nothing but heartbeats arrives for `time`.
-    pub async fn expect_silence(&mut self, time: Duration) {
-        assert!(
-            self.pending.is_empty(),
-            "unread packets: {:?}",
-            self.pending
-        );
-        let deadline = tokio::time::Instant::now() + time;
-        while let Ok(message) = tokio::time::timeout_at(deadline, self.ws.next()).await {
-            match message {
-                Some(Ok(Message::Text(text))) if text.is_empty() || text == "#1" => {}
-                other => panic!("expected silence, got {other:?}"),
-            }
-        }
-    }
-
-    fn cid(&mut self) -> u64 {
-        self.next_cid += 1;
-        self.next_cid - 1
-    }
-
-    /// Send `#handshake` and return the reply's data.
-    pub async fn handshake(&mut self) -> Value {
-        let cid = self.cid();
-        self.send(json!({"event": "#handshake", "data": {"authToken": null}, "cid": cid}))
-            .await;
-        let reply = self.next_packet().await;
-        assert_eq!(reply["rid"], cid, "handshake reply: {reply}");
-        self.id = reply["data"]["id"].as_str().unwrap().to_owned();
-        reply["data"].clone()
-    }
-
-    /// Invoke an RPC and return the whole reply packet; packets that arrive
-    /// before it are kept for [`Client::next_packet`].
-    pub async fn invoke(&mut self, event: &str, data: Value) -> Value {
-        let cid = self.cid();
-        self.send(json!({"event": event, "data": data, "cid": cid}))
-            .await;
-        self.reply(cid).await
-    }
-
-    /// Wait for the reply to `cid`; other packets are kept for later.
-    pub async fn reply(&mut self, cid: u64) -> Value {
-        if let Some(index) = self.pending.iter().position(|p| p["rid"] == cid) {
-            return self.pending.remove(index).unwrap();
-        }
-        let mut skipped = Vec::new();
-        let reply = loop {
-            let packet = self.read_packet().await;
-            if packet["rid"] == cid {
-                break packet;
-            }
-            skipped.push(packet);
-        };
-        self.pending.extend(skipped);
-        reply
-    }
-
-    /// Read a packet from the connection, bypassing `pending`.
-    async fn read_packet(&mut self) -> Value {
-        let kept = std::mem::take(&mut self.pending);
-        let packet = self.next_packet().await;
-        self.pending = kept;
-        packet
-    }
-
-    /// Invoke and return the reply's data, failing on an error reply.
-    pub async fn call(&mut self, event: &str, data: Value) -> Value {
-        let reply = self.invoke(event, data).await;
-        assert!(reply.get("error").is_none(), "{event} failed: {reply}");
-        reply.get("data").cloned().unwrap_or(Value::Null)
-    }
-
-    /// Send a transmit.
-    pub async fn transmit(&mut self, event: &str, data: Value) {
-        self.send(json!({"event": event, "data": data})).await;
-    }
-
-    /// Subscribe to a channel (as an RPC, as the official client does).
-    pub async fn subscribe(&mut self, channel: &str) {
-        let reply = self.invoke("#subscribe", json!({"channel": channel})).await;
-        assert_eq!(
-            reply.as_object().unwrap().len(),
-            1,
-            "subscribe reply: {reply}"
-        );
-    }
-
-    /// The next packet, which must be a publication: (channel, data).
-    pub async fn publication(&mut self) -> (String, Value) {
-        let packet = self.next_packet().await;
-        assert_eq!(
-            packet["event"], "#publish",
-            "expected a publication, got {packet}"
-        );
-        let data = &packet["data"];
-        (
-            data["channel"].as_str().unwrap().to_owned(),
-            data["data"].clone(),
-        )
-    }
-
-    /// Close the connection with a code.
-    pub async fn close(mut self, code: u16) {
-        use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-        let frame = CloseFrame {
-            code: code.into(),
-            reason: "".into(),
-        };
-        let _ = self.ws.close(Some(frame)).await;
-        while let Some(Ok(_)) = self.ws.next().await {}
-    }
-}
-
-/// `host:port` of a `ws://` or `wss://` URL.
-pub fn host_and_port(url: &str) -> String {
-    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
-    rest.split('/').next().unwrap().to_owned()
-}
-
-/// A TLS connection to the host of `url` (name `localhost`), trusting only
-/// the certificate `root_pem`.
-pub async fn tls_connect(
-    url: &str,
-    root_pem: &str,
-) -> Result<tokio_rustls::client::TlsStream<TcpStream>, String> {
-    use tokio_rustls::rustls::pki_types::pem::PemObject;
-    use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
-    use tokio_rustls::rustls::{self, ClientConfig, RootCertStore};
-    let mut roots = RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(root_pem.as_bytes()) {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-    let config = ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
-    let tcp = TcpStream::connect(host_and_port(url))
-        .await
-        .map_err(|error| error.to_string())?;
-    let name = ServerName::try_from("localhost").unwrap();
-    connector
-        .connect(name, tcp)
-        .await
-        .map_err(|error| error.to_string())
 }
 
 /// A real `redis-server` on a free loopback port, killed on drop. It can be

@@ -1,8 +1,8 @@
 //! `connect`: new connections per second, each a TCP connect, WebSocket
 //! upgrade, SocketCluster handshake and close.
 
+use super::open;
 use super::{Common, add_latency_and_cpu, histogram};
-use crate::client::Connection;
 use crate::proc_stats::CpuMeter;
 use anyhow::Result;
 use serde_json::{Value, json};
@@ -31,11 +31,11 @@ pub async fn run(common: &Common, args: &ConnectArgs) -> Result<Value> {
                 let mut errors = 0u64;
                 while Instant::now() < end {
                     let started = Instant::now();
-                    match Connection::open(&target, source).await {
+                    match open(&target, source).await {
                         Ok(connection) => {
                             latency.saturating_record(started.elapsed().as_micros() as u64);
                             count += 1;
-                            connection.close().await;
+                            connection.close(1000).await;
                         }
                         Err(_) => errors += 1,
                     }

@@ -3,7 +3,6 @@
 //! carries its send time, so subscribers measure end-to-end latency.
 
 use super::{Common, GRACE, add_latency_and_cpu, close_all, histogram, open_many};
-use crate::client::{Connection, Incoming, integer_field, reply_id};
 use crate::proc_stats::CpuMeter;
 use anyhow::{Result, bail};
 use hdrhistogram::Histogram;
@@ -11,6 +10,7 @@ use serde_json::{Value, json};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
+use testkit::{Connection, Incoming, integer_field, reply_id};
 use tokio::time::{Instant, MissedTickBehavior};
 
 /// The channel every subscriber listens on.
@@ -145,7 +145,7 @@ async fn subscribe(connection: &mut Connection) -> Result<()> {
         match connection.next().await? {
             Incoming::Packet(text) if reply_id(&text) == Some(2) => return Ok(()),
             Incoming::Packet(_) => {}
-            Incoming::Closed => bail!("closed while subscribing"),
+            Incoming::Closed(_) => bail!("closed while subscribing"),
         }
     }
 }
@@ -247,7 +247,7 @@ async fn receive(
                         latency.saturating_record(now.saturating_sub(sent).max(1));
                     }
                 }
-                Incoming::Closed => bail!("the server closed a subscriber"),
+                Incoming::Closed(_) => bail!("the server closed a subscriber"),
             },
             Err(_) if Instant::now() >= deadline => break,
             Err(_) => {}

@@ -5,7 +5,6 @@
 //! connection is counted.
 
 use super::{Common, GRACE, close_all, histogram, latency_fields, open_many};
-use crate::client::{Connection, Incoming, is_error_reply, reply_id};
 use crate::proc_stats::CpuMeter;
 use anyhow::{Context, Result, bail};
 use hdrhistogram::Histogram;
@@ -15,6 +14,7 @@ use serde_json::{Value, json};
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+use testkit::{Connection, Incoming, is_error_reply, reply_id};
 use tokio::time::Instant;
 
 /// How long after the signal counts as "during the swap".
@@ -157,7 +157,7 @@ async fn drive(
         };
         let text = match incoming? {
             Incoming::Packet(text) => text,
-            Incoming::Closed => bail!("the server closed a connection during the swap"),
+            Incoming::Closed(_) => bail!("the server closed a connection during the swap"),
         };
         if reply_id(&text) != Some(oldest) {
             continue;

@@ -2,11 +2,11 @@
 //! server's resident memory per connection.
 
 use super::{Common, open_many};
-use crate::client::Incoming;
 use crate::proc_stats::rss_bytes;
 use anyhow::{Context, Result};
 use serde_json::{Value, json};
 use std::time::Duration;
+use testkit::Incoming;
 
 /// Parameters of the idle scenario.
 #[derive(Debug, Clone, clap::Args)]

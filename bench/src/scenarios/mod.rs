@@ -7,13 +7,31 @@ pub mod hot_swap;
 pub mod idle;
 pub mod requests;
 
-use crate::client::{Connection, Target};
 use anyhow::Result;
 use futures_util::{StreamExt, stream};
 use hdrhistogram::Histogram;
 use serde_json::{Map, Value, json};
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
+use testkit::Connection;
+
+/// Where the server is.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// Server address.
+    pub addr: SocketAddr,
+    /// WebSocket path, e.g. `/socketcluster/`.
+    pub path: String,
+}
+
+/// Open a connection to `target` from `source` (any local address when
+/// `None`) and handshake.
+pub async fn open(target: &Target, source: Option<IpAddr>) -> Result<Connection> {
+    let url = format!("ws://{}{}", target.addr, target.path);
+    let mut connection = Connection::connect(&url, source).await?;
+    connection.handshake().await?;
+    Ok(connection)
+}
 
 /// Settings shared by every scenario.
 #[derive(Debug, Clone)]
@@ -41,7 +59,7 @@ pub async fn open_many(common: &Common, count: usize) -> Result<Vec<Connection>>
         let source =
             (!common.sources.is_empty()).then(|| common.sources[index % common.sources.len()]);
         let target = common.target.clone();
-        async move { Connection::open(&target, source).await }
+        async move { open(&target, source).await }
     });
     stream::iter(opens)
         .buffer_unordered(OPEN_CONCURRENCY)
@@ -99,8 +117,12 @@ pub fn payload(bytes: usize) -> String {
 
 /// Close every connection, without waiting long for any.
 pub async fn close_all(connections: Vec<Connection>) {
-    stream::iter(connections.into_iter().map(Connection::close))
-        .buffer_unordered(OPEN_CONCURRENCY)
-        .collect::<Vec<()>>()
-        .await;
+    stream::iter(
+        connections
+            .into_iter()
+            .map(|connection| connection.close(1000)),
+    )
+    .buffer_unordered(OPEN_CONCURRENCY)
+    .collect::<Vec<()>>()
+    .await;
 }

@@ -4,13 +4,13 @@
 //! transmit. Replies arrive in order on each connection.
 
 use super::{Common, GRACE, add_latency_and_cpu, close_all, histogram, open_many, payload};
-use crate::client::{Connection, Incoming, is_error_reply, reply_id};
 use crate::proc_stats::CpuMeter;
 use anyhow::{Result, bail};
 use hdrhistogram::Histogram;
 use serde_json::{Value, json};
 use std::collections::VecDeque;
 use std::sync::Arc;
+use testkit::{Connection, Incoming, is_error_reply, reply_id};
 use tokio::time::Instant;
 
 /// Which kind of request.
@@ -125,7 +125,7 @@ async fn drive(
         };
         let text = match incoming {
             Incoming::Packet(text) => text,
-            Incoming::Closed => bail!("the server closed a connection"),
+            Incoming::Closed(_) => bail!("the server closed a connection"),
         };
         let Some(failed) = answer(kind, &text, oldest) else {
             continue;
