@@ -38,7 +38,10 @@ where
         pings.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
             let step = tokio::select! {
-                frame = self.ws.next() => self.on_frames(frame).await,
+                // Boxed: the handling of a frame (plugin calls, answers) is
+                // the largest part of the session's state, and an idle
+                // connection should not hold room for it.
+                frame = self.ws.next() => Box::pin(self.on_frames(frame)).await,
                 Some(frame) = self.inbox.recv() => self.write_queued(frame).await,
                 () = self.overflow.wait() => Err(Ending::queue_full()),
                 _ = pings.tick() => self.ping().await,
