@@ -12,11 +12,16 @@ EXAMPLES := echo chat presence auth
 FIXTURES := flaky init-trap bad-import not-a-plugin echo-v2 chat-v2 plain-world tokens control guard guard-low
 BIN := $(CARGO_TARGET_DIR)/release/wasmcluster
 
-.PHONY: run test setup plugins fixtures build lint test-rust test-js js-deps clean
+.PHONY: run test setup test-deps plugins fixtures build lint test-rust test-js js-deps clean
 
 ## Install what is missing: the wasm32-wasip2 Rust target.
 setup:
 	@rustup target list --installed | grep -qx $(WASM_TARGET) || rustup target add $(WASM_TARGET)
+
+## Install what the tests need from the system when it is missing: Node.js,
+## Chromium, openssl, redis-server (scripts/install-test-deps).
+test-deps:
+	@scripts/install-test-deps
 
 ## Build the example plugins into plugins/.
 plugins: setup
@@ -45,13 +50,13 @@ lint: setup
 	$(CARGO) clippy --release --all-targets -- -D warnings
 	$(CARGO) clippy --release --target $(WASM_TARGET) $(addprefix -p ,$(EXAMPLES)) $(addprefix -p fixture-,$(FIXTURES)) -- -D warnings
 
-test-rust: plugins fixtures build
+test-rust: test-deps plugins fixtures build
 	$(CARGO) test --release
 
 js-deps:
 	cd tests/js && npm ci --no-audit --no-fund
 
-test-js: plugins build js-deps
+test-js: test-deps plugins build js-deps
 	cd tests/js && WASMCLUSTER_BIN=$(BIN) npm test
 
 ## Every test.

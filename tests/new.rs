@@ -114,8 +114,9 @@ async fn a_new_plugin_builds_checks_and_serves() {
     let sdk_path = manifest["dependencies"]["wasmcluster-sdk"]["path"]
         .as_str()
         .unwrap();
+    // The path is relative to the new crate, where cargo reads it.
     assert_eq!(
-        Path::new(sdk_path).canonicalize().unwrap(),
+        dir.join(sdk_path).canonicalize().unwrap(),
         repo_root().join("plugin-sdk").canonicalize().unwrap()
     );
     let readme = std::fs::read_to_string(dir.join("README.md")).unwrap();
@@ -291,5 +292,32 @@ fn the_sdk_is_checked_and_found() {
     assert!(
         cargo_toml.contains(&format!(r#"wasmcluster-sdk = {{ git = "{url}" }}"#)),
         "{cargo_toml}"
+    );
+}
+
+#[test]
+fn the_build_path_follows_cargo_target_dir() {
+    let tmp = tempfile::tempdir().unwrap();
+    let parent = tmp.path().to_str().unwrap();
+    let new = |name: &str, target: Option<&str>| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_wasmcluster"));
+        command
+            .args(["new", name, "--path", parent, "--sdk", &sdk()])
+            .current_dir(tmp.path());
+        match target {
+            Some(target) => command.env("CARGO_TARGET_DIR", target),
+            None => command.env_remove("CARGO_TARGET_DIR"),
+        };
+        stdout(&command.output().unwrap())
+    };
+    let shared = new("shared-target", Some("/srv/builds"));
+    assert!(
+        shared.contains("wasmcluster check /srv/builds/wasm32-wasip2/release/shared_target.wasm"),
+        "{shared}"
+    );
+    let local = new("local-target", None);
+    assert!(
+        local.contains("wasmcluster check target/wasm32-wasip2/release/local_target.wasm"),
+        "{local}"
     );
 }

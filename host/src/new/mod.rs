@@ -118,7 +118,8 @@ pub struct NewArgs {
 pub struct Created {
     /// The crate's directory.
     pub dir: PathBuf,
-    /// The wasm file a release build produces, relative to `dir`.
+    /// The wasm file a release build produces, relative to `dir` unless
+    /// `CARGO_TARGET_DIR` puts builds elsewhere.
     pub wasm: String,
     /// Where the SDK comes from, as written in Cargo.toml.
     pub sdk: String,
@@ -148,11 +149,14 @@ pub fn create(args: &NewArgs) -> anyhow::Result<Created> {
         let _ = std::fs::remove_dir_all(&dir);
         return Err(error);
     }
+    // Where cargo will put the build: CARGO_TARGET_DIR when it is set (a
+    // relative one is read from the crate's directory, where the build runs).
+    let target = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".to_owned());
+    let wasm = Path::new(&target)
+        .join("wasm32-wasip2/release")
+        .join(format!("{}.wasm", args.name.replace('-', "_")));
     Ok(Created {
-        wasm: format!(
-            "target/wasm32-wasip2/release/{}.wasm",
-            args.name.replace('-', "_")
-        ),
+        wasm: wasm.display().to_string(),
         dir,
         sdk,
     })
