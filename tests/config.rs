@@ -176,3 +176,83 @@ async fn the_example_file_lists_every_flag_and_loads_as_it_is() {
     let server = TestServer::start(dir.path(), &["--config", &file]);
     assert_eq!(ping_timeout(&server).await, 30000);
 }
+
+/// A typo in a plugin's `init` config: the plugin does not load, the log
+/// says why where the config section is named, and the server says it is
+/// not ready until the config is fixed; `--strict` refuses to start.
+#[tokio::test]
+async fn a_plugin_that_fails_to_load_leaves_the_server_unready() {
+    let dir = plugins_dir(&["echo", "auth"]);
+    let file = config_file(
+        dir.path(),
+        "[plugin.auth]\nconfig = { users = {}, default_duration = 60 }\n\n[plugin.poll]\ndeadline-ms = 50\n",
+    );
+    let server = TestServer::start(dir.path(), &["--config", &file]);
+    let mut client = server.client().await;
+    assert_eq!(
+        client.call("echo", json!(1)).await,
+        json!(1),
+        "the rest is served"
+    );
+
+    let (status, body) = server.http_get("/readyz", "").await;
+    assert_eq!(status, "HTTP/1.1 503 Service Unavailable", "{body}");
+    let ready: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let files = ready["problems"]["files"].as_array().unwrap();
+    assert_eq!(files.len(), 1, "{ready}");
+    assert_eq!(files[0]["file"], "auth.wasm");
+    assert_eq!(files[0]["plugin"], "auth");
+    assert_eq!(files[0]["serving"], "nothing");
+    assert!(
+        files[0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("default_duration"),
+        "{ready}"
+    );
+    let sections = ready["problems"]["configSections"].as_array().unwrap();
+    assert!(
+        sections.iter().any(|s| s
+            .as_str()
+            .unwrap()
+            .starts_with("the config file's [plugin.auth] section is not applied:")
+            && s.as_str().unwrap().contains("default_duration")),
+        "{ready}"
+    );
+    assert!(
+        sections.iter().any(|s| s
+            .as_str()
+            .unwrap()
+            .contains("no plugin in the plugins directory is named 'poll'")),
+        "{ready}"
+    );
+    let (_, health) = server.http_get("/healthz", "").await;
+    let health: serde_json::Value = serde_json::from_str(&health).unwrap();
+    assert_eq!(health["status"], "degraded", "{health}");
+    let log = server.log();
+    assert!(
+        log.contains("[plugin.auth] section is not applied"),
+        "{log}"
+    );
+    assert!(!log.contains("but no loaded plugin has that name"), "{log}");
+
+    let strict = refused_with(&file, dir.path(), &["--strict"]);
+    assert!(
+        strict.contains("--strict: not starting with plugin problems")
+            && strict.contains("default_duration")
+            && strict.contains("'poll'"),
+        "{strict}"
+    );
+}
+
+/// `serve --config FILE --plugins DIR EXTRA...`, which must fail; its stderr.
+fn refused_with(file: &str, plugins: &Path, extra: &[&str]) -> String {
+    let output = Command::new(env!("CARGO_BIN_EXE_wasmcluster"))
+        .args(["serve", "--port", "0", "--config", file, "--plugins"])
+        .arg(plugins)
+        .args(extra)
+        .output()
+        .unwrap();
+    assert!(!output.status.success(), "the server started");
+    String::from_utf8(output.stderr).unwrap()
+}

@@ -351,3 +351,47 @@ async fn wait_for_watch_reload(server: &TestServer, client: &mut Client) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// `wasmcluster reload` prints what the reload did, and fails when it
+/// refused a file (the previous build keeps serving).
+#[tokio::test]
+async fn the_reload_command_prints_the_outcome_and_fails_on_a_refusal() {
+    let dir = plugins_dir(&["echo"]);
+    let pid_file = dir.path().join("wasmcluster.pid");
+    let server = TestServer::start(dir.path(), &["--pid-file", pid_file.to_str().unwrap()]);
+    let mut client = server.client().await;
+    let reload = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_wasmcluster"))
+            .args(["reload", "--pid-file"])
+            .arg(&pid_file)
+            .output()
+            .unwrap()
+    };
+
+    let broken = dir.path().join("broken-build");
+    std::fs::write(&broken, b"\0asm but not really").unwrap();
+    install(&broken, dir.path(), "echo.wasm");
+    let refused = reload();
+    let out = String::from_utf8_lossy(&refused.stdout);
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{out}");
+    assert!(
+        out.contains("refused   ") && out.contains("echo.wasm") && out.contains("keeps serving"),
+        "{out}"
+    );
+    assert!(err.contains("the reload refused 1 file(s)"), "{err}");
+    assert_eq!(
+        client.call("version", json!(null)).await["version"],
+        "0.1.0"
+    );
+
+    install(&fixture_plugin("echo-v2"), dir.path(), "echo.wasm");
+    let fixed = reload();
+    let out = String::from_utf8_lossy(&fixed.stdout);
+    assert!(fixed.status.success(), "{out}");
+    assert!(out.contains("updated   echo"), "{out}");
+    assert_eq!(
+        client.call("version", json!(null)).await["version"],
+        "0.2.0"
+    );
+}

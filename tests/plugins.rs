@@ -179,6 +179,7 @@ async fn check_prints_the_manifest_or_the_reason_for_refusal() {
     assert!(out.contains("plugin     chat 0.1.0"), "{out}");
     assert!(out.contains("rpc        join, say, members"), "{out}");
     assert!(out.contains("hooks      disconnect"), "{out}");
+    assert!(out.contains("built for  wasmcluster:plugin@0.1.0"), "{out}");
     assert!(out.contains("state hand-off  yes"), "{out}");
 
     let refused = std::process::Command::new(env!("CARGO_BIN_EXE_wasmcluster"))
@@ -284,5 +285,48 @@ async fn plugins_tell_a_clean_close_from_a_lost_connection() {
     assert_eq!(
         lost,
         json!({"type": "lost", "id": lost["id"], "name": "cut", "code": 1006})
+    );
+}
+
+/// `check --plugins DIR` refuses what a reload of DIR would refuse (a name
+/// or an event another plugin there has), and state hand-off is reported
+/// only for a plugin whose snapshot returns state.
+#[tokio::test]
+async fn check_against_a_directory_finds_conflicts_and_tells_state_apart() {
+    let dir = plugins_dir(&["echo", "chat"]);
+    let conflict = std::process::Command::new(env!("CARGO_BIN_EXE_wasmcluster"))
+        .arg("check")
+        .arg(support::fixture_plugin("echo-v2"))
+        .arg("--plugins")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!conflict.status.success());
+    let err = String::from_utf8_lossy(&conflict.stderr);
+    assert!(
+        err.contains("plugin name 'echo' is used by both")
+            && err.contains("echo.wasm")
+            && err.contains("echo-v2.wasm"),
+        "{err}"
+    );
+
+    // Checking a newer build of a file that is in the directory compares it
+    // with the others only.
+    let update = std::process::Command::new(env!("CARGO_BIN_EXE_wasmcluster"))
+        .arg("check")
+        .arg(dir.path().join("echo.wasm"))
+        .arg("--plugins")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&update.stdout);
+    assert!(update.status.success(), "{out}");
+    assert!(
+        out.contains("checked against the 1 other plugin(s)"),
+        "{out}"
+    );
+    assert!(
+        out.contains("state hand-off  no (it exports snapshot/restore, but a fresh instance's snapshot returns nothing"),
+        "{out}"
     );
 }

@@ -35,16 +35,12 @@ fn plugin_call(c: &mut Criterion) {
         deadline: Duration::from_millis(100),
         memory_bytes: 64 << 20,
     });
-    let set = Arc::new(
-        runtime
-            .block_on(load_dir(&engine, dir.path(), &options, &services))
-            .unwrap(),
-    );
-    let plugins = Rc::new(runtime.block_on(WorkerPlugins::start(
-        set.clone(),
-        services.clone(),
-        Arc::default(),
-    )));
+    let (set, refused) = runtime
+        .block_on(load_dir(&engine, dir.path(), &options, &services))
+        .unwrap();
+    assert!(refused.is_empty(), "{refused:?}");
+    let set = Arc::new(set);
+    let plugins = Rc::new(runtime.block_on(WorkerPlugins::start(set.clone(), services.clone())));
     let socket = Socket {
         id: "benchbenchbenchbench".into(),
         auth_token: None,

@@ -7,6 +7,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 use wasmcluster::config::{ConfigFile, ServeArgs, ServerConfig};
 use wasmcluster::server::Server;
 
@@ -48,12 +49,21 @@ enum Command {
     Check {
         /// The plugin component (`.wasm`).
         file: PathBuf,
+        /// Also check it against the plugins of this directory, as a
+        /// reload of that directory would: a name or an event another plugin
+        /// has is refused.
+        #[arg(long, value_name = "DIR")]
+        plugins: Option<PathBuf>,
     },
-    /// Tell a running server to reload its plugins directory (SIGUSR2).
+    /// Tell a running server to reload its plugins directory (SIGUSR2), and
+    /// print what the reload did; exits non-zero when a file was refused.
     Reload {
         /// The pid file the server was started with (`serve --pid-file`).
         #[arg(long, env = "WASMCLUSTER_PID_FILE")]
         pid_file: PathBuf,
+        /// How long to wait for the reload to finish, in seconds.
+        #[arg(long, default_value_t = 120)]
+        timeout_secs: u64,
     },
     /// Create a plugin crate (Cargo.toml, src/lib.rs, README.md) that builds
     /// to a wasm component at once.
@@ -105,8 +115,11 @@ fn run() -> anyhow::Result<()> {
             };
             serve(config)
         }
-        Command::Check { file } => check(&file),
-        Command::Reload { pid_file } => reload(&pid_file),
+        Command::Check { file, plugins } => check(&file, plugins.as_deref()),
+        Command::Reload {
+            pid_file,
+            timeout_secs,
+        } => reload(&pid_file, Duration::from_secs(timeout_secs)),
         Command::New(args) => new_plugin(&args),
         Command::Config { .. } => {
             let example = wasmcluster::config::example_file(serve_command());
@@ -172,14 +185,16 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-/// `wasmcluster check FILE`: load the plugin as the server would and print
-/// what it declares.
-fn check(file: &Path) -> anyhow::Result<()> {
+/// `wasmcluster check FILE [--plugins DIR]`: load the plugin as the
+/// server would (and, with DIR, beside the plugins there) and print what it
+/// declares.
+fn check(file: &Path, plugins_dir: Option<&Path>) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let plugin = runtime.block_on(wasmcluster::plugins::check_file(file))?;
+    let checked = runtime.block_on(wasmcluster::plugins::check_file(file, plugins_dir))?;
+    let plugin = &checked.plugin;
     let manifest = &plugin.manifest;
     let list = |items: &[String]| {
         if items.is_empty() {
@@ -191,28 +206,33 @@ fn check(file: &Path) -> anyhow::Result<()> {
     let hooks: Vec<String> = manifest
         .hooks
         .iter()
-        .map(|hook| {
-            format!("{hook:?}")
-                .rsplit("::")
-                .next()
-                .unwrap_or_default()
-                .to_lowercase()
-        })
+        .map(|hook| hook.name().to_owned())
         .collect();
     let mut out = std::io::stdout();
     writeln!(out, "{}: ok, the server would load it", file.display())?;
     writeln!(out, "  plugin     {} {}", manifest.name, manifest.version)?;
+    writeln!(out, "  built for  {}", plugin.wit_version)?;
     writeln!(out, "  rpc        {}", list(&manifest.rpc_events))?;
     writeln!(out, "  transmit   {}", list(&manifest.transmit_events))?;
     writeln!(out, "  public     {}", list(&manifest.public_rpc_events))?;
     writeln!(out, "  hooks      {}", list(&hooks))?;
     writeln!(out, "  priority   {}", manifest.priority)?;
-    let state = if plugin.keeps_state() {
-        "yes (snapshot/restore)"
-    } else {
-        "no"
+    let state = match (plugin.keeps_state(), checked.hands_over_state) {
+        (_, true) => "yes (its snapshot returns state)",
+        (true, false) => {
+            "no (it exports snapshot/restore, but a fresh instance's snapshot returns \
+             nothing: the SDK's default)"
+        }
+        (false, false) => "no (it does not export snapshot/restore)",
     };
     writeln!(out, "  hot-swap state hand-off  {state}")?;
+    if let (Some(dir), Some(count)) = (plugins_dir, checked.checked_against) {
+        writeln!(
+            out,
+            "  checked against the {count} other plugin(s) of {}: no conflict",
+            dir.display()
+        )?;
+    }
     Ok(())
 }
 
@@ -234,16 +254,82 @@ fn new_plugin(args: &new::NewArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Send SIGUSR2 to the server whose pid is in `pid_file`.
-fn reload(pid_file: &Path) -> anyhow::Result<()> {
+/// Send SIGUSR2 to the server whose pid is in `pid_file`, wait for the
+/// report of that reload (written next to the pid file) and print it; an
+/// error when a file was refused or the reload failed.
+fn reload(pid_file: &Path, timeout: Duration) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(pid_file)
         .with_context(|| format!("cannot read the pid file {}", pid_file.display()))?;
     let pid: i32 = text
         .trim()
         .parse()
         .with_context(|| format!("{} does not hold a process id", pid_file.display()))?;
+    let report_file = wasmcluster::server::report_path(pid_file);
+    let before = read_report(&report_file).map_or(0, |report| report_seq(&report));
     kill(Pid::from_raw(pid), Signal::SIGUSR2)
         .with_context(|| format!("cannot signal process {pid} (from {})", pid_file.display()))?;
+    let deadline = std::time::Instant::now() + timeout;
+    let report = loop {
+        if let Some(report) = read_report(&report_file).filter(|r| report_seq(r) > before) {
+            break report;
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "process {pid} got the signal but wrote no reload report to {} within {} s",
+            report_file.display(),
+            timeout.as_secs()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    print_report(&report)
+}
+
+fn read_report(path: &Path) -> Option<serde_json::Value> {
+    serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()
+}
+
+fn report_seq(report: &serde_json::Value) -> u64 {
+    report["seq"].as_u64().unwrap_or(0)
+}
+
+/// Print a reload report; an error when it refused a file or failed.
+fn print_report(report: &serde_json::Value) -> anyhow::Result<()> {
+    if let Some(error) = report["error"].as_str() {
+        anyhow::bail!("the reload failed, the loaded plugins keep serving: {error}");
+    }
+    let names = |key: &str| -> Vec<String> {
+        report[key]
+            .as_array()
+            .map(|items| {
+                items
+                    .iter()
+                    .filter_map(|item| item.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let list = |items: Vec<String>| {
+        if items.is_empty() {
+            "-".to_owned()
+        } else {
+            items.join(", ")
+        }
+    };
+    let mut out = std::io::stdout();
+    let elapsed = report["elapsedMs"].as_u64().unwrap_or(0);
+    writeln!(out, "reload done in {elapsed} ms")?;
+    writeln!(out, "  loaded    {}", list(names("loaded")))?;
+    writeln!(out, "  updated   {}", list(names("updated")))?;
+    writeln!(out, "  unloaded  {}", list(names("unloaded")))?;
+    let refused = names("refused");
+    for refusal in &refused {
+        writeln!(out, "  refused   {refusal}")?;
+    }
+    anyhow::ensure!(
+        refused.is_empty(),
+        "the reload refused {} file(s)",
+        refused.len()
+    );
     Ok(())
 }
 

@@ -76,10 +76,19 @@ impl std::fmt::Display for Error {
 impl std::error::Error for Error {}
 
 /// A failed host call answers the RPC with `HostError`, so that `?` works on
-/// host functions inside `on_invoke`.
+/// host functions inside `on_invoke`. The message says what failed in plain
+/// words; the `reason` detail names the kind (`unknown-socket`, ...).
 impl From<HostError> for Error {
     fn from(error: HostError) -> Self {
-        Error::new("HostError", error.to_string())
+        let (reason, message) = match error {
+            HostError::Unsupported(text) => ("unsupported", text),
+            HostError::UnknownSocket(id) => {
+                ("unknown-socket", format!("no connected socket has id {id}"))
+            }
+            HostError::InvalidArgument(text) => ("invalid-argument", text),
+            HostError::Unavailable(text) => ("unavailable", text),
+        };
+        Error::new("HostError", message).with_detail("reason", reason)
     }
 }
 

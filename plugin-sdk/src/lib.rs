@@ -430,7 +430,7 @@ macro_rules! export {
                         socket,
                         event,
                         data,
-            )
+                    )
                 }
                 fn on_timer(id: ::std::string::String) {
                     __wc::with(&STATE, |p| $crate::Plugin::on_timer(p, &id))
@@ -448,7 +448,7 @@ macro_rules! export {
                 }
             }
 
-            $crate::bindings::export_plugin_world!(Exports with_types_in $crate::bindings);
+    $crate::bindings::export_plugin_world!(Exports with_types_in $crate::bindings);
         };
     };
 }

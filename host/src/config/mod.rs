@@ -231,6 +231,12 @@ pub struct ServeArgs {
     )]
     pub status_page: bool,
 
+    /// Refuse to start when a plugin file fails to load or a `[plugin.NAME]`
+    /// section of the config file names no loaded plugin (without it, the
+    /// server starts and reports them in /healthz, with /readyz at 503).
+    #[arg(long, env = "WASMCLUSTER_STRICT")]
+    pub strict: bool,
+
     /// Seconds to wait for connections to close on SIGTERM/SIGINT.
     #[arg(long, env = "WASMCLUSTER_SHUTDOWN_TIMEOUT_SECS", default_value_t = 10)]
     pub shutdown_timeout_secs: u64,
@@ -299,6 +305,8 @@ pub struct ServerConfig {
     pub(crate) pid_file: Option<PathBuf>,
     /// Whether file changes in the plugins directory trigger a reload.
     pub(crate) watch: bool,
+    /// Whether plugin problems stop the start.
+    pub(crate) strict: bool,
     /// The auth key, if the operator set one.
     pub(crate) auth_key: Option<String>,
     /// Default lifetime of signed tokens, in seconds.
@@ -424,6 +432,7 @@ impl ServeArgs {
             shutdown_timeout: Duration::from_secs(self.shutdown_timeout_secs),
             pid_file: self.pid_file,
             watch: self.watch,
+            strict: self.strict,
             auth_key: self.auth_key,
             auth_default_expiry_secs: self.auth_default_expiry_secs,
         })

@@ -68,7 +68,7 @@ const PREFIX: &str = "wasmcluster";
 /// some CPUs fetch together); readers sum them.
 #[derive(Debug, Default)]
 #[repr(align(128))]
-pub struct WorkerStats {
+pub(crate) struct WorkerStats {
     /// Transmits dropped because no plugin declares their event.
     pub unknown_transmits: AtomicU64,
     /// WebSocket messages received from clients.

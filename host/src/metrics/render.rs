@@ -49,6 +49,8 @@ pub struct PluginSample {
     pub rebuilds: u64,
     /// Back-offs started.
     pub backoffs: u64,
+    /// Sockets that backed off from the plugin.
+    pub socket_backoffs: u64,
     /// Whether some worker's instance backs off now.
     pub degraded: bool,
 }
@@ -295,6 +297,11 @@ fn gather(snapshot: &Snapshot<'_>) -> Gathered {
         "Times a plugin instance started backing off, by plugin",
         MetricType::Counter,
     );
+    let mut socket_backoffs = Family::new(
+        "plugin_socket_backoffs",
+        "Sockets that backed off from a plugin after their calls to it faulted again and again, by plugin",
+        MetricType::Counter,
+    );
     let mut degraded = Family::new(
         "plugin_degraded",
         "Whether a plugin backs off on some worker (1) or not (0)",
@@ -315,9 +322,11 @@ fn gather(snapshot: &Snapshot<'_>) -> Gathered {
         let labels = vec![("plugin", name.clone())];
         rebuilds = rebuilds.with(labels.clone(), Value::Counter(plugin.rebuilds));
         backoffs = backoffs.with(labels.clone(), Value::Counter(plugin.backoffs));
+        socket_backoffs =
+            socket_backoffs.with(labels.clone(), Value::Counter(plugin.socket_backoffs));
         degraded = degraded.with(labels, Value::Gauge(i64::from(plugin.degraded)));
     }
-    families.extend([faults, rebuilds, backoffs, degraded]);
+    families.extend([faults, rebuilds, backoffs, socket_backoffs, degraded]);
 
     let reloads = &snapshot.metrics.reloads;
     let mut reload_results = Family::new(

@@ -41,7 +41,7 @@ pub(super) const MAX_RPC_SERIES: usize = 4096;
 
 /// When an RPC started; see [`RpcStats::observe`].
 #[derive(Debug, Clone, Copy)]
-pub struct Started(quanta::Instant);
+pub(crate) struct Started(quanta::Instant);
 
 /// Now, to time an RPC with.
 #[inline]
@@ -53,7 +53,7 @@ pub(crate) fn start() -> Started {
 /// worker only (see [`add_own`]), read by scrapes.
 #[derive(Debug, Default)]
 #[repr(align(128))]
-pub struct RpcStats {
+pub(crate) struct RpcStats {
     /// Calls per bucket (not cumulative), the last one past every bound.
     buckets: [AtomicU64; RPC_BUCKETS.len() + 1],
     /// Total duration, in nanoseconds.
@@ -66,7 +66,7 @@ impl RpcStats {
     /// Count an RPC that started at `started` and is answered now, with an
     /// error when `failed`.
     #[inline]
-    pub fn observe(&self, started: Started, failed: bool) {
+    pub(crate) fn observe(&self, started: Started, failed: bool) {
         let nanos = u64::try_from(started.0.elapsed().as_nanos()).unwrap_or(u64::MAX);
         let bucket = RPC_BUCKET_NANOS.partition_point(|&bound| bound < nanos);
         add_own(&self.buckets[bucket], 1);
@@ -89,7 +89,7 @@ impl RpcStats {
 /// One worker's [`RpcStats`] by plugin and event. Locked when a worker
 /// builds its routing (start, reload) and by scrapes, never per RPC.
 #[derive(Debug, Default)]
-pub struct RpcTable {
+pub(crate) struct RpcTable {
     series: Mutex<RpcSeries>,
 }
 
@@ -105,7 +105,7 @@ impl RpcTable {
     /// The histogram of RPC `event` of `plugin` on this worker, created on
     /// first use. The same for every build of the plugin, so that a reload
     /// does not reset it.
-    pub fn series(&self, plugin: &Arc<str>, event: &str) -> Arc<RpcStats> {
+    pub(crate) fn series(&self, plugin: &Arc<str>, event: &str) -> Arc<RpcStats> {
         let mut series = self.series.lock().unwrap_or_else(|e| e.into_inner());
         let series = &mut *series;
         if let Some(stats) = series.by_plugin.get(plugin).and_then(|e| e.get(event)) {

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::time::Duration;
 use thiserror::Error;
 use wasmtime::component::{Component, Linker};
-use wasmtime::{Cache, CacheConfig, Config, Engine, OptLevel};
+use wasmtime::{Cache, CacheConfig, Config, Engine, OptLevel, WasmBacktraceDetails};
 
 /// How often the epoch advances. A call's deadline is a number of ticks, so
 /// deadlines are kept to within one tick.
@@ -51,7 +51,10 @@ impl PluginEngine {
         config
             .wasm_component_model(true)
             .epoch_interruption(true)
-            .cranelift_opt_level(OptLevel::Speed);
+            .cranelift_opt_level(OptLevel::Speed)
+            // Fault reports name the file and line of each frame, from the
+            // plugin's own debug line tables (compiling reads them once).
+            .wasm_backtrace_details(WasmBacktraceDetails::Enable);
         if let Some(dir) = cache_dir {
             let mut cache_config = CacheConfig::new();
             cache_config.with_directory(dir);
@@ -102,11 +105,6 @@ fn start_epoch_ticker(engine: &Engine) -> std::io::Result<()> {
             }
         })
         .map(drop)
-}
-
-/// The number of epoch ticks that covers `deadline`.
-pub(super) fn deadline_ticks(deadline: Duration) -> u64 {
-    (deadline.as_micros() / EPOCH_TICK.as_micros()).max(1) as u64 + 1
 }
 
 impl std::fmt::Debug for PluginEngine {

@@ -2,13 +2,15 @@
 //! middleware chain first, then to the one plugin that declares the event.
 
 use super::fault::{Call, Retired, failure_error, invalid_answer, plugin_error};
-use super::loaded::Instance;
+use super::host_state::HostState;
 use super::middleware::Inbound;
 use super::types::Socket;
+use super::wit::Exports;
 use super::worker::WorkerPlugins;
 use crate::metrics;
 use crate::protocol::{self, ErrorObject};
 use std::rc::Rc;
+use wasmtime::Store;
 
 impl WorkerPlugins {
     /// Whether RPC `event` may be called by an unauthenticated socket
@@ -68,12 +70,11 @@ impl WorkerPlugins {
     ) -> Result<Result<Option<String>, ErrorObject>, Retired> {
         let plugin = &self.set().plugins[index];
         let data = data.map(str::to_owned);
+        let invoke = async |exports: &Exports, store: &mut Store<HostState>| {
+            exports.on_invoke(store, socket, event, data.as_ref()).await
+        };
         let answer = match self
-            .call(index, Call::Invoke(event), async |i: &mut Instance| {
-                i.exports
-                    .on_invoke(&mut i.store, socket, event, data.as_ref())
-                    .await
-            })
+            .call(index, Call::Invoke(event), Some(&socket.id), invoke)
             .await?
         {
             Ok(answer) => answer,
@@ -131,12 +132,13 @@ impl WorkerPlugins {
                 return;
             };
             let data = rewritten.or_else(|| data.map(str::to_owned));
+            let transmit = async |exports: &Exports, store: &mut Store<HostState>| {
+                exports
+                    .on_transmit(store, socket, event, data.as_ref())
+                    .await
+            };
             let delivered = plugins
-                .call(index, Call::Transmit(event), async |i: &mut Instance| {
-                    i.exports
-                        .on_transmit(&mut i.store, socket, event, data.as_ref())
-                        .await
-                })
+                .call(index, Call::Transmit(event), Some(&socket.id), transmit)
                 .await;
             match delivered {
                 Err(Retired) => plugins = plugins.newest(),

@@ -1,6 +1,7 @@
 //! What a call into a plugin is (for fault reports), how it can fail, and
 //! the error objects clients receive when it does.
 
+use super::cpu::DeadlineExceeded;
 use super::health::FaultKind;
 use super::limits::MemoryCapExceeded;
 use super::loaded::LoadedPlugin;
@@ -83,7 +84,7 @@ pub(super) fn describe_fault(
         );
     }
     let trap = match error.downcast_ref::<Trap>() {
-        Some(Trap::Interrupt) => {
+        _ if error.downcast_ref::<DeadlineExceeded>().is_some() => {
             return (
                 FaultKind::Timeout,
                 format!(

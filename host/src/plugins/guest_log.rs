@@ -14,6 +14,11 @@ use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
 /// without newlines cannot grow host memory.
 const MAX_LINE: usize = 16 * 1024;
 
+/// The hint Rust's panic handler prints after a panic message. A plugin
+/// cannot take it (it has no environment); the host's fault report has the
+/// backtrace already, with files and lines.
+const RUST_BACKTRACE_HINT: &str = "note: run with `RUST_BACKTRACE=1`";
+
 /// How many recent stderr lines are kept for fault reports.
 const RECENT_LINES: usize = 8;
 
@@ -87,11 +92,11 @@ impl LineWriter {
     }
 
     fn emit(&mut self) {
-        if self.pending.iter().all(u8::is_ascii_whitespace) {
+        let line = String::from_utf8_lossy(&self.pending);
+        if line.trim().is_empty() || line.starts_with(RUST_BACKTRACE_HINT) {
             self.pending.clear();
             return;
         }
-        let line = String::from_utf8_lossy(&self.pending);
         let plugin = &*self.log.plugin;
         match &self.log.stream {
             GuestStream::Stdout => tracing::info!(plugin, "{line}"),

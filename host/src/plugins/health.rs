@@ -26,6 +26,8 @@ pub struct PluginHealth {
     out_of_memory: AtomicU64,
     rebuilds: AtomicU64,
     backoffs: AtomicU64,
+    /// Sockets that backed off from the plugin after faulting again and again.
+    socket_backoffs: AtomicU64,
     /// Workers whose instance of the plugin is backing off right now.
     backing_off: AtomicUsize,
     /// The most recent fault or failed rebuild, for operators.
@@ -47,6 +49,12 @@ impl PluginHealth {
     /// Count a rebuilt instance.
     pub fn rebuilt(&self) {
         self.rebuilds.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Count a socket that starts backing off from the plugin (its calls
+    /// faulted again and again; others are served).
+    pub(super) fn socket_backoff_started(&self) {
+        self.socket_backoffs.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Remember a failed rebuild.
@@ -87,6 +95,7 @@ impl PluginHealth {
             out_of_memory: self.out_of_memory.load(Ordering::Relaxed),
             rebuilds: self.rebuilds.load(Ordering::Relaxed),
             backoffs: self.backoffs.load(Ordering::Relaxed),
+            socket_backoffs: self.socket_backoffs.load(Ordering::Relaxed),
             degraded: self.is_degraded(),
         }
     }
@@ -105,6 +114,7 @@ impl PluginHealth {
             "outOfMemory": self.out_of_memory.load(Ordering::Relaxed),
             "rebuilds": self.rebuilds.load(Ordering::Relaxed),
             "backoffs": self.backoffs.load(Ordering::Relaxed),
+            "socketBackoffs": self.socket_backoffs.load(Ordering::Relaxed),
             "lastError": last_error,
         })
     }

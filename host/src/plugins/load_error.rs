@@ -24,6 +24,15 @@ pub enum LoadError {
         /// What went wrong.
         source: std::io::Error,
     },
+    /// The file is not WebAssembly at all.
+    #[error(
+        "{path}: not a valid WebAssembly component: not WebAssembly at all (a wasm file \
+         starts with the bytes \\0asm)"
+    )]
+    NotWasm {
+        /// The plugin file.
+        path: PathBuf,
+    },
     /// The file is not a valid WebAssembly component.
     #[error("{path}: not a valid WebAssembly component: {source:#}")]
     Compile {
@@ -60,6 +69,8 @@ pub enum LoadError {
     Start {
         /// The plugin file.
         path: PathBuf,
+        /// The plugin's name, when `describe` said it.
+        plugin: Option<String>,
         /// `instantiate`, `describe` or `init`.
         stage: &'static str,
         /// The trap or the plugin's error.
@@ -95,4 +106,15 @@ pub enum LoadError {
         /// The second file.
         second: PathBuf,
     },
+}
+
+impl LoadError {
+    /// The name of the plugin the error is about, when it is known (a
+    /// plugin whose `init` failed has said its name already).
+    pub fn plugin(&self) -> Option<&str> {
+        match self {
+            LoadError::Start { plugin, .. } => plugin.as_deref(),
+            _ => None,
+        }
+    }
 }

@@ -1,7 +1,7 @@
 //! A plugin compiled and checked ([`LoadedPlugin`]), and a live instance of
 //! it ([`Instance`]): what a worker builds, calls, and rebuilds after a fault.
 
-use super::engine::deadline_ticks;
+use super::cpu::{self, CpuMeter, Metered};
 use super::health::PluginHealth;
 use super::host_state::HostState;
 use super::options::PluginLimits;
@@ -42,11 +42,13 @@ pub struct LoadedPlugin {
 /// A live instance of a plugin with its store.
 pub struct Instance {
     /// The store holding the instance's memory and host state.
-    pub store: Store<HostState>,
+    store: Store<HostState>,
     /// The plugin's exports.
-    pub exports: Exports,
+    exports: Exports,
     /// The optional `state` exports, when the plugin has them.
     state: Option<StateFuncs>,
+    /// The guest time of the call in progress, against its deadline.
+    meter: Arc<CpuMeter>,
 }
 
 /// The typed `snapshot` and `restore` exports of one instance.
@@ -74,7 +76,8 @@ impl StateExports {
 }
 
 impl Instance {
-    /// Create a store and instantiate `pre` in it.
+    /// Create a store and instantiate `pre` in it; instantiating counts
+    /// against `limits.deadline` like any call.
     pub(super) async fn new(
         pre: &PluginPre,
         state_exports: Option<&StateExports>,
@@ -87,8 +90,15 @@ impl Instance {
             HostState::new(name, services, limits.memory_bytes),
         );
         store.limiter(|state| state.limits());
-        store.set_epoch_deadline(deadline_ticks(limits.deadline));
-        let (exports, instance) = pre.instantiate(&mut store).await?;
+        let meter = Arc::new(CpuMeter::default());
+        let on_epoch = meter.clone();
+        store.epoch_deadline_callback(move |_| cpu::on_epoch(&on_epoch));
+        meter.start_call(limits.deadline);
+        store.set_epoch_deadline(1);
+        let (exports, instance) = {
+            let instantiating = std::pin::pin!(pre.instantiate(&mut store));
+            Metered::new(instantiating, &meter).await?
+        };
         let state = match state_exports {
             Some(found) => Some(StateFuncs {
                 snapshot: instance.get_typed_func(&mut store, found.snapshot)?,
@@ -100,14 +110,35 @@ impl Instance {
             store,
             exports,
             state,
+            meter,
         })
+    }
+
+    /// Run `call` on this instance with `budget` of guest time: a call
+    /// that runs longer fails with [`cpu::DeadlineExceeded`], and a long
+    /// call yields to the worker's other tasks as it runs.
+    pub(super) async fn run<R>(
+        &mut self,
+        budget: Duration,
+        call: impl AsyncFnOnce(&Exports, &mut Store<HostState>) -> wasmtime::Result<R>,
+    ) -> wasmtime::Result<R> {
+        self.meter.start_call(budget);
+        self.store.set_epoch_deadline(1);
+        let running = std::pin::pin!(call(&self.exports, &mut self.store));
+        Metered::new(running, &self.meter).await
+    }
+
+    /// What the guest wrote to stderr lately, for a fault report.
+    pub(super) fn take_recent_stderr(&self) -> String {
+        self.store.data().take_recent_stderr()
     }
 
     /// Run `init` with the operator's config, under `limits`.
     pub(super) async fn init(&mut self, config: &str, limits: PluginLimits) -> Result<(), String> {
-        self.store
-            .set_epoch_deadline(deadline_ticks(limits.deadline));
-        match self.exports.init(&mut self.store, config).await {
+        let init = async |exports: &Exports, store: &mut Store<HostState>| {
+            exports.init(store, config).await
+        };
+        match self.run(limits.deadline, init).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(reason)) => Err(format!("the plugin refused to start: {reason}")),
             Err(trap) => Err(format!("{trap:#}")),
@@ -116,11 +147,12 @@ impl Instance {
 
     /// What the plugin hands to its next build, if it exports `state`.
     pub async fn snapshot(&mut self, deadline: Duration) -> wasmtime::Result<Option<String>> {
-        let Some(state) = &self.state else {
+        let Some(snapshot) = self.state.as_ref().map(|state| state.snapshot) else {
             return Ok(None);
         };
-        self.store.set_epoch_deadline(deadline_ticks(deadline));
-        let (snapshot,) = state.snapshot.call_async(&mut self.store, ()).await?;
+        let call =
+            async |_: &Exports, store: &mut Store<HostState>| snapshot.call_async(store, ()).await;
+        let (snapshot,) = self.run(deadline, call).await?;
         Ok(snapshot)
     }
 
@@ -131,14 +163,13 @@ impl Instance {
         snapshot: String,
         deadline: Duration,
     ) -> wasmtime::Result<bool> {
-        let Some(state) = &self.state else {
+        let Some(restore) = self.state.as_ref().map(|state| state.restore) else {
             return Ok(false);
         };
-        self.store.set_epoch_deadline(deadline_ticks(deadline));
-        let (restored,) = state
-            .restore
-            .call_async(&mut self.store, (snapshot,))
-            .await?;
+        let call = async |_: &Exports, store: &mut Store<HostState>| {
+            restore.call_async(store, (snapshot,)).await
+        };
+        let (restored,) = self.run(deadline, call).await?;
         restored
             .map_err(|reason| wasmtime::format_err!("the plugin refused the state: {reason}"))?;
         Ok(true)

@@ -4,18 +4,20 @@
 //! plugin that declares it. Reloads re-read the directory the same way.
 
 use super::engine::PluginEngine;
+use super::host_state::HostState;
 use super::load_error::LoadError;
 use super::loaded::{Instance, LoadedPlugin, StateExports};
 use super::options::{PluginLimits, PluginOptions};
 use super::routes::PluginSet;
 use super::types::Manifest;
-use super::wit::{PluginPre, WitVersion};
+use super::wit::{Exports, PluginPre, WitVersion};
 use crate::auth::AuthEngine;
 use crate::services::HostServices;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
+use wasmtime::Store;
 
 /// Hash of a plugin file's bytes, to tell changed files from unchanged ones.
 fn content_hash(bytes: &[u8]) -> u64 {
@@ -52,26 +54,30 @@ fn plugin_files(dir: &Path) -> Result<Vec<PathBuf>, LoadError> {
 /// Load every `*.wasm` in `dir`, in file-name order.
 ///
 /// A file that fails to compile, link, describe itself or `init` is logged
-/// with its path and the reason and skipped; the others are served. Two
-/// plugins declaring the same event is an error: which one should answer is
-/// not something to guess.
+/// with its path and the reason, skipped, and returned as a [`Refusal`];
+/// the others are served. Two plugins declaring the same event is an error:
+/// which one should answer is not something to guess.
 pub async fn load_dir(
     engine: &PluginEngine,
     dir: &Path,
     options: &PluginOptions,
     services: &Arc<HostServices>,
-) -> Result<PluginSet, LoadError> {
-    let mut set = PluginSet::empty();
+) -> Result<(PluginSet, Vec<Refusal>), LoadError> {
+    let mut set = PluginSet::default();
+    let mut refused = Vec::new();
     for path in plugin_files(dir)? {
         match load_file(engine, &path, options, services).await {
             Ok(plugin) => {
                 log_loaded(&plugin, "plugin loaded");
                 set.add(Arc::new(plugin))?;
             }
-            Err(error) => tracing::error!("plugin skipped: {error}"),
+            Err(error) => {
+                tracing::error!("plugin skipped: {error}");
+                refused.push(Refusal::new(&path, &error, None));
+            }
         }
     }
-    Ok(set)
+    Ok((set, refused))
 }
 
 fn log_loaded(plugin: &LoadedPlugin, message: &str) {
@@ -85,20 +91,75 @@ fn log_loaded(plugin: &LoadedPlugin, message: &str) {
     );
 }
 
+/// What `wasmcluster check` found out about a plugin file.
+#[derive(Debug)]
+pub struct Checked {
+    /// The plugin, loaded as the server would load it.
+    pub plugin: LoadedPlugin,
+    /// Whether a fresh instance's `snapshot` returns state, so that a hot
+    /// swap hands it to the next build.
+    pub hands_over_state: bool,
+    /// How many plugins of the directory it was checked against, if any.
+    pub checked_against: Option<usize>,
+}
+
 /// Load one plugin file exactly as the server would (default limits, no
-/// config), for `wasmcluster check`.
-pub async fn check_file(path: &Path) -> Result<LoadedPlugin, LoadError> {
+/// config), for `wasmcluster check`; with `dir`, also check that it fits
+/// beside the plugins of that directory (name and events free).
+pub async fn check_file(path: &Path, dir: Option<&Path>) -> Result<Checked, LoadError> {
     let engine = PluginEngine::new(None).map_err(|error| LoadError::Start {
         path: path.to_owned(),
+        plugin: None,
         stage: "engine",
         reason: error.to_string(),
     })?;
-    let options = PluginOptions::new(PluginLimits {
+    let defaults = PluginLimits {
         deadline: Duration::from_millis(100),
         memory_bytes: 64 << 20,
-    });
+    };
+    let options = PluginOptions::new(defaults);
     let services = Arc::new(HostServices::new(Arc::new(AuthEngine::with_random_key(0))));
-    load_file(&engine, path, &options, &services).await
+    let plugin = load_file(&engine, path, &options, &services).await?;
+    let checked_against = match dir {
+        Some(dir) => {
+            let others = others_in(&engine, dir, path, &options, &services).await?;
+            others.check_fits(&plugin)?;
+            Some(others.plugins.len())
+        }
+        None => None,
+    };
+    let hands_over_state = match plugin.instantiate(services).await {
+        Ok(mut instance) => matches!(instance.snapshot(defaults.deadline).await, Ok(Some(_))),
+        Err(_) => false,
+    };
+    Ok(Checked {
+        plugin,
+        hands_over_state,
+        checked_against,
+    })
+}
+
+/// The plugins of `dir` but the one at `checked` (the file being checked
+/// may sit in the directory already, as an older build).
+async fn others_in(
+    engine: &PluginEngine,
+    dir: &Path,
+    checked: &Path,
+    options: &PluginOptions,
+    services: &Arc<HostServices>,
+) -> Result<PluginSet, LoadError> {
+    let checked_name = checked.file_name();
+    let mut set = PluginSet::default();
+    for path in plugin_files(dir)? {
+        if path.file_name() == checked_name {
+            continue;
+        }
+        match load_file(engine, &path, options, services).await {
+            Ok(plugin) => set.add(Arc::new(plugin))?,
+            Err(error) => tracing::warn!("not checked against {}: {error}", path.display()),
+        }
+    }
+    Ok(set)
 }
 
 /// What a reload did.
@@ -110,8 +171,36 @@ pub struct ReloadSummary {
     pub updated: Vec<String>,
     /// Names of plugins whose file was removed.
     pub unloaded: Vec<String>,
-    /// Files refused, with the reason; the old version (if any) keeps serving.
-    pub refused: Vec<String>,
+    /// Files refused; the old version (if any) keeps serving.
+    pub refused: Vec<Refusal>,
+}
+
+/// A plugin file that was not loaded, and why.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Refusal {
+    /// The file.
+    pub file: PathBuf,
+    /// The plugin's name, when it got as far as saying it.
+    pub plugin: Option<String>,
+    /// Why it was refused, naming the file.
+    pub reason: String,
+    /// The build of the plugin that keeps serving instead (its version),
+    /// when a reload refused a new build of a loaded plugin.
+    pub kept: Option<String>,
+}
+
+impl Refusal {
+    fn new(file: &Path, error: &LoadError, kept: Option<&LoadedPlugin>) -> Self {
+        Refusal {
+            file: file.to_owned(),
+            plugin: error
+                .plugin()
+                .map(str::to_owned)
+                .or_else(|| kept.map(|old| old.name.to_string())),
+            reason: error.to_string(),
+            kept: kept.map(|old| old.manifest.version.clone()),
+        }
+    }
 }
 
 impl ReloadSummary {
@@ -135,7 +224,7 @@ pub async fn reload_dir(
 ) -> Result<(PluginSet, ReloadSummary), LoadError> {
     let files = plugin_files(dir)?;
     let mut summary = ReloadSummary::default();
-    let mut next = PluginSet::empty();
+    let mut next = PluginSet::default();
     let mut candidates = Vec::new();
     for path in &files {
         let old = current.by_path(path);
@@ -176,12 +265,16 @@ pub async fn reload_dir(
             Ok(None) => {}
             Err(error) => {
                 tracing::error!("plugin refused: {error}");
-                summary.refused.push(error.to_string());
-                if let Some(old) = old
-                    && let Err(error) = next.add(old.clone())
-                {
-                    tracing::error!("could not keep the old version either: {error}");
-                }
+                let kept = old.filter(|old| match next.add((*old).clone()) {
+                    Ok(()) => true,
+                    Err(error) => {
+                        tracing::error!("could not keep the old version either: {error}");
+                        false
+                    }
+                });
+                summary
+                    .refused
+                    .push(Refusal::new(path, &error, kept.map(|old| &**old)));
             }
         }
     }
@@ -199,6 +292,11 @@ pub(super) async fn load_file(
         path: path.to_owned(),
         source,
     })?;
+    if !bytes.starts_with(b"\0asm") {
+        return Err(LoadError::NotWasm {
+            path: path.to_owned(),
+        });
+    }
     let hash = content_hash(&bytes);
     let component = engine
         .compile(bytes)
@@ -221,6 +319,7 @@ pub(super) async fn load_file(
     let state_exports = StateExports::find(&component, version);
     let start_error = |stage, reason| LoadError::Start {
         path: path.to_owned(),
+        plugin: None,
         stage,
         reason,
     };
@@ -233,9 +332,10 @@ pub(super) async fn load_file(
         .file_stem()
         .map_or("plugin".into(), |s| s.to_string_lossy().into());
     let mut trial = trial_instance(file_name, options.defaults).await?;
+    let describe =
+        async |exports: &Exports, store: &mut Store<HostState>| exports.describe(store).await;
     let manifest = trial
-        .exports
-        .describe(&mut trial.store)
+        .run(options.defaults.deadline, describe)
         .await
         .map_err(|error| start_error("describe", format!("{error:#}")))?;
     check_manifest(&manifest).map_err(|reason| LoadError::Manifest {
@@ -250,7 +350,12 @@ pub(super) async fn load_file(
     trial
         .init(&config, limits)
         .await
-        .map_err(|reason| start_error("init", reason))?;
+        .map_err(|reason| LoadError::Start {
+            path: path.to_owned(),
+            plugin: Some(manifest.name.clone()),
+            stage: "init",
+            reason,
+        })?;
 
     Ok(LoadedPlugin {
         name: manifest.name.as_str().into(),

@@ -10,14 +10,16 @@
 //! denies the action.
 
 use super::fault::{Call, CallFailure, Retired, failure_error, invalid_answer, plugin_error};
-use super::loaded::Instance;
+use super::host_state::HostState;
 use super::types::{
     Decision, ErrorObject as GuestError, HandshakeInfo, Hook, InboundDecision, Socket,
 };
+use super::wit::Exports;
 use super::worker::WorkerPlugins;
 use crate::metrics::{self, HookKind};
 use crate::protocol::{self, ErrorObject};
 use std::rc::Rc;
+use wasmtime::Store;
 
 /// What one hook decided, in the host's terms.
 pub(super) enum Verdict {
@@ -77,10 +79,12 @@ impl WorkerPlugins {
     /// Run the `handshake` hooks for a connection's `#handshake`.
     pub async fn check_handshake(self: &Rc<Self>, info: &HandshakeInfo) -> Result<(), ErrorObject> {
         self.on_newest(async |plugins| {
+            let call =
+                async |exports: &Exports, store: &mut Store<HostState>, _: Option<&String>| {
+                    Ok(exports.on_handshake(store, info).await?.into())
+                };
             plugins
-                .run_chain(Hook::Handshake, Call::Handshake, None, async |i, _| {
-                    Ok(i.exports.on_handshake(&mut i.store, info).await?.into())
-                })
+                .run_chain(Hook::Handshake, Call::Handshake, None, None, call)
                 .await
         })
         .await
@@ -94,15 +98,18 @@ impl WorkerPlugins {
         claims: &str,
     ) -> Result<(), ErrorObject> {
         self.on_newest(async |plugins| {
-            let call = async |i: &mut Instance, _: Option<&String>| {
-                let decision = i
-                    .exports
-                    .on_authenticate(&mut i.store, socket, claims)
-                    .await?;
-                Ok(decision.into())
-            };
+            let call =
+                async |exports: &Exports, store: &mut Store<HostState>, _: Option<&String>| {
+                    Ok(exports.on_authenticate(store, socket, claims).await?.into())
+                };
             plugins
-                .run_chain(Hook::Authenticate, Call::Authenticate, None, call)
+                .run_chain(
+                    Hook::Authenticate,
+                    Call::Authenticate,
+                    Some(socket),
+                    None,
+                    call,
+                )
                 .await
         })
         .await
@@ -117,15 +124,16 @@ impl WorkerPlugins {
         data: Option<&str>,
     ) -> Result<(), ErrorObject> {
         self.on_newest(async |plugins| {
-            let call = async |i: &mut Instance, data: Option<&String>| {
-                let decision = i
-                    .exports
-                    .on_subscribe(&mut i.store, socket, channel, data)
-                    .await?;
-                Ok(decision.into())
-            };
+            let call =
+                async |exports: &Exports, store: &mut Store<HostState>, data: Option<&String>| {
+                    Ok(exports
+                        .on_subscribe(store, socket, channel, data)
+                        .await?
+                        .into())
+                };
+            let what = Call::Subscribe(channel);
             plugins
-                .run_chain(Hook::Subscribe, Call::Subscribe(channel), data, call)
+                .run_chain(Hook::Subscribe, what, Some(socket), data, call)
                 .await
         })
         .await
@@ -178,16 +186,17 @@ impl WorkerPlugins {
             Inbound::Invoke => (Hook::Invoke, Call::InvokeIn(subject)),
             Inbound::Transmit => (Hook::Transmit, Call::TransmitIn(subject)),
         };
-        self.run_chain(hook, what, data, async |i, data| {
-            let (exports, store) = (&i.exports, &mut i.store);
+        let call = async |exports: &Exports,
+                          store: &mut Store<HostState>,
+                          data: Option<&String>| {
             let decision = match action {
                 Inbound::Publish => exports.on_publish_in(store, socket, subject, data).await?,
                 Inbound::Invoke => exports.on_invoke_in(store, socket, subject, data).await?,
                 Inbound::Transmit => exports.on_transmit_in(store, socket, subject, data).await?,
             };
             Ok(decision.into())
-        })
-        .await
+        };
+        self.run_chain(hook, what, Some(socket), data, call).await
     }
 
     /// Call `hook` on every plugin of its chain, in order, with the data as
@@ -196,13 +205,20 @@ impl WorkerPlugins {
         &self,
         hook: Hook,
         what: Call<'_>,
+        socket: Option<&Socket>,
         data: Option<&str>,
-        hook_call: impl AsyncFn(&mut Instance, Option<&String>) -> wasmtime::Result<Verdict>,
+        hook_call: impl AsyncFn(
+            &Exports,
+            &mut Store<HostState>,
+            Option<&String>,
+        ) -> wasmtime::Result<Verdict>,
     ) -> Result<Result<Rewritten, ErrorObject>, Retired> {
         if self.set().chain(hook).is_empty() {
             return Ok(Ok(None));
         }
-        let decided = self.chain_decision(hook, what, data, hook_call).await?;
+        let decided = self
+            .chain_decision(hook, what, socket, data, hook_call)
+            .await?;
         if decided.is_err()
             && let Some(kind) = hook_kind(hook)
         {
@@ -216,17 +232,23 @@ impl WorkerPlugins {
         &self,
         hook: Hook,
         what: Call<'_>,
+        socket: Option<&Socket>,
         data: Option<&str>,
-        hook_call: impl AsyncFn(&mut Instance, Option<&String>) -> wasmtime::Result<Verdict>,
+        hook_call: impl AsyncFn(
+            &Exports,
+            &mut Store<HostState>,
+            Option<&String>,
+        ) -> wasmtime::Result<Verdict>,
     ) -> Result<Result<Rewritten, ErrorObject>, Retired> {
         let data = data.map(str::to_owned);
         let mut rewritten: Rewritten = None;
         for &index in self.set().chain(hook) {
             let plugin = &self.set().plugins[index];
             let input = rewritten.as_ref().or(data.as_ref());
+            let source = socket.map(|socket| socket.id.as_str());
             let verdict = self
-                .call(index, what, async |i: &mut Instance| {
-                    hook_call(i, input).await
+                .call(index, what, source, async |exports, store| {
+                    hook_call(exports, store, input).await
                 })
                 .await?;
             match verdict {

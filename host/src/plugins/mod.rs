@@ -13,6 +13,7 @@
 //! The rest of the host speaks the types of [`types`]; only `wit/` knows
 //! the generated bindings of each released version of the contract.
 
+mod cpu;
 mod engine;
 mod events;
 mod fault;
@@ -26,6 +27,7 @@ mod loader;
 mod middleware;
 mod options;
 mod routes;
+mod slot;
 pub mod types;
 mod wit;
 mod worker;
@@ -34,7 +36,9 @@ pub use engine::{EngineError, PluginEngine};
 pub use health::{FaultKind, PluginHealth};
 pub use load_error::LoadError;
 pub use loaded::LoadedPlugin;
-pub use loader::{ReloadSummary, check_file, is_plugin_file, load_dir, reload_dir};
+pub use loader::{
+    Checked, Refusal, ReloadSummary, check_file, is_plugin_file, load_dir, reload_dir,
+};
 pub use middleware::Rewritten;
 pub use options::{PluginLimits, PluginOptions, PluginOverrides};
 pub use routes::PluginSet;

@@ -23,9 +23,9 @@ pub struct PluginSet {
     public_rpc_events: HashSet<String>,
 }
 
-impl PluginSet {
+impl Default for PluginSet {
     /// An empty set.
-    pub(super) fn empty() -> Self {
+    fn default() -> Self {
         PluginSet {
             plugins: Vec::new(),
             rpc_routes: HashMap::new(),
@@ -34,7 +34,9 @@ impl PluginSet {
             public_rpc_events: HashSet::new(),
         }
     }
+}
 
+impl PluginSet {
     /// The plugin answering RPC `event`.
     pub(super) fn rpc_route(&self, event: &str) -> Option<usize> {
         self.rpc_routes.get(event).copied()

@@ -3,59 +3,25 @@
 //! Each worker owns one instance (one `Store`) per plugin, so a call is a
 //! direct call on the worker's thread. The async mutex around each instance
 //! is never contended across threads; it only keeps two connections of the
-//! same worker from entering one instance at once.
-//!
-//! A call that traps, overruns its deadline or exceeds its memory cap fails
-//! alone: the instance is dropped and rebuilt (from its `InstancePre`, with
-//! `init`) when the next event for that plugin arrives. A plugin that cannot
-//! be rebuilt, or whose calls fault [`FAULTS_BEFORE_BACKOFF`] times in a row,
-//! backs off: its events are answered at once with `PluginUnavailable`, for
-//! a delay that doubles up to [`MAX_BACKOFF`], until a rebuild succeeds.
+//! same worker from entering one instance at once. A call that faults fails
+//! alone: its instance is rebuilt for the next event (the fault policy is in
+//! `slot`).
 
-use super::engine::deadline_ticks;
 use super::fault::{Call, CallFailure, Retired, describe_fault};
-use super::loaded::{Instance, LoadedPlugin};
+use super::host_state::HostState;
+use super::loaded::LoadedPlugin;
 use super::routes::PluginSet;
+use super::slot::{Slot, ensure_instance, new_slot};
 use super::types::{Hook, Socket};
+use super::wit::Exports;
 use crate::metrics::{RpcStats, WorkerStats};
 use crate::services::HostServices;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::Duration;
 use tokio::sync::Mutex;
-use tokio::time::Instant;
-
-/// Consecutive faulted calls (with no successful call between them) after
-/// which a plugin instance backs off. A plugin that faults on some inputs
-/// but serves others is rebuilt each time and never backs off.
-pub(super) const FAULTS_BEFORE_BACKOFF: u32 = 10;
-/// The first back-off delay.
-pub(super) const MIN_BACKOFF: Duration = Duration::from_millis(10);
-/// The longest back-off delay.
-pub(super) const MAX_BACKOFF: Duration = Duration::from_secs(30);
-
-/// One worker's state for one plugin.
-#[derive(Default)]
-struct Slot {
-    /// The live instance; `None` after a fault until a call rebuilds it.
-    instance: Option<Instance>,
-    /// Faulted calls since the last successful one.
-    consecutive_faults: u32,
-    /// While the plugin backs off on this worker: when events are taken again.
-    backoff_until: Option<Instant>,
-    /// The delay of the last back-off, kept until a call succeeds so that
-    /// repeated back-offs keep doubling.
-    last_delay: Option<Duration>,
-    /// Why the plugin is unavailable, for the answers during a back-off.
-    reason: String,
-    /// Set when a reload replaced this plugin: calls that were waiting for
-    /// the slot go to the successor instead.
-    retired: bool,
-    /// Whether a task will rebuild the instance when its back-off ends.
-    recovery_scheduled: bool,
-}
+use wasmtime::Store;
 
 /// One worker's instances of every loaded plugin.
 pub struct WorkerPlugins {
@@ -106,10 +72,16 @@ impl WorkerPlugins {
         &self.set
     }
 
-    /// Instantiate and `init` every plugin for one worker, counting on the
-    /// worker's `stats`. A plugin whose instance cannot be built here backs
-    /// off and is retried.
-    pub async fn start(
+    /// Instantiate and `init` every plugin for one worker. A plugin whose
+    /// instance cannot be built here backs off and is retried. Counters go
+    /// to a private set; a server's worker uses
+    /// [`WorkerPlugins::start_counting`].
+    pub async fn start(set: Arc<PluginSet>, services: Arc<HostServices>) -> Self {
+        Self::start_counting(set, services, Arc::default()).await
+    }
+
+    /// [`WorkerPlugins::start`], counting on the worker's `stats`.
+    pub(crate) async fn start_counting(
         set: Arc<PluginSet>,
         services: Arc<HostServices>,
         stats: Arc<WorkerStats>,
@@ -184,8 +156,7 @@ impl WorkerPlugins {
         // From here to the caller's swap there is no await: nothing can
         // observe a retired slot before the new set is current.
         for mut old in replaced {
-            old.retired = true;
-            old.instance = None;
+            old.retire();
         }
         *self.successor.borrow_mut() = Some(next.clone());
         next
@@ -203,49 +174,39 @@ impl WorkerPlugins {
         }
     }
 
-    /// Call `f` on plugin `index`'s instance with a fresh deadline, building
-    /// the instance first if an earlier fault dropped it. `Err(Retired)` when
-    /// a reload replaced the plugin while the call waited for it.
+    /// Call `f` on plugin `index`'s instance, for `socket` (none for calls
+    /// no socket makes), building the instance first if an earlier fault
+    /// dropped it. `Err(Retired)` when a reload replaced the plugin while the
+    /// call waited for it.
     pub(super) async fn call<R>(
         &self,
         index: usize,
         what: Call<'_>,
-        f: impl AsyncFnOnce(&mut Instance) -> wasmtime::Result<R>,
+        socket: Option<&str>,
+        f: impl AsyncFnOnce(&Exports, &mut Store<HostState>) -> wasmtime::Result<R>,
     ) -> Result<Result<R, CallFailure>, Retired> {
         let plugin = &self.set.plugins[index];
         let mut slot = self.slots[index].lock().await;
         if slot.retired {
             return Err(Retired);
         }
-        if slot
-            .backoff_until
-            .is_some_and(|until| Instant::now() < until)
-        {
-            return Ok(Err(CallFailure::Unavailable(slot.reason.clone())));
+        if let Some(refused) = slot.refusal(socket) {
+            return Ok(Err(refused));
         }
-        if slot.instance.is_none()
-            && let Err(reason) = Box::pin(rebuild(&mut slot, plugin, &self.services)).await
-        {
-            schedule_recovery(&mut slot, &self.slots[index], plugin, &self.services);
-            return Ok(Err(CallFailure::Unavailable(reason)));
-        }
-        let Some(instance) = slot.instance.as_mut() else {
-            return Ok(Err(CallFailure::Unavailable(slot.reason.clone())));
-        };
-        instance
-            .store
-            .set_epoch_deadline(deadline_ticks(plugin.limits.deadline));
-        let error = match f(instance).await {
+        let instance =
+            match ensure_instance(&mut slot, &self.slots[index], plugin, &self.services).await {
+                Ok(instance) => instance,
+                Err(unavailable) => return Ok(Err(unavailable)),
+            };
+        let error = match instance.run(plugin.limits.deadline, f).await {
             Ok(value) => {
-                slot.consecutive_faults = 0;
-                slot.last_delay = None;
+                slot.succeeded(socket);
                 return Ok(Ok(value));
             }
             Err(error) => error,
         };
-        let guest_stderr = instance.store.data().take_recent_stderr();
+        let guest_stderr = instance.take_recent_stderr();
         slot.instance = None;
-        slot.consecutive_faults += 1;
         let (kind, fault) = describe_fault(&error, plugin);
         let description = format!("Plugin '{}' {fault} in {what}", plugin.name);
         plugin.health.fault(kind, &description);
@@ -256,14 +217,7 @@ impl WorkerPlugins {
             guest_stderr,
             "plugin fault: {fault}; the instance will be rebuilt. {error:#}"
         );
-        if slot.consecutive_faults >= FAULTS_BEFORE_BACKOFF {
-            let reason = format!(
-                "Plugin '{}' is unavailable after {} faults in a row (last: {fault} in {what})",
-                plugin.name, slot.consecutive_faults
-            );
-            start_backoff(&mut slot, plugin, reason);
-            schedule_recovery(&mut slot, &self.slots[index], plugin, &self.services);
-        }
+        slot.faulted(socket, plugin, &format!("{fault} in {what}"));
         Ok(Err(CallFailure::Fault(description)))
     }
 
@@ -277,28 +231,30 @@ impl WorkerPlugins {
         let plugins = self.newest();
         for (index, plugin) in plugins.set.plugins.iter().enumerate() {
             if plugin.has_hook(Hook::Connect) {
+                let connect = async |exports: &Exports, store: &mut Store<HostState>| {
+                    exports.on_connect(store, socket).await
+                };
                 let _ = plugins
-                    .call(index, Call::Connect, async |i: &mut Instance| {
-                        i.exports.on_connect(&mut i.store, socket).await
-                    })
+                    .call(index, Call::Connect, Some(&socket.id), connect)
                     .await;
             }
         }
     }
 
-    /// Tell every plugin with the `disconnect` hook that a socket is gone.
+    /// Tell every plugin with the `disconnect` hook that a socket is gone,
+    /// and forget the faults its calls caused.
     pub async fn disconnected(self: &Rc<Self>, socket: &Socket, code: u16, reason: &str) {
         let plugins = self.newest();
         for (index, plugin) in plugins.set.plugins.iter().enumerate() {
             if plugin.has_hook(Hook::Disconnect) {
+                let disconnect = async |exports: &Exports, store: &mut Store<HostState>| {
+                    exports.on_disconnect(store, socket, code, reason).await
+                };
                 let _ = plugins
-                    .call(index, Call::Disconnect, async |i: &mut Instance| {
-                        i.exports
-                            .on_disconnect(&mut i.store, socket, code, reason)
-                            .await
-                    })
+                    .call(index, Call::Disconnect, None, disconnect)
                     .await;
             }
+            plugins.slots[index].lock().await.forget(&socket.id);
         }
     }
 }
@@ -356,108 +312,6 @@ async fn hand_over_state(
             new.instance = None;
         }
     }
-}
-
-/// A slot with a fresh instance, or backing off when none can be built.
-async fn new_slot(plugin: &Arc<LoadedPlugin>, services: &Arc<HostServices>) -> Rc<Mutex<Slot>> {
-    let mut slot = Slot::default();
-    let result = rebuild(&mut slot, plugin, services).await;
-    let shared = Rc::new(Mutex::new(slot));
-    if let Err(reason) = result {
-        tracing::error!(plugin = &*plugin.name, "{reason}");
-        let mut slot = shared.try_lock().expect("a new slot is not locked");
-        schedule_recovery(&mut slot, &shared, plugin, services);
-    }
-    shared
-}
-
-/// Rebuild a backing-off instance as soon as its delay is over, without
-/// waiting for an event: a worker that gets no traffic for this plugin must
-/// not stay degraded (and the server unready) forever. One task per slot;
-/// it runs on the worker's `LocalSet` until a rebuild succeeds or a reload
-/// retires the slot.
-fn schedule_recovery(
-    slot: &mut Slot,
-    shared: &Rc<Mutex<Slot>>,
-    plugin: &Arc<LoadedPlugin>,
-    services: &Arc<HostServices>,
-) {
-    if slot.recovery_scheduled || slot.backoff_until.is_none() {
-        return;
-    }
-    slot.recovery_scheduled = true;
-    let (shared, plugin, services) = (shared.clone(), plugin.clone(), services.clone());
-    tokio::task::spawn_local(async move {
-        loop {
-            let until = shared.lock().await.backoff_until;
-            if let Some(until) = until {
-                tokio::time::sleep_until(until).await;
-            }
-            let mut slot = shared.lock().await;
-            let waiting = slot
-                .backoff_until
-                .filter(|_| !slot.retired && slot.instance.is_none());
-            match waiting {
-                None => {
-                    slot.recovery_scheduled = false;
-                    return;
-                }
-                Some(until) if Instant::now() < until => continue,
-                Some(_) => {
-                    if rebuild(&mut slot, &plugin, &services).await.is_ok() {
-                        slot.recovery_scheduled = false;
-                        return;
-                    }
-                }
-            }
-        }
-    });
-}
-
-/// Build a fresh instance into `slot`; on failure, back off and return why.
-async fn rebuild(
-    slot: &mut Slot,
-    plugin: &LoadedPlugin,
-    services: &Arc<HostServices>,
-) -> Result<(), String> {
-    match plugin.instantiate(services.clone()).await {
-        Ok(instance) => {
-            slot.instance = Some(instance);
-            if slot.backoff_until.take().is_some() {
-                plugin.health.backoff_ended();
-                tracing::info!(
-                    plugin = &*plugin.name,
-                    "plugin recovered: instance rebuilt after a back-off"
-                );
-            }
-            plugin.health.rebuilt();
-            Ok(())
-        }
-        Err(error) => {
-            let reason = format!("Plugin '{}' is unavailable: {error}", plugin.name);
-            plugin.health.rebuild_failed(&reason);
-            start_backoff(slot, plugin, reason.clone());
-            Err(reason)
-        }
-    }
-}
-
-/// Refuse the plugin's events on this worker for a delay that doubles with
-/// every back-off since the last successful call.
-fn start_backoff(slot: &mut Slot, plugin: &LoadedPlugin, reason: String) {
-    let delay = slot
-        .last_delay
-        .map_or(MIN_BACKOFF, |last| (last * 2).min(MAX_BACKOFF));
-    slot.last_delay = Some(delay);
-    let newly = slot.backoff_until.is_none();
-    slot.backoff_until = Some(Instant::now() + delay);
-    plugin.health.backoff_started(newly);
-    tracing::warn!(
-        plugin = &*plugin.name,
-        delay_ms = delay.as_millis() as u64,
-        "plugin backing off: {reason}"
-    );
-    slot.reason = reason;
 }
 
 impl std::fmt::Debug for WorkerPlugins {

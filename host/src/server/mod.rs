@@ -8,6 +8,7 @@
 mod connection;
 mod http;
 mod plugin_watch;
+mod problems;
 mod shared;
 mod tls;
 mod worker;
@@ -17,12 +18,13 @@ use crate::broker::{Broker, RedisEngine, RedisError};
 use crate::config::ServerConfig;
 use crate::kv::KvStore;
 use crate::metrics::Metrics;
-use crate::plugins::{EngineError, LoadError, PluginEngine, load_dir, reload_dir};
+use crate::plugins::{EngineError, LoadError, PluginEngine, ReloadSummary, load_dir, reload_dir};
 use crate::services::HostServices;
+use problems::{PluginProblems, report_json, write_report};
 use shared::Shared;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use thiserror::Error;
@@ -31,6 +33,7 @@ use tokio::signal::unix::SignalKind;
 use tokio::sync::watch;
 use worker::Worker;
 
+pub use problems::report_path;
 pub use tls::{Tls, TlsError};
 
 /// Why the server could not start or run.
@@ -59,6 +62,10 @@ pub enum ServerError {
     /// The Redis broker cannot be used.
     #[error(transparent)]
     Broker(#[from] RedisError),
+    /// `--strict`: a plugin failed to load, or a config section names no
+    /// loaded plugin.
+    #[error("--strict: not starting with plugin problems: {0}")]
+    Strict(String),
     /// A worker thread could not be started.
     #[error("cannot start worker {index}: {source}")]
     Worker {
@@ -93,23 +100,22 @@ impl Server {
         };
         let auth = Arc::new(auth_engine(&config)?);
         let services = Arc::new(host_services(&config, auth.clone()).await?);
-        let plugins = Arc::new(
-            load_dir(
-                &engine,
-                &config.plugins_dir,
-                &config.plugin_options,
-                &services,
-            )
-            .await?,
-        );
-        for name in config.plugin_options.per_plugin.keys() {
-            if !plugins.plugins.iter().any(|plugin| *plugin.name == **name) {
-                tracing::warn!(
-                    plugin = name,
-                    "the config file has a [plugin.{name}] section, but no loaded plugin has that name"
-                );
-            }
+        let (plugins, refused) = load_dir(
+            &engine,
+            &config.plugins_dir,
+            &config.plugin_options,
+            &services,
+        )
+        .await?;
+        let problems =
+            PluginProblems::new(&plugins, refused, config.plugin_options.per_plugin.keys());
+        if config.strict && !problems.is_empty() {
+            return Err(ServerError::Strict(problems.lines().join("; ")));
         }
+        for line in problems.lines() {
+            tracing::error!("{line}; the server is not ready until this is fixed");
+        }
+        let plugins = Arc::new(plugins);
         if plugins.plugins.is_empty() {
             tracing::warn!(dir = %config.plugins_dir.display(), "no plugins loaded: only pub/sub is served");
         }
@@ -123,6 +129,8 @@ impl Server {
         let (shutdown, shutdown_rx) = watch::channel(false);
         let shared = Arc::new(Shared {
             plugins: RwLock::new(plugins),
+            problems: RwLock::new(problems),
+            reloads: AtomicU64::new(0),
             services,
             worker_stats: std::iter::repeat_with(Arc::default)
                 .take(config.workers)
@@ -257,28 +265,68 @@ impl Server {
 
     /// Re-read the plugins directory and switch every worker to the result
     /// (see [`reload_dir`]). Connections are untouched; a broken build is
-    /// refused and the old version keeps serving.
+    /// refused and the old version keeps serving. The outcome is logged, and
+    /// written next to the pid file for `wasmcluster reload`.
     pub async fn reload(&self) {
         let started = std::time::Instant::now();
+        let seq = self.shared.reloads.fetch_add(1, Ordering::Relaxed) + 1;
+        let outcome = self.reload_plugins().await;
+        let elapsed_ms = started.elapsed().as_millis() as u64;
+        match &outcome {
+            Ok(summary) => tracing::info!(
+                loaded = ?summary.loaded,
+                updated = ?summary.updated,
+                unloaded = ?summary.unloaded,
+                refused = ?summary.refused.iter().map(|r| &r.reason).collect::<Vec<_>>(),
+                elapsed_ms,
+                "reload done"
+            ),
+            Err(error) => {
+                tracing::error!("reload failed, the loaded plugins keep serving: {error}")
+            }
+        }
+        if let Some(pid_file) = &self.shared.config.pid_file {
+            let report = report_json(seq, outcome.as_ref().map_err(String::clone), elapsed_ms);
+            let path = report_path(pid_file);
+            if let Err(error) = write_report(&path, &report) {
+                tracing::warn!("cannot write the reload report {}: {error}", path.display());
+            }
+        }
+    }
+
+    /// Reload the plugins directory: what changed, or why nothing could.
+    async fn reload_plugins(&self) -> Result<ReloadSummary, String> {
         let config = &self.shared.config;
         let current = self.shared.plugins();
-        let (set, summary) = match reload_dir(
+        let reloaded = reload_dir(
             &self.engine,
             &config.plugins_dir,
             &current,
             &config.plugin_options,
             &self.shared.services,
         )
-        .await
-        {
+        .await;
+        let (set, summary) = match reloaded {
             Ok(reloaded) => reloaded,
             Err(error) => {
                 self.shared.metrics.reload_failed();
-                tracing::error!("reload failed, the loaded plugins keep serving: {error}");
-                return;
+                return Err(error.to_string());
             }
         };
         self.shared.metrics.reload_done(summary.refused.len());
+        let problems = PluginProblems::new(
+            &set,
+            summary.refused.clone(),
+            config.plugin_options.per_plugin.keys(),
+        );
+        for line in problems.lines() {
+            tracing::error!("{line}");
+        }
+        *self
+            .shared
+            .problems
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = problems;
         if summary.changed() {
             let set = Arc::new(set);
             *self
@@ -290,14 +338,7 @@ impl Server {
                 worker.switch_to(set.clone()).await;
             }
         }
-        tracing::info!(
-            loaded = ?summary.loaded,
-            updated = ?summary.updated,
-            unloaded = ?summary.unloaded,
-            refused = ?summary.refused,
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "reload done"
-        );
+        Ok(summary)
     }
 }
 

@@ -1,6 +1,7 @@
 //! What every worker of the server shares, and what the server tells about
 //! itself from it: `/healthz`, `/readyz` and the `/metrics` snapshot.
 
+use super::problems::PluginProblems;
 use super::tls::Tls;
 use crate::auth::AuthEngine;
 use crate::config::ServerConfig;
@@ -16,6 +17,10 @@ pub(super) struct Shared {
     pub config: ServerConfig,
     /// Loaded plugins and event routing; replaced by a reload.
     pub(super) plugins: RwLock<Arc<PluginSet>>,
+    /// Files that failed to load and config sections no plugin uses.
+    pub(super) problems: RwLock<PluginProblems>,
+    /// Reloads so far, numbering the reload reports.
+    pub(super) reloads: AtomicU64,
     /// Broker, socket registry, KV.
     pub services: Arc<HostServices>,
     /// Each worker's counters (one per worker, so that workers never write
@@ -54,13 +59,23 @@ impl Shared {
             .map(|plugin| &*plugin.name)
             .collect();
         let broker_connected = self.services.broker.is_connected();
-        let ready = degraded.is_empty() && broker_connected;
+        let problems = self.problems();
+        let ready = degraded.is_empty() && broker_connected && !problems.blocks_readiness();
         let body = serde_json::json!({
             "ready": ready,
             "degraded": degraded,
             "brokerConnected": broker_connected,
+            "problems": problems.to_json(),
         });
         (ready, body.to_string())
+    }
+
+    /// The plugin problems now.
+    fn problems(&self) -> PluginProblems {
+        self.problems
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// A counter summed over every worker.
@@ -89,9 +104,11 @@ impl Shared {
                 entry
             })
             .collect();
-        let degraded = set.plugins.iter().any(|p| p.health.is_degraded());
+        let problems = self.problems();
+        let degraded = set.plugins.iter().any(|p| p.health.is_degraded()) || !problems.is_empty();
         serde_json::json!({
             "status": if degraded { "degraded" } else { "ok" },
+            "problems": problems.to_json(),
             "workers": self.config.workers,
             "connections": self.services.sockets.len(),
             "channels": self.services.broker.channel_count(),

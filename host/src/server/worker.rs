@@ -127,7 +127,8 @@ async fn serve(
     let stats = shared.worker_stats[index].clone();
     metrics::enter_worker(stats.clone());
     let plugins =
-        WorkerPlugins::start(shared.plugins(), shared.services.clone(), stats.clone()).await;
+        WorkerPlugins::start_counting(shared.plugins(), shared.services.clone(), stats.clone())
+            .await;
     let ctx = Rc::new(SessionContext {
         plugins: RefCell::new(Rc::new(plugins)),
         services: shared.services.clone(),

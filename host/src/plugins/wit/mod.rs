@@ -118,7 +118,7 @@ impl PluginPre {
 }
 
 /// The exports of one plugin instance, whatever its version.
-pub enum Exports {
+pub(super) enum Exports {
     /// Built against 0.1.0.
     V0_1(v0_1::Plugin),
 }
@@ -134,12 +134,15 @@ macro_rules! dispatch {
 
 impl Exports {
     /// `describe`.
-    pub async fn describe(&self, store: &mut Store<HostState>) -> wasmtime::Result<Manifest> {
+    pub(super) async fn describe(
+        &self,
+        store: &mut Store<HostState>,
+    ) -> wasmtime::Result<Manifest> {
         dispatch!(self, store, call_describe())
     }
 
     /// `init`.
-    pub async fn init(
+    pub(super) async fn init(
         &self,
         store: &mut Store<HostState>,
         config: &str,
@@ -148,7 +151,7 @@ impl Exports {
     }
 
     /// `on-handshake`.
-    pub async fn on_handshake(
+    pub(super) async fn on_handshake(
         &self,
         store: &mut Store<HostState>,
         info: &HandshakeInfo,
@@ -157,7 +160,7 @@ impl Exports {
     }
 
     /// `on-connect`.
-    pub async fn on_connect(
+    pub(super) async fn on_connect(
         &self,
         store: &mut Store<HostState>,
         socket: &Socket,
@@ -166,7 +169,7 @@ impl Exports {
     }
 
     /// `on-disconnect`.
-    pub async fn on_disconnect(
+    pub(super) async fn on_disconnect(
         &self,
         store: &mut Store<HostState>,
         socket: &Socket,
@@ -177,7 +180,7 @@ impl Exports {
     }
 
     /// `on-invoke`.
-    pub async fn on_invoke(
+    pub(super) async fn on_invoke(
         &self,
         store: &mut Store<HostState>,
         socket: &Socket,
@@ -188,7 +191,7 @@ impl Exports {
     }
 
     /// `on-transmit`.
-    pub async fn on_transmit(
+    pub(super) async fn on_transmit(
         &self,
         store: &mut Store<HostState>,
         socket: &Socket,
@@ -199,7 +202,7 @@ impl Exports {
     }
 
     /// `on-subscribe`.
-    pub async fn on_subscribe(
+    pub(super) async fn on_subscribe(
         &self,
         store: &mut Store<HostState>,
         socket: &Socket,
@@ -210,7 +213,7 @@ impl Exports {
     }
 
     /// `on-authenticate`.
-    pub async fn on_authenticate(
+    pub(super) async fn on_authenticate(
         &self,
         store: &mut Store<HostState>,
         socket: &Socket,
@@ -224,7 +227,7 @@ impl Exports {
     }
 
     /// `on-publish-in`.
-    pub async fn on_publish_in(
+    pub(super) async fn on_publish_in(
         &self,
         store: &mut Store<HostState>,
         socket: &Socket,
@@ -235,7 +238,7 @@ impl Exports {
     }
 
     /// `on-invoke-in`.
-    pub async fn on_invoke_in(
+    pub(super) async fn on_invoke_in(
         &self,
         store: &mut Store<HostState>,
         socket: &Socket,
@@ -246,7 +249,7 @@ impl Exports {
     }
 
     /// `on-transmit-in`.
-    pub async fn on_transmit_in(
+    pub(super) async fn on_transmit_in(
         &self,
         store: &mut Store<HostState>,
         socket: &Socket,
