@@ -254,6 +254,21 @@ async fn read_head<S: AsyncRead + Unpin>(stream: &mut S) -> Result<(Request, Byt
     }
 }
 
+/// Read a request head the way a connection does, and decide what it gets
+/// (an upgrade's `101` answer or an error response): the input the fuzz
+/// target `http_upgrade` drives. The answer, if the head is complete.
+pub fn answer_request_head(bytes: &[u8]) -> Option<Vec<u8>> {
+    match parse_head(bytes) {
+        Ok(Some((request, _))) => Some(match request.websocket_accept() {
+            Ok(accept) => accept.into_bytes(),
+            Err(response) => response.to_bytes(),
+        }),
+        Ok(None) => None,
+        Err(ReadError::Reject(response)) => Some(response.to_bytes()),
+        Err(ReadError::Gone) => None,
+    }
+}
+
 /// Parse a complete head from `bytes`; `None` while it is incomplete.
 fn parse_head(bytes: &[u8]) -> Result<Option<(Request, usize)>, ReadError> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];

@@ -33,6 +33,9 @@ use tokio::signal::unix::SignalKind;
 use tokio::sync::watch;
 use worker::Worker;
 
+/// For the fuzz targets in `fuzz/`: not part of the API.
+#[doc(hidden)]
+pub use http::answer_request_head;
 pub use problems::report_path;
 pub use tls::{Tls, TlsError};
 
