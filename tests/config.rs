@@ -69,7 +69,7 @@ async fn plugin_sections_set_limits_per_plugin() {
     let dir = plugins_dir(&["echo"]);
     let file = config_file(
         dir.path(),
-        "[plugin.echo]\ndeadline-ms = 20\nmemory-mib = 16\nconfig = { greeting = \"hi\" }\n",
+        "[plugin.echo]\ndeadline-ms = 60\nmemory-mib = 16\nconfig = { greeting = \"hi\" }\n",
     );
     let server = TestServer::start(dir.path(), &["--config", &file]);
     let mut client = server.client().await;
@@ -78,7 +78,7 @@ async fn plugin_sections_set_limits_per_plugin() {
         reply["error"]["message"]
             .as_str()
             .unwrap()
-            .contains("timed out (deadline 20 ms)"),
+            .contains("timed out (deadline 60 ms)"),
         "{reply}"
     );
     let reply = client.invoke("grow", json!(null)).await;

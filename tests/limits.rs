@@ -9,22 +9,8 @@ use std::time::Duration;
 use support::{TestServer, plugins_dir};
 use testkit::{Client, Closed};
 
-/// The server's resident memory, in bytes.
-fn rss(server: &TestServer) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{}/status", server.pid())).unwrap();
-    let kib: u64 = status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|number| number.parse().ok())
-        .unwrap();
-    kib * 1024
-}
-
 async fn connections(server: &TestServer) -> u64 {
-    let (_, body) = server.http_get("/healthz", "").await;
-    let health: serde_json::Value = serde_json::from_str(&body).unwrap();
-    health["connections"].as_u64().unwrap()
+    server.health().await["connections"].as_u64().unwrap()
 }
 
 #[tokio::test]
@@ -38,7 +24,7 @@ async fn a_client_that_stops_reading_is_disconnected_and_memory_stays_bounded() 
     let mut publisher = server.client().await;
     let mut bystander = server.client().await;
     assert_eq!(connections(&server).await, 3);
-    let before = rss(&server);
+    let before = server.memory("VmRSS");
 
     let payload = "x".repeat(16 * 1024);
     for batch in 0..40 {
@@ -61,7 +47,7 @@ async fn a_client_that_stops_reading_is_disconnected_and_memory_stays_bounded() 
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let grown = rss(&server).saturating_sub(before);
+    let grown = server.memory("VmRSS").saturating_sub(before);
     assert!(
         grown < 24 * 1024 * 1024,
         "RSS grew by {} MiB",

@@ -227,19 +227,19 @@ async fn plugins_kick_sockets_out_of_channels_and_close_them() {
     .unwrap();
     let server = TestServer::start(dir.path(), &[]);
     let mut client = server.client().await;
-    client.subscribe("kickChannel").await;
+    client.subscribe("broadcast:kick").await;
 
     client
-        .send(json!({"event": "kick-me", "data": {"channel": "kickChannel", "message": "you were kicked"}, "cid": 80}))
+        .send(json!({"event": "kick-me", "data": {"channel": "broadcast:kick", "message": "you were kicked"}, "cid": 80}))
         .await;
     assert_eq!(
         client.next_packet().await,
-        json!({"event": "#kickOut", "data": {"channel": "kickChannel", "message": "you were kicked"}})
+        json!({"event": "#kickOut", "data": {"channel": "broadcast:kick", "message": "you were kicked"}})
     );
     assert_eq!(client.next_packet().await, json!({"rid": 80}));
     // Unsubscribed by the server: a publication no longer arrives.
     client
-        .call("broadcast", json!({"channel": "kickChannel", "data": 1}))
+        .call("broadcast", json!({"channel": "broadcast:kick", "data": 1}))
         .await;
     client.expect_silence(Duration::from_millis(200)).await;
 

@@ -265,65 +265,84 @@ async fn publications_reach_every_subscriber_on_every_worker() {
     let mut alice = server.client().await;
     let mut bob = server.client().await;
     let mut carol = server.client().await;
-    alice.subscribe("news").await;
-    bob.subscribe("news").await;
+    alice.subscribe("broadcast:news").await;
+    bob.subscribe("broadcast:news").await;
 
     // Publish with ack: the publisher's own copy arrives before the ack.
-    carol.subscribe("news").await;
-    carol.send(json!({"event": "#publish", "data": {"channel": "news", "data": {"msg": "with ack"}}, "cid": 50})).await;
+    carol.subscribe("broadcast:news").await;
+    carol.send(json!({"event": "#publish", "data": {"channel": "broadcast:news", "data": {"msg": "with ack"}}, "cid": 50})).await;
     assert_eq!(
         carol.next_packet().await,
-        json!({"event": "#publish", "data": {"channel": "news", "data": {"msg": "with ack"}}})
+        json!({"event": "#publish", "data": {"channel": "broadcast:news", "data": {"msg": "with ack"}}})
     );
     assert_eq!(carol.next_packet().await, json!({"rid": 50}));
     assert_eq!(
         alice.publication().await,
-        ("news".into(), json!({"msg": "with ack"}))
+        ("broadcast:news".into(), json!({"msg": "with ack"}))
     );
     assert_eq!(
         bob.publication().await,
-        ("news".into(), json!({"msg": "with ack"}))
+        ("broadcast:news".into(), json!({"msg": "with ack"}))
     );
 
     // Without ack, and without data.
     carol
-        .transmit("#publish", json!({"channel": "news", "data": "no ack"}))
+        .transmit(
+            "#publish",
+            json!({"channel": "broadcast:news", "data": "no ack"}),
+        )
         .await;
-    assert_eq!(alice.publication().await, ("news".into(), json!("no ack")));
-    assert_eq!(bob.publication().await, ("news".into(), json!("no ack")));
-    carol.transmit("#publish", json!({"channel": "news"})).await;
+    assert_eq!(
+        alice.publication().await,
+        ("broadcast:news".into(), json!("no ack"))
+    );
+    assert_eq!(
+        bob.publication().await,
+        ("broadcast:news".into(), json!("no ack"))
+    );
+    carol
+        .transmit("#publish", json!({"channel": "broadcast:news"}))
+        .await;
     assert_eq!(
         bob.next_packet().await.to_string(),
-        r##"{"data":{"channel":"news"},"event":"#publish"}"##
+        r##"{"data":{"channel":"broadcast:news"},"event":"#publish"}"##
     );
     assert_eq!(
         alice.publication().await,
-        ("news".into(), serde_json::Value::Null)
+        ("broadcast:news".into(), serde_json::Value::Null)
     );
 
     // From inside a plugin.
     carol
         .call(
             "broadcast",
-            json!({"channel": "news", "data": "from plugin"}),
+            json!({"channel": "broadcast:news", "data": "from plugin"}),
         )
         .await;
     assert_eq!(
         alice.publication().await,
-        ("news".into(), json!("from plugin"))
+        ("broadcast:news".into(), json!("from plugin"))
     );
     assert_eq!(
         bob.publication().await,
-        ("news".into(), json!("from plugin"))
+        ("broadcast:news".into(), json!("from plugin"))
     );
 
     // Unsubscribed sockets get nothing more.
-    alice.transmit("#unsubscribe", json!("news")).await;
+    alice
+        .transmit("#unsubscribe", json!("broadcast:news"))
+        .await;
     assert_eq!(alice.call("echo", json!("sync")).await, json!("sync"));
     carol
-        .call("broadcast", json!({"channel": "news", "data": "after"}))
+        .call(
+            "broadcast",
+            json!({"channel": "broadcast:news", "data": "after"}),
+        )
         .await;
-    assert_eq!(bob.publication().await, ("news".into(), json!("after")));
+    assert_eq!(
+        bob.publication().await,
+        ("broadcast:news".into(), json!("after"))
+    );
     alice.expect_silence(Duration::from_millis(300)).await;
 }
 
@@ -331,22 +350,25 @@ async fn publications_reach_every_subscriber_on_every_worker() {
 async fn client_publish_can_be_disabled() {
     let (server, _dir) = echo_server(&["--allow-client-publish", "false"]);
     let mut client = server.client().await;
-    client.subscribe("news").await;
+    client.subscribe("broadcast:news").await;
     let reply = client
-        .invoke("#publish", json!({"channel": "news", "data": 1}))
+        .invoke("#publish", json!({"channel": "broadcast:news", "data": 1}))
         .await;
     assert_eq!(
         reply["error"],
         json!({"message": "Client publish feature is disabled", "name": "InvalidActionError"})
     );
     client
-        .transmit("#publish", json!({"channel": "news", "data": 2}))
+        .transmit("#publish", json!({"channel": "broadcast:news", "data": 2}))
         .await;
     // Plugins may still publish.
     client
-        .call("broadcast", json!({"channel": "news", "data": 3}))
+        .call("broadcast", json!({"channel": "broadcast:news", "data": 3}))
         .await;
-    assert_eq!(client.publication().await, ("news".into(), json!(3)));
+    assert_eq!(
+        client.publication().await,
+        ("broadcast:news".into(), json!(3))
+    );
 }
 
 #[tokio::test]
@@ -507,6 +529,12 @@ async fn running_out_of_file_descriptors_refuses_cleanly_and_recovers() {
         "64 descriptors cannot hold 64 connections plus the server's own"
     );
     assert!(server.log().contains("out of file descriptors"));
+    // Probes and scrapes still get answers, through the descriptor the
+    // server keeps in reserve.
+    let (status, body) = server.http_get("/healthz", "").await;
+    assert_eq!(status, "HTTP/1.1 200 OK", "{body}");
+    let (status, _) = server.http_get("/metrics", "").await;
+    assert_eq!(status, "HTTP/1.1 200 OK");
 
     // Free some descriptors: the server accepts again and serves.
     open.truncate(open.len().saturating_sub(5));

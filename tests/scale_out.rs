@@ -101,23 +101,23 @@ async fn publications_reach_every_host_exactly_once() {
     let mut subscribers = Vec::new();
     for host in &hosts {
         let mut client = host.client().await;
-        client.subscribe("news").await;
+        client.subscribe("broadcast:news").await;
         subscribers.push(client);
     }
     // No waiting: a subscription is answered once its host listens to the
     // channel in Redis, so publications made after the answers reach it.
-    assert_eq!(hosts_listening(&redis, "news"), 3);
+    assert_eq!(hosts_listening(&redis, "broadcast:news"), 3);
 
     for (index, host) in hosts.iter().enumerate() {
         let mut publisher = host.client().await;
-        publish(&mut publisher, "news", json!({"from": index})).await;
+        publish(&mut publisher, "broadcast:news", json!({"from": index})).await;
     }
     // A plugin publishing on one host reaches the others too.
     let mut client = hosts[1].client().await;
     client
         .call(
             "broadcast",
-            json!({"channel": "news", "data": {"from": "plugin"}}),
+            json!({"channel": "broadcast:news", "data": {"from": "plugin"}}),
         )
         .await;
     let (_, metrics) = hosts[1].http_get("/metrics", "").await;
@@ -144,7 +144,7 @@ async fn publications_reach_every_host_exactly_once() {
     let last = subscribers.pop().unwrap();
     last.close(1000).await;
     wait_until("two hosts listening", || {
-        hosts_listening(&redis, "news") == 2
+        hosts_listening(&redis, "broadcast:news") == 2
     })
     .await;
 }

@@ -14,6 +14,7 @@ use clap::{Parser, Subcommand};
 use scenarios::Common;
 use scenarios::connect::ConnectArgs;
 use scenarios::fanout::FanoutArgs;
+use scenarios::hostile::HostileArgs;
 use scenarios::hot_swap::HotSwapArgs;
 use scenarios::idle::IdleArgs;
 use scenarios::requests::{Kind, RequestArgs};
@@ -100,6 +101,14 @@ enum Command {
         #[command(flatten)]
         args: ConnectArgs,
     },
+    /// A hostile client's attack beside an honest client: the server's peak
+    /// memory and the honest client's latency.
+    Hostile {
+        #[command(flatten)]
+        connection: Connection,
+        #[command(flatten)]
+        args: HostileArgs,
+    },
     /// Turn result lines (JSON Lines) into the BENCHMARKS.md tables.
     Report {
         /// The results file written by bench/run.
@@ -121,6 +130,7 @@ fn main() -> Result<()> {
         Command::HotSwap { connection, .. } => ("hot-swap", connection),
         Command::Idle { connection, .. } => ("idle", connection),
         Command::Connect { connection, .. } => ("connect", connection),
+        Command::Hostile { connection, .. } => ("hostile", connection),
     };
     anyhow::ensure!(
         connection.duration_secs > 0.0 && connection.duration_secs <= 600.0,
@@ -151,6 +161,7 @@ fn main() -> Result<()> {
             Command::HotSwap { args, .. } => scenarios::hot_swap::run(&common, args).await,
             Command::Idle { args, .. } => scenarios::idle::run(&common, args).await,
             Command::Connect { args, .. } => scenarios::connect::run(&common, args).await,
+            Command::Hostile { args, .. } => scenarios::hostile::run(&common, args).await,
             Command::Report { .. } => unreachable!("handled above"),
         }
     })?;

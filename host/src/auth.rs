@@ -89,6 +89,15 @@ pub enum SignError {
     Signing(String),
 }
 
+/// The second from which a token whose `exp` claim is `exp` has expired.
+/// `exp` may be fractional (what `time.time() + n` or `Date.now() / 1000 + n`
+/// write): the `jsonwebtoken` package compares it with the current whole
+/// second, so the token expires at the first whole second not before it.
+fn expiry_secs(exp: &Value) -> Option<u64> {
+    let exp = exp.as_f64().filter(|exp| exp.is_finite())?;
+    Some(exp.max(0.0).ceil() as u64)
+}
+
 fn now_secs() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -126,7 +135,7 @@ impl AuthEngine {
         }
         match jsonwebtoken::decode::<Map<String, Value>>(token, &self.decoding, &self.validation) {
             Ok(data) => Ok(VerifiedToken {
-                expires_at: data.claims.get("exp").and_then(Value::as_u64),
+                expires_at: data.claims.get("exp").and_then(expiry_secs),
                 claims: Value::Object(data.claims).to_string(),
             }),
             Err(error) => Err(self.describe(token, error.kind())),
@@ -137,8 +146,9 @@ impl AuthEngine {
         let claim = |name: &str| {
             jsonwebtoken::dangerous::insecure_decode::<Map<String, Value>>(token)
                 .ok()
-                .and_then(|data| data.claims.get(name).and_then(Value::as_i64))
-                .map(iso8601)
+                .and_then(|data| data.claims.get(name).and_then(Value::as_f64))
+                .filter(|secs| secs.is_finite())
+                .map(|secs| iso8601(secs.floor() as i64))
         };
         match kind {
             ErrorKind::ExpiredSignature => AuthError {
@@ -178,9 +188,9 @@ impl AuthEngine {
         };
         // As the `jsonwebtoken` package SocketCluster signs with: `iat`
         // defaults to now, and a default `exp` counts from `iat`.
-        let iat = match claims.get("iat").and_then(Value::as_u64) {
-            Some(iat) => iat,
-            None => {
+        let iat = match claims.get("iat").and_then(Value::as_f64) {
+            Some(iat) if iat.is_finite() => iat.max(0.0).floor() as u64,
+            _ => {
                 let now = now_secs();
                 claims.entry("iat").or_insert(now.into());
                 now
@@ -188,12 +198,12 @@ impl AuthEngine {
         };
         claims
             .entry("exp")
-            .or_insert((iat + self.default_expiry_secs).into());
+            .or_insert(iat.saturating_add(self.default_expiry_secs).into());
         let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
             .map_err(|error| SignError::Signing(error.to_string()))?;
         Ok(SignedToken {
             token,
-            expires_at: claims.get("exp").and_then(Value::as_u64),
+            expires_at: claims.get("exp").and_then(expiry_secs),
             claims: Value::Object(claims).to_string(),
         })
     }
@@ -211,9 +221,11 @@ impl AuthEngine {
         }
     }
 
-    /// Whether a token that expires at `expires_at` has expired.
+    /// Whether a token that expires at `expires_at` has expired: as the
+    /// `jsonwebtoken` package SocketCluster uses, once the current second
+    /// reaches it.
     pub fn has_expired(expires_at: Option<u64>) -> bool {
-        expires_at.is_some_and(|exp| exp < now_secs())
+        expires_at.is_some_and(|exp| now_secs() >= exp)
     }
 }
 
@@ -265,6 +277,27 @@ mod tests {
     }
 
     #[test]
+    fn fractional_times_count_as_the_jsonwebtoken_package_counts_them() {
+        assert_eq!(expiry_secs(&serde_json::json!(1000.2)), Some(1001));
+        assert_eq!(expiry_secs(&serde_json::json!(1000)), Some(1000));
+        assert_eq!(expiry_secs(&serde_json::json!("1000")), None);
+        assert!(AuthEngine::has_expired(Some(now_secs())));
+        assert!(!AuthEngine::has_expired(Some(now_secs() + 2)));
+        let engine = AuthEngine::new(b"key", 60).unwrap();
+        let soon = now_secs() as f64 + 30.5;
+        let signed = engine
+            .sign(&format!(r#"{{"exp":{soon},"iat":1.5}}"#))
+            .unwrap();
+        let verified = engine.verify(&signed.token).unwrap();
+        let expected = now_secs() + 30..=now_secs() + 32;
+        assert!(
+            verified
+                .expires_at
+                .is_some_and(|exp| expected.contains(&exp))
+        );
+    }
+
+    #[test]
     fn signed_tokens_verify_with_iat_and_default_exp() {
         let engine = engine();
         let signed = engine.sign(r#"{"username":"alice"}"#).unwrap();
@@ -285,6 +318,14 @@ mod tests {
             (claims["iat"].as_u64(), claims["exp"].as_u64()),
             (Some(1000), Some(87_400))
         );
+    }
+
+    #[test]
+    fn an_iat_past_the_largest_time_gives_the_largest_exp_not_a_wrapped_one() {
+        let signed = engine().sign(r#"{"iat":1e77}"#).unwrap();
+        let claims: Value = serde_json::from_str(&signed.claims).unwrap();
+        assert_eq!(claims["exp"].as_u64(), Some(u64::MAX));
+        assert_eq!(signed.expires_at, Some(u64::MAX));
     }
 
     #[test]

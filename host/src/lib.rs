@@ -12,6 +12,7 @@
 //! a circle). ARCHITECTURE.md at the repository root has the map.
 //!
 //! 1. [`protocol`]: SocketCluster frames, parsed and encoded; no I/O.
+//!    `log_limit`: at most a line a second of what clients can cause at will.
 //! 2. `mailbox`: what other tasks queue for a socket, and the registry
 //!    that finds a socket by id. `metrics`: the workers' counters, and
 //!    `GET /metrics` rendered from a snapshot.
@@ -32,6 +33,7 @@ pub mod auth;
 mod broker;
 pub mod config;
 mod kv;
+mod log_limit;
 mod mailbox;
 mod metrics;
 pub mod plugins;

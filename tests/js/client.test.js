@@ -57,19 +57,19 @@ test('transmit reaches the plugin, which transmits back', async () => {
 test('subscribe receives what other clients and plugins publish', async () => {
   const alice = await server.connect();
   const bob = await server.connect();
-  const channel = alice.subscribe('news');
+  const channel = alice.subscribe('broadcast:news');
   await channel.listener('subscribe').once(5000);
 
   let got = next(channel);
-  await bob.invokePublish('news', { from: 'bob', ack: true });
+  await bob.invokePublish('broadcast:news', { from: 'bob', ack: true });
   assert.deepEqual(await got, { from: 'bob', ack: true });
 
   got = next(channel);
-  bob.transmitPublish('news', 'without ack');
+  bob.transmitPublish('broadcast:news', 'without ack');
   assert.equal(await got, 'without ack');
 
   got = next(channel);
-  await bob.invoke('broadcast', { channel: 'news', data: { from: 'plugin' } });
+  await bob.invoke('broadcast', { channel: 'broadcast:news', data: { from: 'plugin' } });
   assert.deepEqual(await got, { from: 'plugin' });
 
   alice.disconnect();

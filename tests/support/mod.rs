@@ -175,8 +175,15 @@ impl TestServer {
             }
             None => Command::new(binary),
         };
+        // Two workers, unless the test sets its own.
+        let workers: &[&str] = if extra.iter().any(|arg| *arg == "-w" || *arg == "--workers") {
+            &[]
+        } else {
+            &["-w", "2"]
+        };
         let mut child = command
-            .args(["serve", "--host", "127.0.0.1", "--port", "0", "-w", "2"])
+            .args(["serve", "--host", "127.0.0.1", "--port", "0"])
+            .args(workers)
             .arg("--plugins")
             .arg(plugins)
             .arg("--cache-dir")
@@ -207,6 +214,32 @@ impl TestServer {
     /// The server's process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// A figure of the server's `/proc/PID/status` in bytes: `VmRSS` (memory
+    /// now) or `VmHWM` (the most it ever held).
+    pub fn memory(&self, field: &str) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        let kib: u64 = status
+            .lines()
+            .find_map(|line| line.strip_prefix(&format!("{field}:")))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|number| number.parse().ok())
+            .unwrap_or_else(|| panic!("no {field} in /proc status"));
+        kib * 1024
+    }
+
+    /// How many file descriptors the server holds open.
+    pub fn descriptors(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .unwrap()
+            .count()
+    }
+
+    /// `GET /healthz`, parsed.
+    pub async fn health(&self) -> serde_json::Value {
+        let (_, body) = self.http_get("/healthz", "").await;
+        serde_json::from_str(&body).unwrap()
     }
 
     /// The WebSocket URL of the SocketCluster endpoint.

@@ -3,6 +3,7 @@
 
 pub mod connect;
 pub mod fanout;
+pub mod hostile;
 pub mod hot_swap;
 pub mod idle;
 pub mod requests;

@@ -7,7 +7,11 @@
 //! - RPC `crash` panics inside the plugin, to show that a fault costs one call.
 //! - RPC `spin` loops forever (until the host's deadline interrupts it).
 //! - RPC `grow` allocates without bound (until the host's memory cap stops it).
-//! - RPC `broadcast` `{channel, data}` publishes `data` on `channel`.
+//! - RPC `broadcast` `{channel, data}` publishes `data` on `channel`, which
+//!   must start with `broadcast:`. A plugin's publication is trusted server
+//!   code: it passes neither `--allow-client-publish` nor the `publish-in`
+//!   middleware, so an example that publishes for any client keeps to
+//!   channels of its own.
 //! - Transmit `ping` transmits `pong` with the same data back to the sender.
 
 use serde::Deserialize;
@@ -15,6 +19,9 @@ use serde_json::json;
 use wasmcluster_sdk::{Error, Manifest, Payload, Plugin, Socket, export, host};
 
 struct Echo;
+
+/// The channels `broadcast` may publish on.
+const BROADCAST_PREFIX: &str = "broadcast:";
 
 /// The data of RPC `broadcast`.
 #[derive(Deserialize)]
@@ -67,6 +74,14 @@ impl Plugin for Echo {
             }
             "broadcast" => {
                 let Broadcast { channel, data } = data.parse()?;
+                if !channel.starts_with(BROADCAST_PREFIX) {
+                    return Err(Error::new(
+                        "BroadcastNotAllowed",
+                        format!(
+                            "echo broadcasts only on channels starting with '{BROADCAST_PREFIX}'"
+                        ),
+                    ));
+                }
                 host::publish(&channel, &data)?;
                 Ok(Payload::none())
             }

@@ -224,7 +224,7 @@ mod tests {
     #[test]
     fn publishes_reach_subscribers_once() {
         let broker = Broker::default();
-        let (tx, mut rx) = outbox(16);
+        let (tx, mut rx) = outbox(16, 1 << 20);
         broker.subscribe("news", 1, &tx);
         broker.subscribe("news", 1, &tx);
         assert_eq!(broker.publish("news", Some("1")), 1);
@@ -238,7 +238,7 @@ mod tests {
     #[test]
     fn unsubscribe_forgets_empty_channels() {
         let broker = Broker::default();
-        let (tx, _rx) = outbox(16);
+        let (tx, _rx) = outbox(16, 1 << 20);
         broker.subscribe("a", 1, &tx);
         broker.unsubscribe("a", 1);
         assert_eq!(broker.channel_count(), 0);

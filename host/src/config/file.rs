@@ -62,6 +62,8 @@ struct PluginSection {
     deadline_ms: Option<u64>,
     /// Overrides `plugin-memory-mib` for this plugin.
     memory_mib: Option<usize>,
+    /// Overrides `plugin-max-data-bytes` for this plugin.
+    max_data_bytes: Option<usize>,
     /// What the plugin's `init` receives, as a JSON object.
     config: Option<toml::Table>,
 }
@@ -187,6 +189,7 @@ impl ConfigFile {
                 PluginOverrides {
                     deadline: section.deadline_ms.map(Duration::from_millis),
                     memory_bytes: section.memory_mib.map(|mib| mib * 1024 * 1024),
+                    max_data_bytes: section.max_data_bytes,
                     config,
                 },
             );
@@ -243,9 +246,13 @@ fn check_values(arg: &clap::Arg, value: &toml::Value, values: &[String]) -> Resu
             _ => Err("must be true or false".into()),
         };
     }
+    // The flag alone, without what ties it to other flags (`requires`):
+    // those are checked when the whole command parses, and naming a flag
+    // the probe lacks is a clap debug assertion.
     let probe = clap::Command::new("probe").no_binary_name(true).arg(
         arg.clone()
             .env(clap::builder::Resettable::Reset)
+            .requires(clap::builder::Resettable::Reset)
             .required(false),
     );
     let long = arg.get_long().unwrap_or_default();
@@ -307,6 +314,7 @@ pub fn example(serve: &clap::Command) -> String {
          #[plugin.auth]\n\
          #deadline-ms = 200\n\
          #memory-mib = 32\n\
+         #max-data-bytes = 65536\n\
          #config = { users = { alice = \"$argon2id$v=19$...\" } }\n",
     );
     out

@@ -146,15 +146,36 @@ pub struct ServeArgs {
     pub ping_protocol: PingProtocolArg,
 
     /// Largest WebSocket message accepted, in bytes; a larger one closes the
-    /// connection with 1009. The default is SocketCluster's (100 MiB); lower
-    /// it when clients never send large messages.
-    #[arg(long, env = "WASMCLUSTER_MAX_PAYLOAD_BYTES", default_value_t = 100 * 1024 * 1024)]
+    /// connection with 1009. SocketCluster's default is 100 MiB; 4 MiB keeps
+    /// what one connection can make the server hold small (every connection
+    /// may have one message in flight).
+    #[arg(long, env = "WASMCLUSTER_MAX_PAYLOAD_BYTES", default_value_t = 4 * 1024 * 1024)]
     pub max_payload_bytes: usize,
 
     /// Most open connections; an upgrade beyond it gets HTTP 503 (0: no limit
     /// but the process's file descriptors).
     #[arg(long, env = "WASMCLUSTER_MAX_CONNECTIONS", default_value_t = 0)]
     pub max_connections: usize,
+
+    /// Most connections that may wait for their `#handshake` at once (0: no
+    /// limit); more upgrades get HTTP 503. Past half of it, new connections
+    /// have at most 2 s to handshake.
+    #[arg(
+        long,
+        env = "WASMCLUSTER_MAX_PENDING_HANDSHAKES",
+        default_value_t = 1000
+    )]
+    pub max_pending_handshakes: usize,
+
+    /// Most connections from one source address that may wait for their
+    /// `#handshake` at once (0: no limit). Behind a proxy every client has
+    /// the proxy's address: raise it or set 0 there.
+    #[arg(
+        long,
+        env = "WASMCLUSTER_MAX_PENDING_HANDSHAKES_PER_IP",
+        default_value_t = 100
+    )]
+    pub max_pending_handshakes_per_ip: usize,
 
     /// Most messages queued for one socket. A client that does not read
     /// what it is sent is disconnected (close code 4100) once its queue is
@@ -165,6 +186,16 @@ pub struct ServeArgs {
         default_value_t = 10_000
     )]
     pub max_queued_messages: usize,
+
+    /// Most bytes queued for one socket (frames it has not read yet): a
+    /// client that does not read is disconnected (close code 4100) once its
+    /// queue holds this much, whatever the size of the messages.
+    #[arg(
+        long,
+        env = "WASMCLUSTER_MAX_QUEUED_BYTES",
+        default_value_t = 8 * 1024 * 1024
+    )]
+    pub max_queued_bytes: usize,
 
     /// Most channels one socket may subscribe to (SocketCluster's
     /// `socketChannelLimit`; 0: no limit).
@@ -185,6 +216,16 @@ pub struct ServeArgs {
     /// Milliseconds one plugin call may run before it is interrupted.
     #[arg(long, env = "WASMCLUSTER_PLUGIN_DEADLINE_MS", default_value_t = 100)]
     pub plugin_deadline_ms: u64,
+
+    /// Most bytes of data one call may carry to a plugin (an RPC's or a
+    /// transmit's data, a publication a hook checks); larger data is
+    /// refused before the plugin runs (`DataTooLargeError`).
+    #[arg(
+        long,
+        env = "WASMCLUSTER_PLUGIN_MAX_DATA_BYTES",
+        default_value_t = 1024 * 1024
+    )]
+    pub plugin_max_data_bytes: usize,
 
     /// Linear memory cap of one plugin instance, in MiB.
     #[arg(long, env = "WASMCLUSTER_PLUGIN_MEMORY_MIB", default_value_t = 64)]
@@ -295,6 +336,9 @@ pub struct ServerConfig {
     pub(crate) max_payload_bytes: usize,
     /// Most open connections (0: no limit).
     pub(crate) max_connections: usize,
+    /// Most connections waiting for their handshake, in all and per source
+    /// address (0: no limit).
+    pub(crate) max_pending_handshakes: (usize, usize),
     /// Deadline, memory cap and `init` config of each plugin.
     pub(crate) plugin_options: PluginOptions,
     /// Compiled-module cache directory.
@@ -362,6 +406,9 @@ impl ServeArgs {
         if self.max_queued_messages == 0 {
             return Err(invalid("max-queued-messages", "must be at least 1"));
         }
+        if self.max_queued_bytes < 1024 {
+            return Err(invalid("max-queued-bytes", "must be at least 1024"));
+        }
         if self.rate_limit_burst == Some(0) {
             return Err(invalid("rate-limit-burst", "must be at least 1"));
         }
@@ -407,6 +454,7 @@ impl ServeArgs {
                 allow_client_publish: self.allow_client_publish,
                 require_auth: self.require_auth,
                 max_queued_messages: self.max_queued_messages,
+                max_queued_bytes: self.max_queued_bytes,
                 socket_channel_limit: self.socket_channel_limit,
                 rate_limit: (self.rate_limit > 0).then(|| RateLimit {
                     per_second: self.rate_limit,
@@ -424,9 +472,14 @@ impl ServeArgs {
                 .map_err(|reason| invalid("origins", reason))?,
             max_payload_bytes: self.max_payload_bytes,
             max_connections: self.max_connections,
+            max_pending_handshakes: (
+                self.max_pending_handshakes,
+                self.max_pending_handshakes_per_ip,
+            ),
             plugin_options: PluginOptions::new(PluginLimits {
                 deadline: Duration::from_millis(self.plugin_deadline_ms),
                 memory_bytes: self.plugin_memory_mib * 1024 * 1024,
+                max_data_bytes: self.plugin_max_data_bytes,
             }),
             cache_dir: self.cache_dir,
             shutdown_timeout: Duration::from_secs(self.shutdown_timeout_secs),

@@ -59,6 +59,18 @@ pub(crate) enum Control {
     },
 }
 
+impl Outbound {
+    /// What the message costs the queue that holds it, in bytes: a frame's
+    /// text (publications are shared, but every queue holding one keeps it
+    /// alive), or a control message's size.
+    pub(crate) fn size(&self) -> usize {
+        match self {
+            Outbound::Frame(frame) => frame.len(),
+            Outbound::Control(_) => size_of::<Control>(),
+        }
+    }
+}
+
 impl From<Control> for Outbound {
     fn from(control: Control) -> Self {
         Outbound::Control(Box::new(control))

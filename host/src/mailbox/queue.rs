@@ -1,22 +1,36 @@
-//! A session's outbound queue, bounded: a client that stops reading cannot
-//! make the server hold an ever longer queue of frames for it. When a
-//! sender finds the queue full, the message is dropped and the session is
-//! told to close the connection ([`Inbox::overflow`]).
+//! A session's outbound queue, bounded in messages and in bytes: a client
+//! that stops reading cannot make the server hold an ever longer queue of
+//! frames for it. When a sender finds the queue full, the message is dropped
+//! and the session is told to close the connection ([`Inbox::overflow`]).
 
 use super::Outbound;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use tokio::sync::{Notify, mpsc};
 
 /// The session is gone: nothing is queued for it any more.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) struct Gone;
 
-/// Set once by the first sender that finds the queue full.
+/// What the two sides of a queue share: the bytes queued, against their
+/// limit, and the overflow signal, set once by the first sender that finds
+/// the queue full.
 #[derive(Debug, Default)]
 struct Overflow {
     happened: AtomicBool,
     notify: Notify,
+    /// Bytes of the frames queued and not yet taken by the session.
+    bytes: AtomicUsize,
+    /// The most bytes the queue may hold.
+    max_bytes: usize,
+}
+
+impl Overflow {
+    fn signal(&self) {
+        if !self.happened.swap(true, Ordering::AcqRel) {
+            self.notify.notify_one();
+        }
+    }
 }
 
 /// The sending side, held by the broker, the socket registry and the
@@ -34,10 +48,13 @@ pub(crate) struct Inbox {
     overflow: Arc<Overflow>,
 }
 
-/// A queue holding at most `capacity` messages.
-pub(crate) fn outbox(capacity: usize) -> (Outbox, Inbox) {
+/// A queue holding at most `capacity` messages and `max_bytes` bytes.
+pub(crate) fn outbox(capacity: usize, max_bytes: usize) -> (Outbox, Inbox) {
     let (tx, rx) = mpsc::channel(capacity.max(1));
-    let overflow = Arc::new(Overflow::default());
+    let overflow = Arc::new(Overflow {
+        max_bytes,
+        ..Overflow::default()
+    });
     (
         Outbox {
             tx,
@@ -51,15 +68,29 @@ impl Outbox {
     /// Queue a message. A full queue drops it and makes the session close
     /// (its client is not reading); that is not an error for the sender.
     pub(crate) fn send(&self, message: Outbound) -> Result<(), Gone> {
+        let size = message.size();
+        let queued = self.overflow.bytes.fetch_add(size, Ordering::AcqRel) + size;
+        if queued > self.overflow.max_bytes {
+            self.overflow.bytes.fetch_sub(size, Ordering::AcqRel);
+            self.overflow.signal();
+            return if self.tx.is_closed() {
+                Err(Gone)
+            } else {
+                Ok(())
+            };
+        }
         match self.tx.try_send(message) {
             Ok(()) => Ok(()),
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                if !self.overflow.happened.swap(true, Ordering::AcqRel) {
-                    self.overflow.notify.notify_one();
+            Err(error) => {
+                self.overflow.bytes.fetch_sub(size, Ordering::AcqRel);
+                match error {
+                    mpsc::error::TrySendError::Full(_) => {
+                        self.overflow.signal();
+                        Ok(())
+                    }
+                    mpsc::error::TrySendError::Closed(_) => Err(Gone),
                 }
-                Ok(())
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => Err(Gone),
         }
     }
 }
@@ -67,12 +98,22 @@ impl Outbox {
 impl Inbox {
     /// The next queued message.
     pub(crate) async fn recv(&mut self) -> Option<Outbound> {
-        self.rx.recv().await
+        let message = self.rx.recv().await?;
+        Some(self.taken(message))
     }
 
     /// A queued message, if one is waiting.
     pub(crate) fn try_recv(&mut self) -> Option<Outbound> {
-        self.rx.try_recv().ok()
+        let message = self.rx.try_recv().ok()?;
+        Some(self.taken(message))
+    }
+
+    /// Count a message out of the queue's bytes.
+    fn taken(&self, message: Outbound) -> Outbound {
+        self.overflow
+            .bytes
+            .fetch_sub(message.size(), Ordering::AcqRel);
+        message
     }
 
     /// The signal of a full queue, to wait for beside `recv`.
@@ -112,7 +153,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_full_queue_drops_and_signals_once() {
-        let (outbox, mut inbox) = outbox(2);
+        let (outbox, mut inbox) = outbox(2, 1 << 20);
         assert_eq!(outbox.send(frame("1")), Ok(()));
         assert_eq!(outbox.send(frame("2")), Ok(()));
         let signal = inbox.overflow();
@@ -126,8 +167,24 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_queue_is_bounded_in_bytes_too() {
+        let (outbox, mut inbox) = outbox(100, 10);
+        let signal = inbox.overflow();
+        assert_eq!(outbox.send(frame("123456")), Ok(()));
+        assert_eq!(outbox.send(frame("1234")), Ok(()));
+        assert!(!signal.happened());
+        assert_eq!(outbox.send(frame("x")), Ok(()));
+        assert!(signal.happened(), "eleven bytes do not fit in ten");
+        // Taking frames out frees their bytes.
+        assert!(inbox.try_recv().is_some());
+        assert!(inbox.try_recv().is_some());
+        assert!(inbox.try_recv().is_none());
+        assert_eq!(outbox.overflow.bytes.load(Ordering::Acquire), 0);
+    }
+
+    #[tokio::test]
     async fn sending_to_a_closed_session_says_gone() {
-        let (outbox, inbox) = outbox(2);
+        let (outbox, inbox) = outbox(2, 1 << 20);
         drop(inbox);
         assert_eq!(outbox.send(frame("1")), Err(Gone));
     }

@@ -52,9 +52,9 @@ impl PluginEngine {
             .wasm_component_model(true)
             .epoch_interruption(true)
             .cranelift_opt_level(OptLevel::Speed)
-            // Fault reports name the file and line of each frame, from the
-            // plugin's own debug line tables (compiling reads them once).
-            .wasm_backtrace_details(WasmBacktraceDetails::Enable);
+            // Files and lines come from `symbols`, when a fault is logged:
+            // wasmtime's own lookup costs tens of milliseconds per trap.
+            .wasm_backtrace_details(WasmBacktraceDetails::Disable);
         if let Some(dir) = cache_dir {
             let mut cache_config = CacheConfig::new();
             cache_config.with_directory(dir);

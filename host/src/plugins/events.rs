@@ -69,6 +69,9 @@ impl WorkerPlugins {
         data: Option<&str>,
     ) -> Result<Result<Option<String>, ErrorObject>, Retired> {
         let plugin = &self.set().plugins[index];
+        if let Err(too_large) = plugin.check_data(data, event) {
+            return Ok(Err(too_large));
+        }
         let data = data.map(str::to_owned);
         let invoke = async |exports: &Exports, store: &mut Store<HostState>| {
             exports.on_invoke(store, socket, event, data.as_ref()).await
@@ -132,6 +135,15 @@ impl WorkerPlugins {
                 return;
             };
             let data = rewritten.or_else(|| data.map(str::to_owned));
+            if let Err(too_large) = plugins.set().plugins[index].check_data(data.as_deref(), event)
+            {
+                tracing::debug!(
+                    socket = socket.id,
+                    "dropped a transmit: {}",
+                    too_large.message
+                );
+                return;
+            }
             let transmit = async |exports: &Exports, store: &mut Store<HostState>| {
                 exports
                     .on_transmit(store, socket, event, data.as_ref())

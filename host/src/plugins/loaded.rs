@@ -5,11 +5,13 @@ use super::cpu::{self, CpuMeter, Metered};
 use super::health::PluginHealth;
 use super::host_state::HostState;
 use super::options::PluginLimits;
+use super::symbols::Symbols;
 use super::types::Manifest;
 use super::wit::{Exports, PluginPre, WitVersion};
+use crate::protocol::{ErrorObject, quoted};
 use crate::services::HostServices;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use wasmtime::Store;
 use wasmtime::component::{Component, ComponentExportIndex, TypedFunc};
@@ -37,6 +39,8 @@ pub struct LoadedPlugin {
     pub(super) state_exports: Option<StateExports>,
     /// The config passed to `init`.
     pub(super) config: String,
+    /// The file's DWARF, read when a fault is first logged.
+    pub(super) symbols: OnceLock<Option<Symbols>>,
 }
 
 /// A live instance of a plugin with its store.
@@ -181,6 +185,33 @@ impl LoadedPlugin {
     /// across hot swaps.
     pub fn keeps_state(&self) -> bool {
         self.state_exports.is_some()
+    }
+
+    /// Refuse data larger than the plugin takes per call, before the call:
+    /// a client must not make a plugin allocate what it sends without bound.
+    pub(super) fn check_data(&self, data: Option<&str>, subject: &str) -> Result<(), ErrorObject> {
+        let size = data.map_or(0, str::len);
+        let limit = self.limits.max_data_bytes;
+        if size <= limit {
+            return Ok(());
+        }
+        Err(ErrorObject::new(
+            "DataTooLargeError",
+            format!(
+                "Plugin '{}' takes at most {limit} bytes of data per call; this one carried {size}",
+                self.name
+            ),
+        )
+        .with("plugin", &*self.name)
+        .with("event", quoted(subject))
+        .with("limit", limit))
+    }
+
+    /// The file's DWARF, for the files and lines of fault reports.
+    pub(super) fn symbols(&self) -> Option<&Symbols> {
+        self.symbols
+            .get_or_init(|| Symbols::load(&self.path))
+            .as_ref()
     }
 
     /// Whether the manifest lists `hook`.

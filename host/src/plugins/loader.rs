@@ -15,7 +15,7 @@ use crate::auth::AuthEngine;
 use crate::services::HostServices;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use wasmtime::Store;
 
@@ -116,6 +116,7 @@ pub async fn check_file(path: &Path, dir: Option<&Path>) -> Result<Checked, Load
     let defaults = PluginLimits {
         deadline: Duration::from_millis(100),
         memory_bytes: 64 << 20,
+        max_data_bytes: 1 << 20,
     };
     let options = PluginOptions::new(defaults);
     let services = Arc::new(HostServices::new(Arc::new(AuthEngine::with_random_key(0))));
@@ -368,6 +369,7 @@ pub(super) async fn load_file(
         pre,
         state_exports,
         config,
+        symbols: OnceLock::new(),
     })
 }
 

@@ -245,6 +245,9 @@ impl WorkerPlugins {
         for &index in self.set().chain(hook) {
             let plugin = &self.set().plugins[index];
             let input = rewritten.as_ref().or(data.as_ref());
+            if let Err(too_large) = plugin.check_data(input.map(String::as_str), what.subject()) {
+                return Ok(Err(too_large));
+            }
             let source = socket.map(|socket| socket.id.as_str());
             let verdict = self
                 .call(index, what, source, async |exports, store| {

@@ -28,6 +28,7 @@ mod middleware;
 mod options;
 mod routes;
 mod slot;
+mod symbols;
 pub mod types;
 mod wit;
 mod worker;

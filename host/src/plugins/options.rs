@@ -11,6 +11,9 @@ pub struct PluginLimits {
     pub deadline: Duration,
     /// The most linear memory one instance may have.
     pub memory_bytes: usize,
+    /// The most bytes of data one call may carry to the plugin; larger
+    /// data is refused before the call (`DataTooLargeError`).
+    pub max_data_bytes: usize,
 }
 
 /// What the operator set for one plugin (a `[plugin.NAME]` section of the
@@ -21,6 +24,8 @@ pub struct PluginOverrides {
     pub deadline: Option<Duration>,
     /// This plugin's memory cap, in bytes.
     pub memory_bytes: Option<usize>,
+    /// The most data one call to this plugin may carry, in bytes.
+    pub max_data_bytes: Option<usize>,
     /// The JSON object its `init` receives.
     pub config: Option<String>,
 }
@@ -55,6 +60,9 @@ impl PluginOptions {
             memory_bytes: overrides
                 .and_then(|o| o.memory_bytes)
                 .unwrap_or(self.defaults.memory_bytes),
+            max_data_bytes: overrides
+                .and_then(|o| o.max_data_bytes)
+                .unwrap_or(self.defaults.max_data_bytes),
         };
         let config = overrides
             .and_then(|o| o.config.clone())

@@ -9,9 +9,12 @@
 //!   [`MIN_BACKOFF`] to [`MAX_BACKOFF`], and a task rebuilds it when the
 //!   delay ends; the first good rebuild ends the back-off. No client can
 //!   cause this: `init` sees only the operator's config.
-//! - **One socket's calls fault [`FAULTS_BEFORE_BACKOFF`] times in a row**
-//!   (with no successful call of that socket between): that socket alone
-//!   backs off from that plugin, for a delay that doubles the same way.
+//! - **One socket's calls fault [`FAULTS_BEFORE_BACKOFF`] times within
+//!   [`FAULT_WINDOW`]**: that socket alone backs off from that plugin, for a
+//!   delay that doubles the same way. Successful calls between do not wipe
+//!   the count: a client alternating a call that runs into the deadline
+//!   with a good one would otherwise hold the instance for a whole deadline
+//!   per pair, forever.
 //!   Every other socket is served as before, so a client calling a
 //!   panicking RPC in a loop costs the plugin one rebuild per call it makes
 //!   until it backs off, and makes it unavailable to nobody else.
@@ -26,9 +29,12 @@ use std::time::Duration;
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
-/// Faulted calls of one socket in a row (with no successful call of that
-/// socket between) after which that socket backs off from the plugin.
+/// Faulted calls of one socket within [`FAULT_WINDOW`] after which that
+/// socket backs off from the plugin.
 pub(super) const FAULTS_BEFORE_BACKOFF: u32 = 10;
+/// How long a socket's faults count toward its back-off; a socket with no
+/// fault for this long starts again from nothing (its doubling included).
+pub(super) const FAULT_WINDOW: Duration = Duration::from_secs(10);
 /// The first back-off delay.
 pub(super) const MIN_BACKOFF: Duration = Duration::from_millis(10);
 /// The longest back-off delay.
@@ -64,10 +70,26 @@ impl Backoff {
 }
 
 /// Faults caused by one socket's calls to the plugin.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct SocketFaults {
-    in_a_row: u32,
+    /// Faults since `counting_since`.
+    recent: u32,
+    /// When the current count began.
+    counting_since: Instant,
+    /// When the last fault happened.
+    last_fault: Instant,
     backoff: Backoff,
+}
+
+impl SocketFaults {
+    fn new(now: Instant) -> Self {
+        SocketFaults {
+            recent: 0,
+            counting_since: now,
+            last_fault: now,
+            backoff: Backoff::default(),
+        }
+    }
 }
 
 /// One worker's state for one plugin.
@@ -77,7 +99,7 @@ pub(super) struct Slot {
     pub(super) instance: Option<Instance>,
     /// The plugin's back-off on this worker, when it cannot be rebuilt.
     backoff: Backoff,
-    /// Sockets whose calls faulted since their last success, by socket id.
+    /// Sockets whose calls faulted within [`FAULT_WINDOW`], by socket id.
     by_socket: HashMap<String, SocketFaults>,
     /// Set when a reload replaced this plugin: calls that were waiting for
     /// the slot go to the successor instead.
@@ -100,37 +122,59 @@ impl Slot {
             .then(|| CallFailure::Unavailable(faults.backoff.reason.clone()))
     }
 
-    /// A call from `socket` succeeded: its fault count starts again.
+    /// A call from `socket` succeeded: the plugin's own back-off doubling
+    /// starts again; a socket's fault record is forgotten once it has had
+    /// no fault for [`FAULT_WINDOW`].
     pub(super) fn succeeded(&mut self, socket: Option<&str>) {
         self.backoff.last_delay = None;
-        if let Some(socket) = socket {
+        if let Some(socket) = socket
+            && self
+                .by_socket
+                .get(socket)
+                .is_some_and(|faults| faults.last_fault.elapsed() >= FAULT_WINDOW)
+        {
             self.by_socket.remove(socket);
         }
     }
 
     /// A call from `socket` faulted (described as `fault`); back that
-    /// socket off after too many in a row.
+    /// socket off after too many within [`FAULT_WINDOW`].
     pub(super) fn faulted(&mut self, socket: Option<&str>, plugin: &LoadedPlugin, fault: &str) {
         let Some(socket) = socket else {
             return;
         };
-        let faults = self.by_socket.entry(socket.to_owned()).or_default();
-        faults.in_a_row += 1;
-        if faults.in_a_row >= FAULTS_BEFORE_BACKOFF {
+        let now = Instant::now();
+        let faults = self
+            .by_socket
+            .entry(socket.to_owned())
+            .or_insert_with(|| SocketFaults::new(now));
+        if now.duration_since(faults.last_fault) >= FAULT_WINDOW {
+            *faults = SocketFaults::new(now);
+        } else if now.duration_since(faults.counting_since) >= FAULT_WINDOW {
+            faults.recent = 0;
+            faults.counting_since = now;
+        }
+        faults.last_fault = now;
+        faults.recent += 1;
+        if faults.recent >= FAULTS_BEFORE_BACKOFF {
             let reason = format!(
-                "Plugin '{}' is unavailable to this socket for a while: its last {} calls \
-                 faulted (last: {fault}); other sockets are served",
-                plugin.name, faults.in_a_row
+                "Plugin '{}' is unavailable to this socket for a while: {} of its calls \
+                 faulted within {} s (last: {fault}); other sockets are served",
+                plugin.name,
+                faults.recent,
+                FAULT_WINDOW.as_secs()
             );
             let delay = faults.backoff.start(reason);
-            faults.in_a_row = 0;
+            faults.recent = 0;
+            faults.counting_since = now;
             plugin.health.socket_backoff_started();
             tracing::warn!(
                 plugin = &*plugin.name,
                 socket,
                 delay_ms = delay.as_millis() as u64,
                 "socket backing off from the plugin: {FAULTS_BEFORE_BACKOFF} of its calls \
-                 faulted in a row"
+                 faulted within {} s",
+                FAULT_WINDOW.as_secs()
             );
         }
     }

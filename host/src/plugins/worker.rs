@@ -12,8 +12,10 @@ use super::host_state::HostState;
 use super::loaded::LoadedPlugin;
 use super::routes::PluginSet;
 use super::slot::{Slot, ensure_instance, new_slot};
+use super::symbols;
 use super::types::{Hook, Socket};
 use super::wit::Exports;
+use crate::log_limit;
 use crate::metrics::{RpcStats, WorkerStats};
 use crate::services::HostServices;
 use std::cell::RefCell;
@@ -21,7 +23,7 @@ use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
 use tokio::sync::Mutex;
-use wasmtime::Store;
+use wasmtime::{Store, WasmBacktrace};
 
 /// One worker's instances of every loaded plugin.
 pub struct WorkerPlugins {
@@ -210,13 +212,23 @@ impl WorkerPlugins {
         let (kind, fault) = describe_fault(&error, plugin);
         let description = format!("Plugin '{}' {fault} in {what}", plugin.name);
         plugin.health.fault(kind, &description);
-        tracing::error!(
-            plugin = &*plugin.name,
-            path = %plugin.path.display(),
-            call = %what,
-            guest_stderr,
-            "plugin fault: {fault}; the instance will be rebuilt. {error:#}"
-        );
+        // Counted always; logged in full at most once a second per plugin,
+        // since a client can cause faults at will.
+        if let Some(left_out) = log_limit::admit(&format!("plugin fault: {}", plugin.name)) {
+            let backtrace = error
+                .downcast_ref::<WasmBacktrace>()
+                .map(|backtrace| symbols::describe(backtrace, plugin.symbols()))
+                .unwrap_or_default();
+            tracing::error!(
+                plugin = &*plugin.name,
+                path = %plugin.path.display(),
+                call = %what,
+                guest_stderr,
+                left_out,
+                "plugin fault: {fault}; the instance will be rebuilt. {}\nwasm backtrace:{backtrace}",
+                error.root_cause()
+            );
+        }
         slot.faulted(socket, plugin, &format!("{fault} in {what}"));
         Ok(Err(CallFailure::Fault(description)))
     }

@@ -2,6 +2,27 @@
 
 use std::fmt::Write as _;
 
+/// The longest event or channel name a client may use. SocketCluster sets
+/// none; without one a single name can be megabytes, held by the broker and
+/// echoed in answers.
+pub const MAX_NAME_BYTES: usize = 1024;
+
+/// How much of a name an error message quotes.
+const QUOTED_NAME_BYTES: usize = 128;
+
+/// `name`, cut to `QUOTED_NAME_BYTES` (at a character boundary) with `…`
+/// when it is longer.
+pub fn quoted(name: &str) -> std::borrow::Cow<'_, str> {
+    if name.len() <= QUOTED_NAME_BYTES {
+        return name.into();
+    }
+    let mut end = QUOTED_NAME_BYTES;
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &name[..end]).into()
+}
+
 /// A SocketCluster error object as sent in `{"rid":..,"error":{..}}`.
 ///
 /// On the wire it is `{"message":..,"name":..,...details}`, the shape
@@ -46,13 +67,22 @@ impl ErrorObject {
         )
     }
 
-    /// The answer to an RPC that no plugin declares.
+    /// The answer to an RPC that no plugin declares. The name is quoted
+    /// cut to 128 bytes: an error never echoes unbounded input.
     pub fn unknown_event(event: &str) -> Self {
+        let event = quoted(event);
         ErrorObject::new(
             "UnknownEventError",
             format!("No plugin handles the event '{event}'"),
         )
         .with("event", event)
+    }
+
+    /// The answer to an event or channel name longer than [`MAX_NAME_BYTES`].
+    pub fn name_too_long(what: &str) -> Self {
+        ErrorObject::invalid_action(format!(
+            "{what} names are limited to {MAX_NAME_BYTES} bytes"
+        ))
     }
 
     /// Append the error as JSON: `{"message":..,"name":..,...details}`.

@@ -17,9 +17,10 @@ pub use encode::{
     auth_status, error_response, event, handshake_reply, kick_out, ok_response, publication,
     validate_json,
 };
-pub use error::ErrorObject;
+pub use error::{ErrorObject, MAX_NAME_BYTES, quoted};
 pub use parse::{
-    ChannelRequest, Frame, Packets, Request, handshake_token, parse_frame, unsubscribe_channel,
+    ChannelRequest, Frame, MAX_BATCH, Packets, Request, handshake_token, parse_frame,
+    unsubscribe_channel,
 };
 
 /// WebSocket close codes used by SocketCluster (`sc-errors`), and

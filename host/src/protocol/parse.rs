@@ -17,7 +17,16 @@ pub enum Frame<'a> {
     /// Text that is not a JSON object or array. SocketCluster ignores it
     /// after the handshake and closes with 4009 before it.
     Unparsable,
+    /// A batch of more than [`MAX_BATCH`] packets: refused whole, before any
+    /// of it is handled or held.
+    TooManyPackets,
 }
+
+/// The most packets one frame may batch. The official client batches what
+/// it sends within one event-loop turn (subscriptions after a reconnect,
+/// bursts of emits); a thousand is far above that, and bounds what one
+/// frame costs to parse to a list of a thousand references.
+pub const MAX_BATCH: usize = 1000;
 
 /// The packets of a frame, each parsed into a [`Request`] only when it is
 /// taken, so that a batch is held as one list of raw values, never two.
@@ -148,9 +157,10 @@ pub fn parse_frame(text: &str) -> Frame<'_> {
     }
     let trimmed = text.trim_start_matches([' ', '\n', '\r', '\t']);
     if trimmed.starts_with('[') {
-        match serde_json::from_str::<Vec<&RawValue>>(text) {
+        match parse_batch(text) {
             Ok(items) => Frame::Packets(Packets(PacketsInner::Batch(items.into_iter()))),
-            Err(_) => Frame::Unparsable,
+            Err(BatchError::TooMany) => Frame::TooManyPackets,
+            Err(BatchError::Invalid) => Frame::Unparsable,
         }
     } else if trimmed.starts_with('{') {
         match serde_json::from_str::<RawPacket>(text) {
@@ -160,6 +170,52 @@ pub fn parse_frame(text: &str) -> Frame<'_> {
     } else {
         Frame::Unparsable
     }
+}
+
+/// Why a batch was not read.
+enum BatchError {
+    TooMany,
+    Invalid,
+}
+
+/// The items of a JSON array, as raw values, stopping at the first item
+/// past [`MAX_BATCH`]: an array of a million `0`s costs no more than one of
+/// a thousand.
+fn parse_batch(text: &str) -> Result<Vec<&RawValue>, BatchError> {
+    struct Bounded;
+    impl<'de> serde::de::Visitor<'de> for Bounded {
+        type Value = Vec<&'de RawValue>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "an array of at most {MAX_BATCH} packets")
+        }
+
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(
+            self,
+            mut seq: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(16));
+            while let Some(item) = seq.next_element::<&RawValue>()? {
+                if items.len() == MAX_BATCH {
+                    return Err(serde::de::Error::custom(TOO_MANY));
+                }
+                items.push(item);
+            }
+            Ok(items)
+        }
+    }
+    const TOO_MANY: &str = "too many packets";
+    let mut deserializer = serde_json::Deserializer::from_str(text);
+    let items =
+        serde::Deserializer::deserialize_seq(&mut deserializer, Bounded).map_err(|error| {
+            if error.to_string().starts_with(TOO_MANY) {
+                BatchError::TooMany
+            } else {
+                BatchError::Invalid
+            }
+        })?;
+    deserializer.end().map_err(|_| BatchError::Invalid)?;
+    Ok(items)
 }
 
 impl<'a> Request<'a> {
@@ -385,6 +441,17 @@ mod tests {
         ] {
             assert!(matches!(parse_frame(text), Frame::Unparsable), "{text}");
         }
+    }
+
+    #[test]
+    fn a_batch_past_the_limit_is_refused_whole() {
+        let at_limit = format!("[{}0]", "0,".repeat(MAX_BATCH - 1));
+        assert_eq!(requests(&at_limit).len(), MAX_BATCH);
+        let past = format!("[{}0]", "0,".repeat(MAX_BATCH));
+        assert!(matches!(parse_frame(&past), Frame::TooManyPackets));
+        let huge = format!("[{}0]", "0,".repeat(1_000_000));
+        assert!(matches!(parse_frame(&huge), Frame::TooManyPackets));
+        assert!(matches!(parse_frame("[1,2] x"), Frame::Unparsable));
     }
 
     #[test]

@@ -2,16 +2,18 @@
 //! session or a plain answer.
 
 use super::http::{self, ReadError, Response};
+use super::pending::TooMany;
 use super::shared::Shared;
 use super::tls::Tls;
+use crate::log_limit;
 use crate::metrics::{self, Format};
-use crate::session::{self, SessionContext, UpgradeRequest};
+use crate::session::{self, SessionContext, Transport, UpgradeRequest};
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 use tokio_tungstenite::WebSocketStream;
@@ -29,8 +31,13 @@ const STATUS_PAGE: &str = include_str!("status.html");
 
 /// What to do with a request.
 enum Action {
-    /// Switch to WebSocket with this `101` answer.
-    Upgrade(String, UpgradeRequest),
+    /// Switch to WebSocket with this `101` answer; the request's URL and
+    /// origin, for the handshake middleware.
+    Upgrade {
+        accept: String,
+        url: String,
+        origin: Option<String>,
+    },
     /// Answer and close.
     Respond(Response),
 }
@@ -87,14 +94,16 @@ async fn tls_handshake(
 
 /// Upgrade the connection (or answer its plain request), then run its
 /// WebSocket session.
-async fn serve<S>(stream: S, peer: SocketAddr, ctx: Rc<SessionContext>, shared: &Shared)
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
+async fn serve<S: Transport>(
+    stream: S,
+    peer: SocketAddr,
+    ctx: Rc<SessionContext>,
+    shared: &Shared,
+) {
     // The WebSocket goes straight into the boxed session, inside the
     // closure: a local holding it would keep room for it in this future
     // while the session runs.
-    let upgraded = Box::pin(upgrade(stream, &ctx, shared)).await;
+    let upgraded = Box::pin(upgrade(stream, peer, &ctx, shared)).await;
     let Some((session, _slot)) =
         upgraded.map(|(ws, upgrade, slot)| (Box::pin(session::run(ws, peer, upgrade, ctx)), slot))
     else {
@@ -106,14 +115,12 @@ where
 /// Read the HTTP request and either answer it or switch to WebSocket: the
 /// WebSocket, what the handshake middleware needs of the request, and the
 /// connection's slot under `--max-connections`.
-async fn upgrade<'a, S>(
+async fn upgrade<'a, S: Transport>(
     mut stream: S,
+    peer: SocketAddr,
     ctx: &SessionContext,
     shared: &'a Shared,
-) -> Option<(WebSocketStream<S>, UpgradeRequest, WebSocketSlot<'a>)>
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
+) -> Option<(WebSocketStream<S>, UpgradeRequest, WebSocketSlot<'a>)> {
     let config = &shared.config;
     let (request, early) =
         match http::read_request(&mut stream, config.session.handshake_timeout).await {
@@ -126,19 +133,56 @@ where
         };
     // The request is dropped here: only what handshake middleware needs
     // stays, until the handshake.
-    let (accept, upgrade) = match route(request, shared) {
-        Action::Upgrade(accept, upgrade) => (accept, upgrade),
+    let (accept, url, origin) = match route(request, shared) {
+        Action::Upgrade {
+            accept,
+            url,
+            origin,
+        } => (accept, url, origin),
         Action::Respond(response) => {
             let _ = response.send(&mut stream).await;
             return None;
         }
     };
+    let handshake_timeout = config.session.handshake_timeout;
+    let (pending, handshake_timeout) = match shared.pending.take(peer.ip(), handshake_timeout) {
+        Ok(taken) => taken,
+        Err(too_many) => {
+            metrics::bump(&ctx.stats.upgrades_refused);
+            let why = match too_many {
+                TooMany::InAll => "too many connections wait for their handshake",
+                TooMany::FromAddress => {
+                    "too many connections from this address wait for their handshake"
+                }
+            };
+            if let Some(left_out) = log_limit::admit("refused upgrade: pending handshakes") {
+                tracing::warn!(%peer, left_out, "refusing an upgrade (503): {why}");
+            }
+            let response = Response::text(
+                503,
+                "Service Unavailable",
+                &format!("The server refuses new connections for now: {why}; try again later\n"),
+            )
+            .with_header("Retry-After", "1");
+            let _ = response.send(&mut stream).await;
+            return None;
+        }
+    };
+    let upgrade = UpgradeRequest {
+        url,
+        origin,
+        handshake_timeout,
+        _held_until_handshake: Box::new(pending),
+    };
     let Some(slot) = WebSocketSlot::take(shared) else {
         metrics::bump(&ctx.stats.upgrades_refused);
-        tracing::warn!(
-            limit = config.max_connections,
-            "connection limit reached: refusing an upgrade (503)"
-        );
+        if let Some(left_out) = log_limit::admit("refused upgrade: connection limit") {
+            tracing::warn!(
+                limit = config.max_connections,
+                left_out,
+                "connection limit reached: refusing an upgrade (503)"
+            );
+        }
         let response = Response::text(
             503,
             "Service Unavailable",
@@ -200,7 +244,13 @@ fn route(request: http::Request, shared: &Shared) -> Action {
         let origin = request.header("origin");
         if !shared.config.origins.allows(origin) {
             let origin = origin.unwrap_or("(none)");
-            tracing::info!(origin, "WebSocket upgrade refused: origin not allowed");
+            if let Some(left_out) = log_limit::admit("refused upgrade: origin") {
+                tracing::info!(
+                    origin,
+                    left_out,
+                    "WebSocket upgrade refused: origin not allowed"
+                );
+            }
             return Action::Respond(Response::text(
                 403,
                 "Forbidden",
@@ -208,13 +258,11 @@ fn route(request: http::Request, shared: &Shared) -> Action {
             ));
         }
         match request.websocket_accept() {
-            Ok(accept) => Action::Upgrade(
+            Ok(accept) => Action::Upgrade {
                 accept,
-                UpgradeRequest {
-                    url: request.target.clone(),
-                    origin: origin.map(str::to_owned),
-                },
-            ),
+                url: request.target.clone(),
+                origin: origin.map(str::to_owned),
+            },
             Err(response) => Action::Respond(response),
         }
     } else if request.wants_websocket() {
@@ -229,23 +277,45 @@ fn route(request: http::Request, shared: &Shared) -> Action {
         ))
     } else if request.path == "/" && request.method == "GET" && shared.config.status_page {
         Action::Respond(Response::html(STATUS_PAGE).with_header("Cache-Control", "no-cache"))
-    } else if request.path == "/healthz" && request.method == "GET" {
-        Action::Respond(Response::json(200, "OK", shared.health_json()))
-    } else if request.path == "/metrics" && request.method == "GET" {
-        let format = Format::negotiate(request.header("accept"));
-        let body = metrics::render(&shared.metrics_snapshot(), format);
-        Action::Respond(Response::with_content_type(
-            200,
-            "OK",
-            format.content_type(),
-            body,
-        ))
-    } else if request.path == "/readyz" && request.method == "GET" {
-        match shared.readiness() {
-            (true, body) => Action::Respond(Response::json(200, "OK", body)),
-            (false, body) => Action::Respond(Response::json(503, "Service Unavailable", body)),
-        }
+    } else if let Some(response) = probe(&request, shared) {
+        Action::Respond(response)
     } else {
         Action::Respond(Response::text(404, "Not Found", "Not found\n"))
     }
+}
+
+impl Transport for TcpStream {
+    fn abort_on_close(&self) {
+        // SO_LINGER 0: close() resets the connection and frees its buffers
+        // at once (a zero linger never blocks the close).
+        let _ = socket2::SockRef::from(self).set_linger(Some(Duration::ZERO));
+    }
+}
+
+impl Transport for TlsStream<TcpStream> {
+    fn abort_on_close(&self) {
+        self.get_ref().0.abort_on_close();
+    }
+}
+
+/// The answer to a health, readiness or metrics request (`GET /healthz`,
+/// `/readyz`, `/metrics`); `None` for any other request. Also served when
+/// the process is out of file descriptors, through the one held in reserve.
+pub(super) fn probe(request: &http::Request, shared: &Shared) -> Option<Response> {
+    if request.method != "GET" {
+        return None;
+    }
+    Some(match request.path.as_str() {
+        "/healthz" => Response::json(200, "OK", shared.health_json()),
+        "/metrics" => {
+            let format = Format::negotiate(request.header("accept"));
+            let body = metrics::render(&shared.metrics_snapshot(), format);
+            Response::with_content_type(200, "OK", format.content_type(), body)
+        }
+        "/readyz" => match shared.readiness() {
+            (true, body) => Response::json(200, "OK", body),
+            (false, body) => Response::json(503, "Service Unavailable", body),
+        },
+        _ => return None,
+    })
 }

@@ -86,16 +86,32 @@ impl Request {
             derive_accept_key(key.as_bytes())
         );
         // Like ws' default handleProtocols: accept the first subprotocol
-        // offered, so that clients that ask for one are not refused.
-        if let Some(protocol) = self
-            .header("sec-websocket-protocol")
-            .and_then(|offered| offered.split(',').map(str::trim).find(|p| !p.is_empty()))
-        {
-            accept.push_str(&format!("Sec-WebSocket-Protocol: {protocol}\r\n"));
+        // offered, so that clients that ask for one are not refused; and
+        // like ws, refuse a header that is not a list of tokens (it would be
+        // echoed back altered, or not at all).
+        if let Some(offered) = self.header("sec-websocket-protocol") {
+            let protocols: Vec<&str> = offered.split(',').map(str::trim).collect();
+            if protocols.iter().any(|protocol| !is_token(protocol)) {
+                return Err(Response::text(
+                    400,
+                    "Bad Request",
+                    "Invalid Sec-WebSocket-Protocol header\n",
+                ));
+            }
+            accept.push_str(&format!("Sec-WebSocket-Protocol: {}\r\n", protocols[0]));
         }
         accept.push_str("\r\n");
         Ok(accept)
     }
+}
+
+/// Whether `text` is an HTTP token (RFC 9110 5.6.2), as a subprotocol name
+/// must be.
+fn is_token(text: &str) -> bool {
+    !text.is_empty()
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 /// Whether a `Sec-WebSocket-Key` is 16 bytes in base64 (RFC 6455 4.2.1).
@@ -355,6 +371,19 @@ mod tests {
                 .unwrap()
                 .contains("Sec-WebSocket-Protocol")
         );
+    }
+
+    #[test]
+    fn a_subprotocol_header_that_is_not_tokens_is_refused() {
+        let mut bytes = UPGRADE
+            .replace("\r\n\r\n", "\r\nSec-WebSocket-Protocol: \r\n\r\n")
+            .into_bytes();
+        let at = bytes.len() - 4;
+        bytes.splice(at..at, [0xff, 0xfe]);
+        let (request, _) = parse_head(&bytes).ok().flatten().unwrap();
+        assert_eq!(request.websocket_accept().unwrap_err().status(), 400);
+        let spaced = parse(&UPGRADE.replace("\r\n\r\n", "\r\nSec-WebSocket-Protocol: a b\r\n\r\n"));
+        assert_eq!(spaced.websocket_accept().unwrap_err().status(), 400);
     }
 
     #[test]

@@ -7,6 +7,7 @@
 
 mod connection;
 mod http;
+mod pending;
 mod plugin_watch;
 mod problems;
 mod shared;
@@ -17,9 +18,12 @@ use crate::auth::AuthEngine;
 use crate::broker::{Broker, RedisEngine, RedisError};
 use crate::config::ServerConfig;
 use crate::kv::KvStore;
+use crate::log_limit;
 use crate::metrics::Metrics;
 use crate::plugins::{EngineError, LoadError, PluginEngine, ReloadSummary, load_dir, reload_dir};
 use crate::services::HostServices;
+use http::Response;
+use pending::PendingHandshakes;
 use problems::{PluginProblems, report_json, write_report};
 use shared::Shared;
 use std::future::Future;
@@ -134,6 +138,10 @@ impl Server {
             plugins: RwLock::new(plugins),
             problems: RwLock::new(problems),
             reloads: AtomicU64::new(0),
+            pending: Arc::new(PendingHandshakes::new(
+                config.max_pending_handshakes.0,
+                config.max_pending_handshakes.1,
+            )),
             services,
             worker_stats: std::iter::repeat_with(Arc::default)
                 .take(config.workers)
@@ -145,6 +153,12 @@ impl Server {
             websockets: AtomicUsize::new(0),
             metrics: Metrics::default(),
         });
+        let pending = shared.pending.clone();
+        shared.metrics.gauge_fn(
+            "pending_handshakes",
+            "Connections upgraded to WebSocket that have not sent #handshake yet",
+            move || pending.count() as i64,
+        );
         let services = shared.services.clone();
         shared.metrics.gauge_fn(
             "broker_connected",
@@ -219,8 +233,10 @@ impl Server {
                     }
                     Err(error) => {
                         if is_out_of_descriptors(&error) {
-                            tracing::warn!("out of file descriptors: refusing a connection (503)");
-                            reserve.refuse_one(&self.listener).await;
+                            if let Some(left_out) = log_limit::admit("out of file descriptors") {
+                                tracing::warn!(left_out, "out of file descriptors: refusing a connection (503)");
+                            }
+                            reserve.refuse_one(&self.listener, &self.shared).await;
                         } else {
                             tracing::warn!("accept failed: {error}; retrying in {backoff:?}");
                         }
@@ -404,19 +420,37 @@ impl SpareDescriptor {
         SpareDescriptor(std::fs::File::open("/dev/null").ok())
     }
 
-    async fn refuse_one(&mut self, listener: &TcpListener) {
+    /// Take the waiting connection with the reserved descriptor: a health,
+    /// readiness or metrics request is answered (so that probes and scrapes
+    /// still see the server while descriptors run out), anything else gets a
+    /// 503. Bounded in time: the accept loop waits for it.
+    async fn refuse_one(&mut self, listener: &TcpListener, shared: &Shared) {
         self.0 = None;
         let accepted = tokio::time::timeout(Duration::from_millis(10), listener.accept()).await;
-        if let Ok(Ok((stream, _))) = accepted {
-            let _ = stream.try_write(REFUSED);
+        if let Ok(Ok((mut stream, _))) = accepted {
+            let answer = async {
+                let response = match http::read_request(&mut stream, RESERVE_READ_TIMEOUT).await {
+                    Ok((request, _)) => connection::probe(&request, shared),
+                    Err(_) => None,
+                }
+                .unwrap_or_else(|| {
+                    Response::text(
+                        503,
+                        "Service Unavailable",
+                        "The server is out of file descriptors; try again later\n",
+                    )
+                    .with_header("Retry-After", "1")
+                });
+                let _ = response.send(&mut stream).await;
+            };
+            let _ = tokio::time::timeout(RESERVE_READ_TIMEOUT * 2, answer).await;
         }
         *self = SpareDescriptor::new();
     }
 }
 
-/// What a client connecting while the server is out of descriptors gets.
-const REFUSED: &[u8] =
-    b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+/// How long a request on the reserved descriptor may take to arrive.
+const RESERVE_READ_TIMEOUT: Duration = Duration::from_millis(100);
 
 impl std::fmt::Debug for Server {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -1,6 +1,7 @@
 //! What every worker of the server shares, and what the server tells about
 //! itself from it: `/healthz`, `/readyz` and the `/metrics` snapshot.
 
+use super::pending::PendingHandshakes;
 use super::problems::PluginProblems;
 use super::tls::Tls;
 use crate::auth::AuthEngine;
@@ -21,6 +22,8 @@ pub(super) struct Shared {
     pub(super) problems: RwLock<PluginProblems>,
     /// Reloads so far, numbering the reload reports.
     pub(super) reloads: AtomicU64,
+    /// Connections waiting for their handshake.
+    pub(super) pending: Arc<PendingHandshakes>,
     /// Broker, socket registry, KV.
     pub services: Arc<HostServices>,
     /// Each worker's counters (one per worker, so that workers never write
@@ -111,6 +114,7 @@ impl Shared {
             "problems": problems.to_json(),
             "workers": self.config.workers,
             "connections": self.services.sockets.len(),
+            "pendingHandshakes": self.pending.count(),
             "channels": self.services.broker.channel_count(),
             "broker": self.services.broker.status(),
             "unknownTransmits": self.total(|stats| &stats.unknown_transmits),

@@ -129,6 +129,7 @@ async fn serve(
     let plugins =
         WorkerPlugins::start_counting(shared.plugins(), shared.services.clone(), stats.clone())
             .await;
+    let mut stopping = shutdown.clone();
     let ctx = Rc::new(SessionContext {
         plugins: RefCell::new(Rc::new(plugins)),
         services: shared.services.clone(),
@@ -156,6 +157,9 @@ async fn serve(
                 let _ = switched.send(());
             }
             Some(_) = sessions.join_next() => {}
+            // Every worker starts draining as soon as the server stops, not
+            // when the accept loop gets round to it.
+            _ = stopping.wait_for(|&stop| stop) => break,
         }
     }
     let drained = async { while sessions.join_next().await.is_some() {} };

@@ -2,16 +2,12 @@
 //! to write, and changes to the socket (tokens, kick-outs, closes) applied
 //! in order with them.
 
-use super::{Ending, Session};
+use super::{Ending, Session, Transport};
 use crate::mailbox::{Control, Outbound};
 use crate::protocol;
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-impl<S> Session<S>
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
+impl<S: Transport> Session<S> {
     /// Write a queued frame, or apply an auth change a plugin asked for and
     /// write the frame that tells the client.
     pub(super) async fn apply(&mut self, queued: Outbound) -> Result<(), Ending> {
@@ -32,12 +28,14 @@ where
                     "#setAuthToken",
                     Some(&data),
                 )))
-                .await
+                .await?;
+                self.feed_revocations().await
             }
             Control::Deauthenticate => {
                 self.clear_auth();
                 self.feed(Utf8Bytes::from(protocol::event("#removeAuthToken", None)))
-                    .await
+                    .await?;
+                self.feed_revocations().await
             }
             Control::KickOut { channel, message } => {
                 if self.subscriptions.remove(&channel) {
@@ -49,5 +47,14 @@ where
             }
             Control::Disconnect { code, reason } => Err(Ending::close(code, &reason)),
         }
+    }
+
+    /// Revoke the subscriptions an auth change took the right to, writing
+    /// the `#kickOut`s in order with what is being written.
+    async fn feed_revocations(&mut self) -> Result<(), Ending> {
+        for kick in self.revoke_lost_subscriptions().await {
+            self.feed(Utf8Bytes::from(kick)).await?;
+        }
+        Ok(())
     }
 }

@@ -2,12 +2,11 @@
 //! `#removeAuthToken`, token expiry, and the `handshake` and
 //! `authenticate` middleware.
 
-use super::{Ending, Session, State};
+use super::{Ending, Session, State, Transport};
 use crate::auth::{AuthEngine, AuthError, VerifiedToken};
 use crate::plugins::HandshakeInfo;
 use crate::protocol::{self, ErrorObject, close_code};
 use serde_json::value::RawValue;
-use tokio::io::{AsyncRead, AsyncWrite};
 
 /// Why a token did not authenticate a socket: SocketCluster's `authError`.
 struct AuthRefusal {
@@ -37,10 +36,7 @@ impl AuthRefusal {
     }
 }
 
-impl<S> Session<S>
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
+impl<S: Transport> Session<S> {
     pub(super) async fn on_handshake(
         &mut self,
         data: Option<&RawValue>,
@@ -153,18 +149,20 @@ where
                     cid,
                     Some(&protocol::auth_status(true, None)),
                 ))
-                .await
+                .await?;
             }
             Err(refusal) if refusal.is_bad_token => {
                 self.send(protocol::error_response(cid, &refusal.error))
                     .await?;
-                self.remove_client_token().await
+                self.remove_client_token().await?;
             }
             Err(refusal) => {
                 let status = protocol::auth_status(false, Some(&refusal.error));
-                self.send(protocol::ok_response(cid, Some(&status))).await
+                self.send(protocol::ok_response(cid, Some(&status))).await?;
             }
         }
+        // The socket's token changed, or it has none any more.
+        self.recheck_subscriptions().await
     }
 
     /// Run the `authenticate` middleware on a verified token and, when it
@@ -204,6 +202,7 @@ where
         if self.socket.auth_token.is_some() && AuthEngine::has_expired(self.token_expiry) {
             self.clear_auth();
             self.remove_client_token().await?;
+            self.recheck_subscriptions().await?;
         }
         Ok(())
     }

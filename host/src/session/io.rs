@@ -2,14 +2,13 @@
 //! queued frames out; pings and deadlines; and the close.
 
 use super::rate::{self, TokenBucket};
-use super::{Ending, Session, State};
+use super::{Ending, Session, State, Transport};
 use crate::mailbox::Outbound;
 use crate::metrics::{self, MessageKind};
-use crate::protocol::{self, ErrorObject, Frame, PingProtocol, Request, close_code};
+use crate::protocol::{self, ErrorObject, Frame, MAX_BATCH, PingProtocol, Request, close_code};
 use futures_util::{FutureExt, SinkExt, StreamExt};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::time::{Instant, MissedTickBehavior, interval_at, sleep_until};
+use tokio::time::{Instant, MissedTickBehavior, interval_at, sleep, sleep_until};
 use tokio_tungstenite::tungstenite::error::{CapacityError, ProtocolError};
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
@@ -18,19 +17,26 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 /// client streaming without pause still gets its answers regularly.
 const MAX_FRAMES_PER_FLUSH: usize = 64;
 
+/// Packets of a batch handled before the session yields its worker to
+/// other tasks, so that one large frame does not hold the worker.
+const PACKETS_PER_SLICE: usize = 32;
+
 /// How long closing a connection may take (queued frames, the close frame,
 /// the client's close reply) before it is dropped.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
-impl<S> Session<S>
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
+impl<S: Transport> Session<S> {
     /// The event loop: frames in, queued frames out, pings, deadlines.
     pub(super) async fn serve(&mut self) -> Ending {
         let settings = self.ctx.settings.clone();
         let mut shutdown = self.ctx.shutdown.clone();
-        let handshake_deadline = Instant::now() + settings.handshake_timeout;
+        let handshake_timeout = self
+            .upgrade
+            .as_ref()
+            .map_or(settings.handshake_timeout, |upgrade| {
+                upgrade.handshake_timeout
+            });
+        let handshake_deadline = Instant::now() + handshake_timeout;
         let mut pings = interval_at(
             Instant::now() + settings.ping_interval,
             settings.ping_interval,
@@ -161,9 +167,28 @@ where
                 );
                 Ok(())
             }
+            Frame::TooManyPackets => {
+                self.count_in(MessageKind::Other);
+                tracing::info!(
+                    socket = self.socket.id,
+                    limit = MAX_BATCH,
+                    "a batch of too many packets; closing with 1009"
+                );
+                Err(Ending::close(
+                    close_code::MESSAGE_TOO_BIG,
+                    &format!("A batch may hold at most {MAX_BATCH} packets"),
+                ))
+            }
             Frame::Packets(packets) => {
-                for request in packets {
-                    self.on_request(request).await?;
+                // The whole frame arrived now: its packets are metered by
+                // the rate limit as of now, however long handling them takes.
+                let arrived = Instant::now();
+                for (index, request) in packets.enumerate() {
+                    if index > 0 && index % PACKETS_PER_SLICE == 0 {
+                        // A long batch shares the worker with other sockets.
+                        tokio::task::yield_now().await;
+                    }
+                    self.on_request(request, arrived).await?;
                 }
                 Ok(())
             }
@@ -173,20 +198,24 @@ where
     /// Handle one packet, in the order SocketCluster's
     /// `_processInboundPacket` does. This is the one place requests are
     /// dispatched.
-    async fn on_request(&mut self, request: Request<'_>) -> Result<(), Ending> {
+    async fn on_request(&mut self, request: Request<'_>, arrived: Instant) -> Result<(), Ending> {
         self.count_in(MessageKind::of(&request));
         match request {
-            Request::Handshake { data, cid } => self.on_handshake(data, cid).await,
+            Request::Handshake { data, cid } if self.state == State::Connecting => {
+                self.on_handshake(data, cid).await
+            }
             _ if self.state == State::Connecting => {
                 Err(Ending::close(close_code::MESSAGE_BEFORE_HANDSHAKE, ""))
             }
             // Responses to server invokes and other values: nothing to do.
             Request::Response | Request::Other => Ok(()),
-            _ if !self.within_rate() => self.refuse_over_rate(&request).await,
+            // Every other packet is metered, handshakes again included.
+            _ if !self.within_rate(arrived) => self.refuse_over_rate(&request).await,
+            Request::Handshake { data, cid } => self.on_handshake(data, cid).await,
             Request::Authenticate { data, cid } => self.on_authenticate(data, cid).await,
             Request::RemoveAuthToken => {
                 self.clear_auth();
-                Ok(())
+                self.recheck_subscriptions().await
             }
             // As SocketCluster: before any other event an expired token is
             // dropped, and the packet is still handled (unauthenticated).
@@ -221,10 +250,8 @@ where
 
     /// Take a token for an inbound packet; `false` when the socket is over
     /// its rate limit.
-    fn within_rate(&mut self) -> bool {
-        self.rate
-            .as_mut()
-            .is_none_or(|bucket| bucket.take(Instant::now()))
+    fn within_rate(&mut self, arrived: Instant) -> bool {
+        self.rate.as_mut().is_none_or(|bucket| bucket.take(arrived))
     }
 
     /// Refuse a packet over the rate limit: an RPC gets `RateLimitError`,
@@ -292,16 +319,24 @@ where
     /// queue overflows, which ends the session.
     pub(super) async fn feed(&mut self, frame: Utf8Bytes) -> Result<(), Ending> {
         metrics::bump(&self.ctx.stats.messages_out);
+        let stalled = sleep(self.ctx.settings.ping_timeout);
         tokio::select! {
+            // The write first: when it is done at once, as it is unless the
+            // client stopped reading, the timer is never even registered.
+            biased;
             written = self.ws.feed(Message::Text(frame)) => written.map_err(|_| Ending::lost()),
             () = self.overflow.wait() => Err(Ending::queue_full()),
+            () = stalled => Err(Ending::write_stalled()),
         }
     }
 
     async fn flush(&mut self) -> Result<(), Ending> {
+        let stalled = sleep(self.ctx.settings.ping_timeout);
         tokio::select! {
+            biased;
             flushed = self.ws.flush() => flushed.map_err(|_| Ending::lost()),
             () = self.overflow.wait() => Err(Ending::queue_full()),
+            () = stalled => Err(Ending::write_stalled()),
         }
     }
 
@@ -339,6 +374,11 @@ where
             };
             // A client that does not read may never take the close frame.
             let _ = tokio::time::timeout(CLOSE_TIMEOUT, closing).await;
+        }
+        if ending.abort {
+            // Unsent data would keep the connection (and its buffers) in the
+            // kernel after it is closed: reset it instead.
+            self.ws.get_ref().abort_on_close();
         }
         for channel in self.subscriptions.drain() {
             self.ctx.services.broker.unsubscribe(&channel, self.key);

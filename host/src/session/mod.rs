@@ -71,6 +71,8 @@ pub(crate) struct SessionSettings {
     pub require_auth: bool,
     /// Most messages queued for one socket before it is closed with 4100.
     pub max_queued_messages: usize,
+    /// Most bytes queued for one socket before it is closed with 4100.
+    pub max_queued_bytes: usize,
     /// Most channels one socket may subscribe to (SocketCluster's
     /// `socketChannelLimit`); 0 for no limit.
     pub socket_channel_limit: usize,
@@ -80,12 +82,27 @@ pub(crate) struct SessionSettings {
 
 /// What a session keeps of its HTTP upgrade request, for the `handshake`
 /// middleware; dropped once the handshake is done.
-#[derive(Debug)]
 pub(crate) struct UpgradeRequest {
     /// Path and query string of the request.
     pub url: String,
     /// Its `Origin` header.
     pub origin: Option<String>,
+    /// How long the connection has to send `#handshake`.
+    pub handshake_timeout: Duration,
+    /// What the server holds for the connection until its handshake (its
+    /// place among the pending handshakes): never read, dropped with this
+    /// request.
+    pub _held_until_handshake: Box<dyn std::any::Any>,
+}
+
+impl std::fmt::Debug for UpgradeRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpgradeRequest")
+            .field("url", &self.url)
+            .field("origin", &self.origin)
+            .field("handshake_timeout", &self.handshake_timeout)
+            .finish_non_exhaustive()
+    }
 }
 
 /// What a session needs from its worker.
@@ -122,13 +139,22 @@ enum State {
     Open,
 }
 
-/// Why a session ends: the close code and reason plugins are told, and
-/// whether the server still has to send a close frame.
+/// The byte stream under a session: plain TCP or TLS.
+pub(crate) trait Transport: AsyncRead + AsyncWrite + Unpin {
+    /// Make closing the connection reset it, dropping what the kernel still
+    /// holds to send: for a client that stopped reading.
+    fn abort_on_close(&self);
+}
+
+/// Why a session ends: the close code and reason plugins are told, whether
+/// the server still has to send a close frame, and whether the connection
+/// is reset rather than closed.
 #[derive(Debug)]
 struct Ending {
     code: u16,
     reason: String,
     send_close: bool,
+    abort: bool,
 }
 
 impl Ending {
@@ -138,6 +164,7 @@ impl Ending {
             code,
             reason: reason.to_owned(),
             send_close: true,
+            abort: false,
         }
     }
 
@@ -147,6 +174,7 @@ impl Ending {
             code,
             reason,
             send_close: false,
+            abort: false,
         }
     }
 
@@ -156,10 +184,25 @@ impl Ending {
 
     /// The client does not read: its queue is full.
     fn queue_full() -> Self {
-        Ending::close(
-            close_code::QUEUE_FULL,
-            "Outbound queue full: the client does not read what it is sent",
-        )
+        Ending {
+            abort: true,
+            ..Ending::close(
+                close_code::QUEUE_FULL,
+                "Outbound queue full: the client does not read what it is sent",
+            )
+        }
+    }
+
+    /// The client took nothing of what it was sent for the ping timeout:
+    /// closed as a ping timeout (4001), without waiting to send it a close
+    /// frame it would not read.
+    fn write_stalled() -> Self {
+        Ending {
+            code: close_code::PONG_TIMEOUT,
+            reason: "The client did not read what it was sent within the ping timeout".to_owned(),
+            send_close: false,
+            abort: true,
+        }
     }
 }
 
@@ -204,15 +247,16 @@ struct Session<S> {
 }
 
 /// Run a session on an upgraded connection until it closes.
-pub(crate) async fn run<S>(
+pub(crate) async fn run<S: Transport>(
     ws: WebSocketStream<S>,
     peer: SocketAddr,
     upgrade: UpgradeRequest,
     ctx: Rc<SessionContext>,
-) where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    let (outbox, inbox) = outbox(ctx.settings.max_queued_messages);
+) {
+    let (outbox, inbox) = outbox(
+        ctx.settings.max_queued_messages,
+        ctx.settings.max_queued_bytes,
+    );
     let overflow = inbox.overflow();
     let rate = ctx
         .settings

@@ -2,21 +2,17 @@
 //! `#publish`, with SocketCluster's answers to malformed ones, the channel
 //! limit, and the `subscribe` and `publish-in` middleware.
 
-use super::{Ending, Session};
+use super::{Ending, Session, Transport};
 use crate::metrics::{self, PublicationSource};
-use crate::protocol::{self, ChannelRequest, ErrorObject};
+use crate::protocol::{self, ChannelRequest, ErrorObject, MAX_NAME_BYTES};
 use serde_json::value::RawValue;
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncWrite};
 
 /// The longest a first subscription waits for the broker to confirm it
 /// (see [`crate::broker::Broker::subscribe`]) before it is answered anyway.
 const BROKER_CONFIRM_TIMEOUT: Duration = Duration::from_secs(2);
 
-impl<S> Session<S>
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
+impl<S: Transport> Session<S> {
     pub(super) async fn on_subscribe(
         &mut self,
         data: Option<&RawValue>,
@@ -30,6 +26,10 @@ where
             let error = ErrorObject::invalid_action("Subscribe channel name was malformatted");
             return self.send(protocol::error_response(cid, &error)).await;
         };
+        if request.channel.len() > MAX_NAME_BYTES {
+            let error = ErrorObject::name_too_long("Channel");
+            return self.send(protocol::error_response(cid, &error)).await;
+        }
         if self.must_authenticate() {
             let error =
                 ErrorObject::auth_required(&format!("Subscribing to '{}'", request.channel));
@@ -86,8 +86,9 @@ where
             Some(channel) if !self.subscriptions.remove(&*channel) => Some(ErrorObject::new(
                 "BrokerError",
                 format!(
-                    "Failed to unsubscribe socket from the {channel} channel - InvalidActionError: \
+                    "Failed to unsubscribe socket from the {} channel - InvalidActionError: \
                      Socket {} tried to unsubscribe from a channel which it is not subscribed to",
+                    protocol::quoted(&channel),
                     self.socket.id
                 ),
             )),
@@ -118,6 +119,9 @@ where
         }
         let request = ChannelRequest::parse(data)
             .ok_or_else(|| ErrorObject::invalid_action("Publish channel name was malformatted"))?;
+        if request.channel.len() > MAX_NAME_BYTES {
+            return Err(ErrorObject::name_too_long("Channel"));
+        }
         if self.must_authenticate() {
             return Err(ErrorObject::auth_required(&format!(
                 "Publishing to '{}'",
@@ -153,5 +157,55 @@ where
             Some(error) => protocol::error_response(cid, &error),
         };
         self.send(frame).await
+    }
+
+    /// Check every subscription again as a new `#subscribe` would be (the
+    /// auth requirement and the `subscribe` middleware), after the socket's
+    /// token changed or went: a subscription must not outlive the right to
+    /// it. Those no longer allowed are dropped; the frames that tell the
+    /// client (`#kickOut` with the reason) are returned for the caller to
+    /// write in order with what it writes.
+    pub(super) async fn revoke_lost_subscriptions(&mut self) -> Vec<String> {
+        if self.subscriptions.is_empty() {
+            return Vec::new();
+        }
+        let channels: Vec<String> = self.subscriptions.iter().cloned().collect();
+        let plugins = self.ctx.current_plugins();
+        let mut kicks = Vec::new();
+        for channel in channels {
+            let refusal = if self.must_authenticate() {
+                Some(ErrorObject::auth_required(&format!(
+                    "Subscribing to '{channel}'"
+                )))
+            } else {
+                Box::pin(plugins.check_subscribe(&self.socket, &channel, None))
+                    .await
+                    .err()
+            };
+            let Some(error) = refusal else {
+                continue;
+            };
+            self.subscriptions.remove(&channel);
+            self.ctx.services.broker.unsubscribe(&channel, self.key);
+            tracing::debug!(
+                socket = self.socket.id,
+                channel,
+                "subscription revoked after an auth change: {}: {}",
+                error.name,
+                error.message
+            );
+            let message = serde_json::Value::String(error.message).to_string();
+            let data = protocol::kick_out(&channel, Some(&message));
+            kicks.push(protocol::event("#kickOut", Some(&data)));
+        }
+        kicks
+    }
+
+    /// [`Session::revoke_lost_subscriptions`], writing its frames.
+    pub(super) async fn recheck_subscriptions(&mut self) -> Result<(), Ending> {
+        for kick in self.revoke_lost_subscriptions().await {
+            self.send(kick).await?;
+        }
+        Ok(())
     }
 }

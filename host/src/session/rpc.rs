@@ -1,15 +1,11 @@
 //! RPCs and transmits for plugins: each goes through `--require-auth` and
 //! its middleware to the plugin that declares its event.
 
-use super::{Ending, Session};
-use crate::protocol::{self, ErrorObject};
+use super::{Ending, Session, Transport};
+use crate::protocol::{self, ErrorObject, MAX_NAME_BYTES};
 use serde_json::value::RawValue;
-use tokio::io::{AsyncRead, AsyncWrite};
 
-impl<S> Session<S>
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
+impl<S: Transport> Session<S> {
     pub(super) async fn on_invoke(
         &mut self,
         event: &str,
@@ -25,6 +21,9 @@ where
 
     /// The answer to RPC `event`, from its plugin or the error that stopped it.
     async fn invoke(&self, event: &str, data: Option<&str>) -> Result<Option<String>, ErrorObject> {
+        if event.len() > MAX_NAME_BYTES {
+            return Err(ErrorObject::name_too_long("Event"));
+        }
         let plugins = self.ctx.current_plugins();
         // Plugin calls are boxed so that their large futures are not part of
         // every idle session's state.
@@ -32,6 +31,13 @@ where
     }
 
     pub(super) async fn on_transmit(&mut self, event: &str, data: Option<&RawValue>) {
+        if event.len() > MAX_NAME_BYTES {
+            tracing::debug!(
+                socket = self.socket.id,
+                "dropped a transmit with a name too long"
+            );
+            return;
+        }
         if self.must_authenticate() {
             let error = ErrorObject::auth_required(&format!("Transmit '{event}'"));
             tracing::debug!(
