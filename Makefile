@@ -1,7 +1,8 @@
 # wasmcluster: the two commands of the README, and the steps they are made of.
 #
 #   make run    build the host and the example plugins, serve them on 127.0.0.1:$(PORT)
-#   make test   every check: fmt, clippy, unit, end-to-end (Rust and JS) tests
+#   make test   every check: fmt, clippy, unit, end-to-end (Rust and JS) tests,
+#               a short fuzz run of every parser
 
 PORT ?= 8000
 WORKERS ?=
@@ -12,7 +13,7 @@ EXAMPLES := echo chat presence auth
 FIXTURES := flaky init-trap bad-import not-a-plugin echo-v2 chat-v2 plain-world tokens control guard guard-low
 BIN := $(CARGO_TARGET_DIR)/release/wasmcluster
 
-.PHONY: run test setup test-deps plugins fixtures build lint test-rust test-js js-deps clean
+.PHONY: run test setup test-deps plugins fixtures build lint test-rust test-js js-deps fuzz-smoke clean
 
 ## Install what is missing: the wasm32-wasip2 Rust target.
 setup:
@@ -47,6 +48,7 @@ run: plugins build
 ## Formatting and lints, for the host and for the plugins.
 lint: setup
 	$(CARGO) fmt --all --check
+	$(CARGO) fmt --manifest-path fuzz/Cargo.toml --check
 	$(CARGO) clippy --release --all-targets -- -D warnings
 	$(CARGO) clippy --release --target $(WASM_TARGET) $(addprefix -p ,$(EXAMPLES)) $(addprefix -p fixture-,$(FIXTURES)) -- -D warnings
 
@@ -59,8 +61,14 @@ js-deps:
 test-js: test-deps plugins build js-deps
 	cd tests/js && WASMCLUSTER_BIN=$(BIN) npm test
 
+## Replay every fuzz target's seed corpus (past crashes included) and fuzz
+## each for FUZZ_SECONDS; it builds apart from the main build (fuzz/README.md).
+FUZZ_SECONDS ?= 10
+fuzz-smoke: test-deps
+	FUZZ_SECONDS=$(FUZZ_SECONDS) scripts/fuzz-smoke
+
 ## Every test.
-test: lint test-rust test-js
+test: lint test-rust test-js fuzz-smoke
 
 clean:
 	rm -rf plugins tests/fixtures/wasm tests/js/node_modules
