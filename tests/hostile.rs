@@ -80,6 +80,17 @@ async fn a_client_that_stops_reading_is_timed_out_and_reset() {
         dir.path(),
         &["--ping-timeout-ms", "2000", "--ping-interval-ms", "500"],
     );
+    // The baseline once the server has served a connection: its workers
+    // open some descriptors only then (under load, after start returned).
+    let mut first = server.client().await;
+    assert_eq!(first.call("echo", json!("warm")).await, json!("warm"));
+    first.close(1000).await;
+    eventually(
+        "the first client is gone",
+        Duration::from_secs(10),
+        async || connections(&server).await == 0,
+    )
+    .await;
     let descriptors = server.descriptors();
     let mut stalled = stalled_client(&server).await;
     let big = "x".repeat(1024 * 1024);
@@ -89,13 +100,13 @@ async fn a_client_that_stops_reading_is_timed_out_and_reset() {
     }
     eventually(
         "the stalled client is closed",
-        Duration::from_secs(8),
+        Duration::from_secs(15),
         async || connections(&server).await == 0,
     )
     .await;
     eventually(
         "its descriptor is freed",
-        Duration::from_secs(4),
+        Duration::from_secs(10),
         async || server.descriptors() <= descriptors,
     )
     .await;

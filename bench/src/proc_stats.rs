@@ -27,11 +27,21 @@ pub fn cpu_seconds(pid: &str) -> Result<f64> {
 
 /// Resident set size of `pid` in bytes.
 pub fn rss_bytes(pid: &str) -> Result<u64> {
+    status_bytes(pid, "VmRSS")
+}
+
+/// The most memory `pid` ever held resident (its high-water mark), in bytes.
+pub fn peak_rss_bytes(pid: &str) -> Result<u64> {
+    status_bytes(pid, "VmHWM")
+}
+
+/// A size field of `/proc/PID/status` (`VmRSS`, `VmHWM`), in bytes.
+fn status_bytes(pid: &str, field: &str) -> Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
         .with_context(|| format!("reading /proc/{pid}/status"))?;
     status
         .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|value| {
             value
                 .trim()
@@ -41,7 +51,7 @@ pub fn rss_bytes(pid: &str) -> Result<u64> {
                 .ok()
         })
         .map(|kib| kib * 1024)
-        .context("VmRSS missing")
+        .with_context(|| format!("{field} missing"))
 }
 
 /// CPU seconds of the server (when its pid is known) and of this process

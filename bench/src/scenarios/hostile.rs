@@ -4,7 +4,7 @@
 //! the honest client's latency and errors.
 
 use super::{Common, histogram, latency_fields, open};
-use crate::proc_stats::rss_bytes;
+use crate::proc_stats::{peak_rss_bytes, rss_bytes};
 use anyhow::{Context, Result};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
@@ -90,7 +90,7 @@ pub async fn run(common: &Common, args: &HostileArgs) -> Result<Value> {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let attacks = attack.await??;
-    let peak = peak_bytes(&pid)?;
+    let peak = peak_rss_bytes(&pid)?;
     let mut figures = json!({
         "case": args.case.name(),
         "attacks": attacks,
@@ -103,24 +103,6 @@ pub async fn run(common: &Common, args: &HostileArgs) -> Result<Value> {
         object.extend(latency_fields("honest_", &latency));
     }
     Ok(figures)
-}
-
-/// The most memory the server ever held (`VmHWM`), in bytes.
-fn peak_bytes(pid: &str) -> Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmHWM:"))
-        .and_then(|value| {
-            value
-                .trim()
-                .trim_end_matches("kB")
-                .trim()
-                .parse::<u64>()
-                .ok()
-        })
-        .map(|kib| kib * 1024)
-        .context("VmHWM missing")
 }
 
 /// Replay `args.case` until `end`; how many times it was done.

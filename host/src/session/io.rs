@@ -3,7 +3,7 @@
 
 use super::rate::{self, TokenBucket};
 use super::{Ending, Session, State, Transport};
-use crate::mailbox::Outbound;
+use crate::mailbox::{Outbound, OverflowSignal};
 use crate::metrics::{self, MessageKind};
 use crate::protocol::{self, ErrorObject, Frame, MAX_BATCH, PingProtocol, Request, close_code};
 use futures_util::{FutureExt, SinkExt, StreamExt};
@@ -182,7 +182,7 @@ impl<S: Transport> Session<S> {
             Frame::Packets(packets) => {
                 // The whole frame arrived now: its packets are metered by
                 // the rate limit as of now, however long handling them takes.
-                let arrived = Instant::now();
+                let arrived = self.rate.is_some().then(Instant::now);
                 for (index, request) in packets.enumerate() {
                     if index > 0 && index % PACKETS_PER_SLICE == 0 {
                         // A long batch shares the worker with other sockets.
@@ -198,7 +198,11 @@ impl<S: Transport> Session<S> {
     /// Handle one packet, in the order SocketCluster's
     /// `_processInboundPacket` does. This is the one place requests are
     /// dispatched.
-    async fn on_request(&mut self, request: Request<'_>, arrived: Instant) -> Result<(), Ending> {
+    async fn on_request(
+        &mut self,
+        request: Request<'_>,
+        arrived: Option<Instant>,
+    ) -> Result<(), Ending> {
         self.count_in(MessageKind::of(&request));
         match request {
             Request::Handshake { data, cid } if self.state == State::Connecting => {
@@ -248,10 +252,12 @@ impl<S: Transport> Session<S> {
         metrics::bump(&self.ctx.stats.messages_in_by_kind[kind as usize]);
     }
 
-    /// Take a token for an inbound packet; `false` when the socket is over
-    /// its rate limit.
-    fn within_rate(&mut self, arrived: Instant) -> bool {
-        self.rate.as_mut().is_none_or(|bucket| bucket.take(arrived))
+    /// Take a token for an inbound packet that `arrived` (read only when
+    /// the socket has a rate limit); `false` when it is over the limit.
+    fn within_rate(&mut self, arrived: Option<Instant>) -> bool {
+        self.rate
+            .as_mut()
+            .is_none_or(|bucket| bucket.take(arrived.unwrap_or_else(Instant::now)))
     }
 
     /// Refuse a packet over the rate limit: an RPC gets `RateLimitError`,
@@ -319,25 +325,13 @@ impl<S: Transport> Session<S> {
     /// queue overflows, which ends the session.
     pub(super) async fn feed(&mut self, frame: Utf8Bytes) -> Result<(), Ending> {
         metrics::bump(&self.ctx.stats.messages_out);
-        let stalled = sleep(self.ctx.settings.ping_timeout);
-        tokio::select! {
-            // The write first: when it is done at once, as it is unless the
-            // client stopped reading, the timer is never even registered.
-            biased;
-            written = self.ws.feed(Message::Text(frame)) => written.map_err(|_| Ending::lost()),
-            () = self.overflow.wait() => Err(Ending::queue_full()),
-            () = stalled => Err(Ending::write_stalled()),
-        }
+        let written = self.ws.feed(Message::Text(frame));
+        unless_stalled(written, &self.overflow, self.ctx.settings.ping_timeout).await
     }
 
     async fn flush(&mut self) -> Result<(), Ending> {
-        let stalled = sleep(self.ctx.settings.ping_timeout);
-        tokio::select! {
-            biased;
-            flushed = self.ws.flush() => flushed.map_err(|_| Ending::lost()),
-            () = self.overflow.wait() => Err(Ending::queue_full()),
-            () = stalled => Err(Ending::write_stalled()),
-        }
+        let flushed = self.ws.flush();
+        unless_stalled(flushed, &self.overflow, self.ctx.settings.ping_timeout).await
     }
 
     /// Close the connection if the server ends it, release the socket's
@@ -380,7 +374,7 @@ impl<S: Transport> Session<S> {
             // kernel after it is closed: reset it instead.
             self.ws.get_ref().abort_on_close();
         }
-        for channel in self.subscriptions.drain() {
+        for channel in self.subscriptions.take() {
             self.ctx.services.broker.unsubscribe(&channel, self.key);
         }
         if self.state == State::Open {
@@ -390,4 +384,28 @@ impl<S: Transport> Session<S> {
             Box::pin(plugins.disconnected(&self.socket, ending.code, &ending.reason)).await;
         }
     }
+}
+
+/// Finish a write, unless the queue overflows or the write makes no
+/// progress for `stall` (a client that stopped reading). A write done at
+/// once, as nearly every write is, costs no timer.
+async fn unless_stalled(
+    write: impl Future<Output = Result<(), WsError>>,
+    overflow: &OverflowSignal,
+    stall: Duration,
+) -> Result<(), Ending> {
+    let mut write = std::pin::pin!(write);
+    if let Some(done) = (&mut write).now_or_never() {
+        return done.map_err(|_| Ending::lost());
+    }
+    // The client is not taking data as fast as it comes. Boxed, so that the
+    // timer's room is not part of every idle session's state.
+    Box::pin(async move {
+        tokio::select! {
+            written = write => written.map_err(|_| Ending::lost()),
+            () = overflow.wait() => Err(Ending::queue_full()),
+            () = sleep(stall) => Err(Ending::write_stalled()),
+        }
+    })
+    .await
 }
