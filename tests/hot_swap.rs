@@ -4,42 +4,11 @@
 mod support;
 
 use serde_json::json;
-use std::path::Path;
 use std::time::{Duration, Instant};
-use support::{TestServer, example_plugin, fixture_plugin, plugins_dir};
+use support::{
+    TestServer, example_plugin, fixture_plugin, install, plugins_dir, reload, reload_with,
+};
 use testkit::Client;
-
-/// Put `source` at `dir/name` the way the README tells operators to: write
-/// a temporary file, then rename it over the old one.
-fn install(source: &Path, dir: &Path, name: &str) {
-    let temporary = dir.join(format!(".{name}.partial"));
-    std::fs::copy(source, &temporary).unwrap();
-    std::fs::rename(&temporary, dir.join(name)).unwrap();
-}
-
-/// Send SIGUSR2 and wait until the server logged the reload it caused.
-async fn reload(server: &TestServer) -> String {
-    reload_with(server, || server.signal("USR2")).await
-}
-
-/// Trigger a reload with `trigger` and wait for its log line.
-async fn reload_with(server: &TestServer, trigger: impl FnOnce()) -> String {
-    let before = server.log().matches("reload done").count();
-    trigger();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let log = server.log();
-        if let Some(line) = log
-            .lines()
-            .filter(|line| line.contains("reload done"))
-            .nth(before)
-        {
-            return line.to_owned();
-        }
-        assert!(Instant::now() < deadline, "no reload logged:\n{log}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
 
 #[tokio::test]
 async fn swapping_echo_under_load_loses_nothing() {

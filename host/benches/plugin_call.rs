@@ -35,6 +35,7 @@ fn plugin_call(c: &mut Criterion) {
         deadline: Duration::from_millis(100),
         memory_bytes: 64 << 20,
         max_data_bytes: 1 << 20,
+        max_timers: 10_000,
     });
     let (set, refused) = runtime
         .block_on(load_dir(&engine, dir.path(), &options, &services))

@@ -76,6 +76,18 @@ test('subscribe receives what other clients and plugins publish', async () => {
   bob.disconnect();
 });
 
+test('a plugin timer publishes later, and subs lists the channels', async () => {
+  const alice = await server.connect();
+  const channel = alice.subscribe('broadcast:later');
+  await channel.listener('subscribe').once(5000);
+  assert.deepEqual(await alice.invoke('subs'), ['broadcast:later']);
+
+  const got = next(channel);
+  assert.equal(await alice.invoke('later', { delay_ms: 100, channel: 'broadcast:later', data: { at: 'later' } }), null);
+  assert.deepEqual(await got, { at: 'later' });
+  alice.disconnect();
+});
+
 test('unsubscribe stops delivery', async () => {
   const alice = await server.connect();
   const bob = await server.connect();

@@ -380,3 +380,38 @@ impl Drop for RedisServer {
         self.kill();
     }
 }
+
+/// Put `source` at `dir/name` the way the README tells operators to: write
+/// a temporary file, then rename it over the old one.
+pub fn install(source: &Path, dir: &Path, name: &str) {
+    let temporary = dir.join(format!(".{name}.partial"));
+    std::fs::copy(source, &temporary).unwrap();
+    std::fs::rename(&temporary, dir.join(name)).unwrap();
+}
+
+/// Send SIGUSR2 and wait until the server logged the reload it caused.
+pub async fn reload(server: &TestServer) -> String {
+    reload_with(server, || server.signal("USR2")).await
+}
+
+/// Trigger a reload with `trigger` and wait for its log line.
+pub async fn reload_with(server: &TestServer, trigger: impl FnOnce()) -> String {
+    let before = server.log().matches("reload done").count();
+    trigger();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let log = server.log();
+        if let Some(line) = log
+            .lines()
+            .filter(|line| line.contains("reload done"))
+            .nth(before)
+        {
+            return line.to_owned();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no reload logged:\n{log}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -12,22 +12,50 @@
 //!   code: it passes neither `--allow-client-publish` nor the `publish-in`
 //!   middleware, so an example that publishes for any client keeps to
 //!   channels of its own.
+//! - RPC `later` `{delay_ms, channel, data}` answers `null` at once and
+//!   publishes `data` on `channel` (a `broadcast:` channel too) when a
+//!   one-shot timer fires `delay_ms` later. What to publish waits in the
+//!   KV, not in the instance, so that it survives a fault of the instance
+//!   and a hot swap: the timer fires into whichever build serves then.
+//! - RPC `subs` answers the channels the calling socket is subscribed to.
 //! - Transmit `ping` transmits `pong` with the same data back to the sender.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
-use wasmcluster_sdk::{Error, Manifest, Payload, Plugin, Socket, export, host};
+use wasmcluster_sdk::{Error, Hook, Manifest, Payload, Plugin, Socket, export, host, kv};
 
 struct Echo;
 
 /// The channels `broadcast` may publish on.
 const BROADCAST_PREFIX: &str = "broadcast:";
 
-/// The data of RPC `broadcast`.
-#[derive(Deserialize)]
+/// The data of RPC `broadcast`, and what a `later` timer publishes.
+#[derive(Deserialize, Serialize)]
 struct Broadcast {
     channel: String,
     data: serde_json::Value,
+}
+
+/// The data of RPC `later`.
+#[derive(Deserialize)]
+struct Later {
+    delay_ms: u64,
+    #[serde(flatten)]
+    publication: Broadcast,
+}
+
+/// KV key of the counter that names `later` timers, unique on every worker.
+const LATER_COUNTER: &str = "later:next";
+
+/// Refuse channels outside [`BROADCAST_PREFIX`].
+fn check_channel(channel: &str) -> Result<(), Error> {
+    if channel.starts_with(BROADCAST_PREFIX) {
+        return Ok(());
+    }
+    Err(Error::new(
+        "BroadcastNotAllowed",
+        format!("echo publishes only on channels starting with '{BROADCAST_PREFIX}'"),
+    ))
 }
 
 impl Plugin for Echo {
@@ -41,20 +69,18 @@ impl Plugin for Echo {
                 "spin",
                 "grow",
                 "broadcast",
+                "later",
+                "subs",
             ])
             .transmit(["ping"])
+            .hooks([Hook::Timer])
     }
 
     fn init(_config: Payload) -> Result<Self, String> {
         Ok(Echo)
     }
 
-    fn on_invoke(
-        &mut self,
-        _socket: &Socket,
-        event: &str,
-        data: Payload,
-    ) -> Result<Payload, Error> {
+    fn on_invoke(&mut self, socket: &Socket, event: &str, data: Payload) -> Result<Payload, Error> {
         match event {
             "echo" => Ok(data),
             "version" => Ok(Payload::json(&json!({
@@ -74,18 +100,41 @@ impl Plugin for Echo {
             }
             "broadcast" => {
                 let Broadcast { channel, data } = data.parse()?;
-                if !channel.starts_with(BROADCAST_PREFIX) {
-                    return Err(Error::new(
-                        "BroadcastNotAllowed",
-                        format!(
-                            "echo broadcasts only on channels starting with '{BROADCAST_PREFIX}'"
-                        ),
-                    ));
-                }
+                check_channel(&channel)?;
                 host::publish(&channel, &data)?;
                 Ok(Payload::none())
             }
+            "later" => {
+                let Later {
+                    delay_ms,
+                    publication,
+                } = data.parse()?;
+                check_channel(&publication.channel)?;
+                let id = format!("later:{}", kv::incr(LATER_COUNTER, 1)?);
+                kv::set_json(&id, &publication)?;
+                if let Err(error) = host::set_timer(&id, delay_ms, false) {
+                    kv::delete(&id)?;
+                    return Err(error.into());
+                }
+                Ok(Payload::json(&serde_json::Value::Null))
+            }
+            "subs" => Ok(Payload::json(&host::subscriptions(&socket.id)?)),
             other => Err(Error::unknown_event(other)),
+        }
+    }
+
+    fn on_timer(&mut self, id: &str) {
+        // Each `later` timer is one-shot: publish what it carries, once.
+        let publication = match kv::get_json::<Broadcast>(id) {
+            Ok(Some(publication)) => publication,
+            Ok(None) => return,
+            Err(error) => return host::warn(&format!("timer {id}: {error}")),
+        };
+        if let Err(error) = host::publish(&publication.channel, &publication.data) {
+            host::warn(&format!("timer {id} could not publish: {error}"));
+        }
+        if let Err(error) = kv::delete(id) {
+            host::warn(&format!("timer {id}: {error}"));
         }
     }
 

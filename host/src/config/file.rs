@@ -64,6 +64,8 @@ struct PluginSection {
     memory_mib: Option<usize>,
     /// Overrides `plugin-max-data-bytes` for this plugin.
     max_data_bytes: Option<usize>,
+    /// Overrides `plugin-max-timers` for this plugin.
+    max_timers: Option<usize>,
     /// What the plugin's `init` receives, as a JSON object.
     config: Option<toml::Table>,
 }
@@ -190,6 +192,7 @@ impl ConfigFile {
                     deadline: section.deadline_ms.map(Duration::from_millis),
                     memory_bytes: section.memory_mib.map(|mib| mib * 1024 * 1024),
                     max_data_bytes: section.max_data_bytes,
+                    max_timers: section.max_timers,
                     config,
                 },
             );
@@ -315,6 +318,7 @@ pub fn example(serve: &clap::Command) -> String {
          #deadline-ms = 200\n\
          #memory-mib = 32\n\
          #max-data-bytes = 65536\n\
+         #max-timers = 1000\n\
          #config = { users = { alice = \"$argon2id$v=19$...\" } }\n",
     );
     out

@@ -227,6 +227,11 @@ pub struct ServeArgs {
     )]
     pub plugin_max_data_bytes: usize,
 
+    /// Most timers (`set-timer`) one plugin may have pending on one worker;
+    /// past it, `set-timer` fails with an error naming this limit.
+    #[arg(long, env = "WASMCLUSTER_PLUGIN_MAX_TIMERS", default_value_t = 10_000)]
+    pub plugin_max_timers: usize,
+
     /// Linear memory cap of one plugin instance, in MiB.
     #[arg(long, env = "WASMCLUSTER_PLUGIN_MEMORY_MIB", default_value_t = 64)]
     pub plugin_memory_mib: usize,
@@ -480,6 +485,7 @@ impl ServeArgs {
                 deadline: Duration::from_millis(self.plugin_deadline_ms),
                 memory_bytes: self.plugin_memory_mib * 1024 * 1024,
                 max_data_bytes: self.plugin_max_data_bytes,
+                max_timers: self.plugin_max_timers,
             }),
             cache_dir: self.cache_dir,
             shutdown_timeout: Duration::from_secs(self.shutdown_timeout_secs),

@@ -8,9 +8,11 @@
 
 mod queue;
 mod registry;
+mod subscriptions;
 
 pub(crate) use queue::{Inbox, Outbox, OverflowSignal, outbox};
 pub(crate) use registry::SocketRegistry;
+pub(crate) use subscriptions::Subscriptions;
 
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 

@@ -1,6 +1,6 @@
 //! Open sockets by id, so that a plugin on any worker can reach any socket.
 
-use super::{Outbound, Outbox};
+use super::{Outbound, Outbox, Subscriptions};
 use std::collections::HashMap;
 use std::sync::RwLock;
 use thiserror::Error;
@@ -10,18 +10,18 @@ use thiserror::Error;
 #[error("no open socket has id {0}")]
 pub(crate) struct UnknownSocket(pub String);
 
-/// The outboxes of every socket that completed its handshake.
+/// The outboxes and channels of every socket that completed its handshake.
 #[derive(Debug, Default)]
 pub(crate) struct SocketRegistry {
-    /// Socket id to the socket's outbound queue.
-    sockets: RwLock<HashMap<String, Outbox>>,
+    /// Socket id to the socket's outbound queue and its channels.
+    sockets: RwLock<HashMap<String, (Outbox, Subscriptions)>>,
 }
 
 impl SocketRegistry {
     /// Make a socket reachable by id.
-    pub(crate) fn register(&self, id: &str, outbox: Outbox) {
+    pub(crate) fn register(&self, id: &str, outbox: Outbox, subscriptions: Subscriptions) {
         let mut sockets = self.sockets.write().unwrap_or_else(|e| e.into_inner());
-        sockets.insert(id.to_owned(), outbox);
+        sockets.insert(id.to_owned(), (outbox, subscriptions));
     }
 
     /// Forget a socket that closed.
@@ -35,7 +35,16 @@ impl SocketRegistry {
         let sockets = self.sockets.read().unwrap_or_else(|e| e.into_inner());
         sockets
             .get(id)
-            .and_then(|outbox| outbox.send(queued).ok())
+            .and_then(|(outbox, _)| outbox.send(queued).ok())
+            .ok_or_else(|| UnknownSocket(id.to_owned()))
+    }
+
+    /// The channels one socket is subscribed to, sorted.
+    pub(crate) fn subscriptions(&self, id: &str) -> Result<Vec<String>, UnknownSocket> {
+        let sockets = self.sockets.read().unwrap_or_else(|e| e.into_inner());
+        sockets
+            .get(id)
+            .map(|(_, subscriptions)| subscriptions.list())
             .ok_or_else(|| UnknownSocket(id.to_owned()))
     }
 

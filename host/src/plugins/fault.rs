@@ -23,6 +23,7 @@ pub(super) enum Call<'a> {
     PublishIn(&'a str),
     InvokeIn(&'a str),
     TransmitIn(&'a str),
+    Timer(&'a str),
 }
 
 impl Call<'_> {
@@ -34,7 +35,8 @@ impl Call<'_> {
             | Call::Subscribe(subject)
             | Call::PublishIn(subject)
             | Call::InvokeIn(subject)
-            | Call::TransmitIn(subject) => subject,
+            | Call::TransmitIn(subject)
+            | Call::Timer(subject) => subject,
             Call::Connect => "#connect",
             Call::Disconnect => "#disconnect",
             Call::Handshake => "#handshake",
@@ -56,6 +58,7 @@ impl std::fmt::Display for Call<'_> {
             Call::PublishIn(channel) => write!(f, "on-publish-in '{channel}'"),
             Call::InvokeIn(event) => write!(f, "on-invoke-in '{event}'"),
             Call::TransmitIn(event) => write!(f, "on-transmit-in '{event}'"),
+            Call::Timer(id) => write!(f, "on-timer '{id}'"),
         }
     }
 }

@@ -4,6 +4,8 @@
 
 use super::guest_log::{GuestLog, GuestStream, RecentStderr};
 use super::limits::InstanceLimits;
+use super::options::PluginLimits;
+use super::timers::{TimerError, WorkerTimers};
 use super::types::{HostError, LogLevel};
 use crate::kv::KvError;
 use crate::mailbox::{Control, Outbound};
@@ -11,9 +13,31 @@ use crate::metrics::{self, PublicationSource};
 use crate::protocol;
 use crate::services::HostServices;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+/// What the host functions of one worker's plugin instances act on: the
+/// services the whole server shares, and the worker's own timers (a timer
+/// fires on the worker that set it).
+#[derive(Debug, Clone)]
+pub(crate) struct WorkerServices {
+    /// The broker, sockets, KV and auth of the whole server.
+    pub(crate) shared: Arc<HostServices>,
+    /// This worker's timers.
+    pub(crate) timers: Arc<WorkerTimers>,
+}
+
+impl WorkerServices {
+    /// `shared`, with a timer table of its own: a worker's, or a trial
+    /// instance's (whose timers never fire).
+    pub(crate) fn new(shared: Arc<HostServices>) -> Self {
+        WorkerServices {
+            shared,
+            timers: Arc::default(),
+        }
+    }
+}
 
 /// The data of one plugin instance's `Store`.
 pub struct HostState {
@@ -21,6 +45,10 @@ pub struct HostState {
     plugin: Arc<str>,
     /// The host side of every import.
     services: Arc<HostServices>,
+    /// The worker's timers, where `set-timer` puts this plugin's.
+    timers: Arc<WorkerTimers>,
+    /// The most timers this plugin may have pending on the worker.
+    max_timers: usize,
     /// WASI with no filesystem, network or environment; stdout and stderr go
     /// to the host log.
     wasi: WasiCtx,
@@ -33,9 +61,9 @@ pub struct HostState {
 }
 
 impl HostState {
-    /// State for a new instance of `plugin`, capped at `memory_bytes` of
-    /// linear memory.
-    pub fn new(plugin: Arc<str>, services: Arc<HostServices>, memory_bytes: usize) -> Self {
+    /// State for a new instance of `plugin` on the worker of `services`,
+    /// under `limits` (memory, timers).
+    pub(crate) fn new(plugin: Arc<str>, services: WorkerServices, limits: PluginLimits) -> Self {
         let recent_stderr = RecentStderr::default();
         let wasi = WasiCtxBuilder::new()
             .stdout(GuestLog::new(plugin.clone(), GuestStream::Stdout))
@@ -46,10 +74,12 @@ impl HostState {
             .build();
         HostState {
             plugin,
-            services,
+            services: services.shared,
+            timers: services.timers,
+            max_timers: limits.max_timers,
             wasi,
             table: ResourceTable::new(),
-            limits: InstanceLimits::new(memory_bytes),
+            limits: InstanceLimits::new(limits.memory_bytes),
             recent_stderr,
         }
     }
@@ -149,9 +179,12 @@ impl HostState {
         self.deliver(socket_id, Control::KickOut { channel, message }.into())
     }
 
-    /// `subscriptions`: not served yet.
-    pub fn subscriptions(&mut self, _socket_id: &str) -> Result<Vec<String>, HostError> {
-        Err(unsupported("subscriptions"))
+    /// `subscriptions`: the channels a socket is subscribed to, sorted.
+    pub fn subscriptions(&mut self, socket_id: &str) -> Result<Vec<String>, HostError> {
+        self.services
+            .sockets
+            .subscriptions(socket_id)
+            .map_err(|_| HostError::UnknownSocket(socket_id.to_owned()))
     }
 
     /// `kv-get`.
@@ -209,14 +242,16 @@ impl HostState {
             .map_or(0, |since| since.as_millis() as u64)
     }
 
-    /// `set-timer`: not served yet.
-    pub fn set_timer(
-        &mut self,
-        _id: String,
-        _delay_ms: u64,
-        _repeat: bool,
-    ) -> Result<(), HostError> {
-        Err(unsupported("set-timer"))
+    /// `set-timer`: call this plugin's `on-timer(id)` on this worker after
+    /// `delay_ms`, and every `delay_ms` after that when `repeat`.
+    pub fn set_timer(&mut self, id: String, delay_ms: u64, repeat: bool) -> Result<(), HostError> {
+        let delay = Duration::from_millis(delay_ms);
+        self.timers
+            .set(&self.plugin, id, delay, repeat, self.max_timers)
+            .map_err(|error| match error {
+                TimerError::TooMany { .. } => HostError::Unavailable(error.to_string()),
+                _ => HostError::InvalidArgument(error.to_string()),
+            })
     }
 }
 
@@ -242,12 +277,6 @@ fn kv_error(error: KvError) -> HostError {
             HostError::InvalidArgument(error.to_string())
         }
     }
-}
-
-fn unsupported(function: &str) -> HostError {
-    HostError::Unsupported(format!(
-        "{function} is not supported by this version of wasmcluster yet"
-    ))
 }
 
 impl std::fmt::Debug for HostState {

@@ -3,7 +3,7 @@
 
 use super::cpu::{self, CpuMeter, Metered};
 use super::health::PluginHealth;
-use super::host_state::HostState;
+use super::host_state::{HostState, WorkerServices};
 use super::options::PluginLimits;
 use super::symbols::Symbols;
 use super::types::Manifest;
@@ -86,13 +86,10 @@ impl Instance {
         pre: &PluginPre,
         state_exports: Option<&StateExports>,
         name: Arc<str>,
-        services: Arc<HostServices>,
+        services: WorkerServices,
         limits: PluginLimits,
     ) -> wasmtime::Result<Instance> {
-        let mut store = Store::new(
-            pre.engine(),
-            HostState::new(name, services, limits.memory_bytes),
-        );
+        let mut store = Store::new(pre.engine(), HostState::new(name, services, limits));
         store.limiter(|state| state.limits());
         let meter = Arc::new(CpuMeter::default());
         let on_epoch = meter.clone();
@@ -219,9 +216,19 @@ impl LoadedPlugin {
         self.manifest.hooks.contains(&hook)
     }
 
-    /// A fresh, initialized instance: used by each worker at start and after
-    /// every fault. The error says which stage failed.
+    /// A fresh, initialized instance with timers of its own, which never
+    /// fire (a trial instance, or a measurement). The error says which
+    /// stage failed.
     pub async fn instantiate(&self, services: Arc<HostServices>) -> Result<Instance, String> {
+        self.instantiate_on(WorkerServices::new(services)).await
+    }
+
+    /// A fresh, initialized instance for a worker, at start and after every
+    /// fault: its timers are the worker's. The error says which stage failed.
+    pub(crate) async fn instantiate_on(
+        &self,
+        services: WorkerServices,
+    ) -> Result<Instance, String> {
         let mut instance = Instance::new(
             &self.pre,
             self.state_exports.as_ref(),

@@ -5,6 +5,7 @@
 
 use super::engine::PluginEngine;
 use super::host_state::HostState;
+use super::host_state::WorkerServices;
 use super::load_error::LoadError;
 use super::loaded::{Instance, LoadedPlugin, StateExports};
 use super::options::{PluginLimits, PluginOptions};
@@ -117,6 +118,7 @@ pub async fn check_file(path: &Path, dir: Option<&Path>) -> Result<Checked, Load
         deadline: Duration::from_millis(100),
         memory_bytes: 64 << 20,
         max_data_bytes: 1 << 20,
+        max_timers: 10_000,
     };
     let options = PluginOptions::new(defaults);
     let services = Arc::new(HostServices::new(Arc::new(AuthEngine::with_random_key(0))));
@@ -325,7 +327,8 @@ pub(super) async fn load_file(
         reason,
     };
     let trial_instance = async |name: Arc<str>, limits: PluginLimits| {
-        Instance::new(&pre, state_exports.as_ref(), name, services.clone(), limits)
+        let services = WorkerServices::new(services.clone());
+        Instance::new(&pre, state_exports.as_ref(), name, services, limits)
             .await
             .map_err(|error| start_error("instantiate", format!("{error:#}")))
     };
@@ -412,13 +415,6 @@ fn check_manifest(manifest: &Manifest) -> Result<(), String> {
     {
         return Err(format!(
             "public event '{event}' is not one of its RPC events"
-        ));
-    }
-    if let Some(hook) = manifest.hooks.iter().find(|hook| !hook.is_served()) {
-        return Err(format!(
-            "hook '{}' is not supported by this version of wasmcluster yet; \
-             the plugin would not work as written",
-            hook.name()
         ));
     }
     Ok(())

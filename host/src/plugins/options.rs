@@ -14,6 +14,8 @@ pub struct PluginLimits {
     /// The most bytes of data one call may carry to the plugin; larger
     /// data is refused before the call (`DataTooLargeError`).
     pub max_data_bytes: usize,
+    /// The most timers the plugin may have pending on one worker.
+    pub max_timers: usize,
 }
 
 /// What the operator set for one plugin (a `[plugin.NAME]` section of the
@@ -26,6 +28,8 @@ pub struct PluginOverrides {
     pub memory_bytes: Option<usize>,
     /// The most data one call to this plugin may carry, in bytes.
     pub max_data_bytes: Option<usize>,
+    /// The most timers this plugin may have pending on one worker.
+    pub max_timers: Option<usize>,
     /// The JSON object its `init` receives.
     pub config: Option<String>,
 }
@@ -63,6 +67,9 @@ impl PluginOptions {
             max_data_bytes: overrides
                 .and_then(|o| o.max_data_bytes)
                 .unwrap_or(self.defaults.max_data_bytes),
+            max_timers: overrides
+                .and_then(|o| o.max_timers)
+                .unwrap_or(self.defaults.max_timers),
         };
         let config = overrides
             .and_then(|o| o.config.clone())

@@ -20,8 +20,8 @@
 //!   until it backs off, and makes it unavailable to nobody else.
 
 use super::fault::CallFailure;
+use super::host_state::WorkerServices;
 use super::loaded::{Instance, LoadedPlugin};
-use crate::services::HostServices;
 use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -194,7 +194,7 @@ impl Slot {
 /// A slot with a fresh instance, or backing off when none can be built.
 pub(super) async fn new_slot(
     plugin: &Arc<LoadedPlugin>,
-    services: &Arc<HostServices>,
+    services: &WorkerServices,
 ) -> Rc<Mutex<Slot>> {
     let mut slot = Slot::default();
     let result = rebuild(&mut slot, plugin, services).await;
@@ -213,7 +213,7 @@ pub(super) async fn ensure_instance<'a>(
     slot: &'a mut Slot,
     shared: &Rc<Mutex<Slot>>,
     plugin: &Arc<LoadedPlugin>,
-    services: &Arc<HostServices>,
+    services: &WorkerServices,
 ) -> Result<&'a mut Instance, CallFailure> {
     if slot.instance.is_none()
         && let Err(reason) = Box::pin(rebuild(slot, plugin, services)).await
@@ -236,7 +236,7 @@ fn schedule_recovery(
     slot: &mut Slot,
     shared: &Rc<Mutex<Slot>>,
     plugin: &Arc<LoadedPlugin>,
-    services: &Arc<HostServices>,
+    services: &WorkerServices,
 ) {
     if slot.recovery_scheduled || slot.backoff.until.is_none() {
         return;
@@ -275,9 +275,9 @@ fn schedule_recovery(
 async fn rebuild(
     slot: &mut Slot,
     plugin: &LoadedPlugin,
-    services: &Arc<HostServices>,
+    services: &WorkerServices,
 ) -> Result<(), String> {
-    match plugin.instantiate(services.clone()).await {
+    match plugin.instantiate_on(services.clone()).await {
         Ok(instance) => {
             slot.instance = Some(instance);
             if slot.backoff.until.take().is_some() {

@@ -105,13 +105,6 @@ impl Hook {
         Hook::Transmit,
     ];
 
-    /// Whether this host calls the hook. A plugin that declares a hook the
-    /// host does not call is refused: ignoring it would silently break what
-    /// the plugin means to do.
-    pub fn is_served(self) -> bool {
-        !matches!(self, Hook::Timer)
-    }
-
     /// The hook's name as a plugin author writes it in WIT.
     pub fn name(self) -> &'static str {
         match self {

@@ -8,7 +8,7 @@
 //! `slot`).
 
 use super::fault::{Call, CallFailure, Retired, describe_fault};
-use super::host_state::HostState;
+use super::host_state::{HostState, WorkerServices};
 use super::loaded::LoadedPlugin;
 use super::routes::PluginSet;
 use super::slot::{Slot, ensure_instance, new_slot};
@@ -33,8 +33,8 @@ pub struct WorkerPlugins {
     /// Shared with the next `WorkerPlugins` after a reload that keeps the
     /// plugin, so its instance and in-memory state carry over.
     slots: Vec<Rc<Mutex<Slot>>>,
-    /// What host functions act on.
-    services: Arc<HostServices>,
+    /// What host functions act on, this worker's timers included.
+    services: WorkerServices,
     /// The worker's counters (middleware denials, RPC histograms).
     pub(super) stats: Arc<WorkerStats>,
     /// Each RPC event the set routes: its plugin and this worker's histogram
@@ -88,6 +88,7 @@ impl WorkerPlugins {
         services: Arc<HostServices>,
         stats: Arc<WorkerStats>,
     ) -> Self {
+        let services = WorkerServices::new(services);
         let mut slots = Vec::with_capacity(set.plugins.len());
         for plugin in &set.plugins {
             slots.push(new_slot(plugin, &services).await);
@@ -141,6 +142,13 @@ impl WorkerPlugins {
             }
             slots.push(slot);
         }
+        // Timers go to the new build of their plugin; those of plugins that
+        // are gone, or no longer take timers, are dropped.
+        self.services.timers.retain_plugins(|name| {
+            set.plugins
+                .iter()
+                .any(|plugin| &*plugin.name == name && plugin.has_hook(Hook::Timer))
+        });
         // Plugins that are gone are replaced by nothing.
         for (index, old) in self.set.plugins.iter().enumerate() {
             if !set.plugins.iter().any(|plugin| plugin.name == old.name) {
@@ -267,6 +275,50 @@ impl WorkerPlugins {
                     .await;
             }
             plugins.slots[index].lock().await.forget(&socket.id);
+        }
+    }
+}
+
+impl WorkerPlugins {
+    /// Call `on-timer(id)` of the plugin named `plugin`, if this set still
+    /// has it with the timer hook (a reload drops the timers of plugins
+    /// that lost it). A fault is handled as any call's: the instance is
+    /// rebuilt, and the timer, if it repeats, keeps its schedule.
+    async fn fire_timer(self: &Rc<Self>, plugin: &str, id: &str) {
+        let Some(index) = self
+            .set
+            .plugins
+            .iter()
+            .position(|loaded| &*loaded.name == plugin && loaded.has_hook(Hook::Timer))
+        else {
+            return;
+        };
+        let fire = async |exports: &Exports, store: &mut Store<HostState>| {
+            exports.on_timer(store, id).await
+        };
+        if let Err(Retired) = self.call(index, Call::Timer(id), None, fire).await {
+            // Replaced while it waited: the successor has the plugin's
+            // newer build, which takes the timer.
+            Box::pin(self.newest().fire_timer(plugin, id)).await;
+        }
+    }
+}
+
+/// Fire this worker's timers as they come due, each into the newest build
+/// of its plugin (`current` gives the worker's current plugin set). Runs on
+/// the worker's `LocalSet` for the life of the worker; each firing is a
+/// task of its own, so that a slow `on-timer` delays only its own plugin.
+pub(crate) async fn run_timers(current: impl Fn() -> Rc<WorkerPlugins>) {
+    let timers = current().services.timers.clone();
+    loop {
+        let due = timers.wait_for_due().await;
+        if due.is_empty() {
+            continue;
+        }
+        let plugins = current();
+        for (plugin, id) in due {
+            let plugins = plugins.clone();
+            tokio::task::spawn_local(async move { plugins.fire_timer(&plugin, &id).await });
         }
     }
 }

@@ -4,7 +4,7 @@
 use super::connection;
 use super::shared::Shared;
 use crate::metrics;
-use crate::plugins::{PluginSet, WorkerPlugins};
+use crate::plugins::{PluginSet, WorkerPlugins, run_timers};
 use crate::session::SessionContext;
 use std::cell::RefCell;
 use std::net::SocketAddr;
@@ -138,6 +138,10 @@ async fn serve(
         auth: shared.auth.clone(),
         shutdown,
     });
+    let timers = tokio::task::spawn_local({
+        let ctx = ctx.clone();
+        async move { run_timers(|| ctx.current_plugins()).await }
+    });
     let _ = ready.send(());
     let mut sessions = JoinSet::new();
     loop {
@@ -169,4 +173,5 @@ async fn serve(
     {
         tracing::warn!("shutdown timeout reached with connections still open");
     }
+    timers.abort();
 }

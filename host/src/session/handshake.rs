@@ -85,10 +85,11 @@ impl<S: Transport> Session<S> {
         }
         if self.state == State::Connecting {
             self.state = State::Open;
-            self.ctx
-                .services
-                .sockets
-                .register(&self.socket.id, self.outbox.clone());
+            self.ctx.services.sockets.register(
+                &self.socket.id,
+                self.outbox.clone(),
+                self.subscriptions.clone(),
+            );
             let plugins = self.ctx.current_plugins();
             Box::pin(plugins.connected(&self.socket)).await;
         }

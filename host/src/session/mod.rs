@@ -22,7 +22,7 @@ mod rpc;
 pub(crate) use rate::RateLimit;
 
 use crate::auth::AuthEngine;
-use crate::mailbox::{Inbox, Outbox, OverflowSignal, SessionKey, outbox};
+use crate::mailbox::{Inbox, Outbox, OverflowSignal, SessionKey, Subscriptions, outbox};
 use crate::metrics::WorkerStats;
 use crate::plugins::{Socket, WorkerPlugins};
 use crate::protocol::{PingProtocol, close_code};
@@ -30,7 +30,6 @@ use crate::services::HostServices;
 use base64::Engine as _;
 use rate::TokenBucket;
 use std::cell::RefCell;
-use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -231,7 +230,7 @@ struct Session<S> {
     /// When the client must have sent something by.
     pong_deadline: Instant,
     /// Channels this socket is subscribed to.
-    subscriptions: HashSet<String>,
+    subscriptions: Subscriptions,
     /// When the socket's auth token expires (seconds since the epoch).
     token_expiry: Option<u64>,
     /// A sender to this session's own queue, handed to the broker.
@@ -279,7 +278,7 @@ pub(crate) async fn run<S: Transport>(
         state: State::Connecting,
         ping_protocol,
         pings_sent: 0,
-        subscriptions: HashSet::new(),
+        subscriptions: Subscriptions::default(),
         token_expiry: None,
         outbox,
         inbox,

@@ -57,7 +57,7 @@ impl<S: Transport> Session<S> {
         if let Err(error) = Box::pin(checked).await {
             return self.send(protocol::error_response(cid, &error)).await;
         }
-        if self.subscriptions.insert(request.channel.to_string()) {
+        if self.subscriptions.insert(&request.channel) {
             let confirmation =
                 self.ctx
                     .services
@@ -83,7 +83,7 @@ impl<S: Transport> Session<S> {
             None => Some(ErrorObject::invalid_action(
                 "Unsubscribe channel name was malformatted",
             )),
-            Some(channel) if !self.subscriptions.remove(&*channel) => Some(ErrorObject::new(
+            Some(channel) if !self.subscriptions.remove(&channel) => Some(ErrorObject::new(
                 "BrokerError",
                 format!(
                     "Failed to unsubscribe socket from the {} channel - InvalidActionError: \
@@ -166,10 +166,10 @@ impl<S: Transport> Session<S> {
     /// client (`#kickOut` with the reason) are returned for the caller to
     /// write in order with what it writes.
     pub(super) async fn revoke_lost_subscriptions(&mut self) -> Vec<String> {
-        if self.subscriptions.is_empty() {
+        let channels = self.subscriptions.list();
+        if channels.is_empty() {
             return Vec::new();
         }
-        let channels: Vec<String> = self.subscriptions.iter().cloned().collect();
         let plugins = self.ctx.current_plugins();
         let mut kicks = Vec::new();
         for channel in channels {

@@ -258,6 +258,15 @@ impl Exports {
     ) -> wasmtime::Result<InboundDecision> {
         dispatch!(self, store, call_on_transmit_in(socket, event, data))
     }
+
+    /// `on-timer`.
+    pub(super) async fn on_timer(
+        &self,
+        store: &mut Store<HostState>,
+        id: &str,
+    ) -> wasmtime::Result<()> {
+        dispatch!(self, store, call_on_timer(id))
+    }
 }
 
 impl std::fmt::Debug for Exports {
