@@ -241,72 +241,71 @@ fn next_due(last: Instant, period: Duration, now: Instant) -> Instant {
 
 #[cfg(test)]
 mod tests {
+    //! The table is driven with explicit instants: `start` is read just
+    //! before a timer is set, so a timer of delay `d` is due a few
+    //! microseconds after `start + d`; the checks keep half a second away.
+
     use super::*;
 
     fn plugin(name: &str) -> Arc<str> {
         Arc::from(name)
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn a_one_shot_timer_fires_once_when_due() {
+    fn secs(seconds: f64) -> Duration {
+        Duration::from_secs_f64(seconds)
+    }
+
+    #[test]
+    fn a_one_shot_timer_fires_once_when_due() {
         let timers = WorkerTimers::default();
         let echo = plugin("echo");
-        timers
-            .set(&echo, "a".into(), Duration::from_millis(50), false, 10)
-            .unwrap();
-        assert!(timers.take_due(Instant::now()).is_empty());
-        tokio::time::advance(Duration::from_millis(50)).await;
+        let start = Instant::now();
+        timers.set(&echo, "a".into(), secs(5.0), false, 10).unwrap();
+        assert!(timers.take_due(start + secs(4.5)).is_empty());
         assert_eq!(
-            timers.take_due(Instant::now()),
+            timers.take_due(start + secs(5.5)),
             vec![(echo.clone(), "a".into())]
         );
-        tokio::time::advance(Duration::from_millis(500)).await;
-        assert!(timers.take_due(Instant::now()).is_empty());
+        assert!(timers.take_due(start + secs(60.0)).is_empty());
         assert!(timers.table().per_plugin.is_empty());
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn setting_an_id_again_replaces_the_timer() {
+    #[test]
+    fn setting_an_id_again_replaces_the_timer() {
         let timers = WorkerTimers::default();
         let echo = plugin("echo");
-        timers
-            .set(&echo, "a".into(), Duration::from_millis(10), false, 10)
-            .unwrap();
-        timers
-            .set(&echo, "a".into(), Duration::from_millis(30), false, 10)
-            .unwrap();
+        let start = Instant::now();
+        timers.set(&echo, "a".into(), secs(1.0), false, 10).unwrap();
+        timers.set(&echo, "a".into(), secs(3.0), false, 10).unwrap();
         assert_eq!(timers.table().per_plugin["echo"], 1);
-        tokio::time::advance(Duration::from_millis(20)).await;
-        assert!(timers.take_due(Instant::now()).is_empty());
-        tokio::time::advance(Duration::from_millis(10)).await;
-        assert_eq!(timers.take_due(Instant::now()).len(), 1);
+        assert!(timers.take_due(start + secs(2.5)).is_empty());
+        assert_eq!(timers.take_due(start + secs(3.5)).len(), 1);
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn a_repeating_timer_fires_once_per_period_and_skips_what_a_stall_missed() {
+    #[test]
+    fn a_repeating_timer_fires_once_per_period_and_skips_what_a_stall_missed() {
         let timers = WorkerTimers::default();
         let echo = plugin("echo");
+        let start = Instant::now();
         timers
-            .set(&echo, "tick".into(), Duration::from_millis(10), true, 10)
+            .set(&echo, "tick".into(), secs(10.0), true, 10)
             .unwrap();
-        for _ in 0..3 {
-            tokio::time::advance(Duration::from_millis(10)).await;
-            assert_eq!(timers.take_due(Instant::now()).len(), 1);
+        for period in 1..=3 {
+            let at = start + secs(f64::from(period) * 10.0 + 0.5);
+            assert_eq!(timers.take_due(at).len(), 1, "period {period}");
         }
-        // A stall of 55 ms: one firing, then due again on the period's grid.
-        tokio::time::advance(Duration::from_millis(55)).await;
-        assert_eq!(timers.take_due(Instant::now()).len(), 1);
-        tokio::time::advance(Duration::from_millis(4)).await;
-        assert!(timers.take_due(Instant::now()).is_empty());
-        tokio::time::advance(Duration::from_millis(1)).await;
-        assert_eq!(timers.take_due(Instant::now()).len(), 1);
+        // A stall until 85.5 s: one firing (the one due at 40 s), then due
+        // again on the period's grid, at 90 s.
+        assert_eq!(timers.take_due(start + secs(85.5)).len(), 1);
+        assert!(timers.take_due(start + secs(89.5)).is_empty());
+        assert_eq!(timers.take_due(start + secs(90.5)).len(), 1);
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn the_cap_counts_per_plugin_and_replacing_is_not_adding() {
+    #[test]
+    fn the_cap_counts_per_plugin_and_replacing_is_not_adding() {
         let timers = WorkerTimers::default();
         let (echo, chat) = (plugin("echo"), plugin("chat"));
-        let second = Duration::from_secs(1);
+        let second = secs(1.0);
         timers.set(&echo, "a".into(), second, false, 2).unwrap();
         timers.set(&echo, "b".into(), second, false, 2).unwrap();
         timers.set(&echo, "b".into(), second, false, 2).unwrap();
@@ -320,8 +319,8 @@ mod tests {
         timers.set(&chat, "c".into(), second, false, 2).unwrap();
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn bad_arguments_are_refused() {
+    #[test]
+    fn bad_arguments_are_refused() {
         let timers = WorkerTimers::default();
         let echo = plugin("echo");
         let set = |id: &str, delay, repeat| timers.set(&echo, id.into(), delay, repeat, 10);
@@ -337,27 +336,26 @@ mod tests {
         );
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn resetting_one_id_does_not_grow_the_queue_without_bound() {
+    #[test]
+    fn resetting_one_id_does_not_grow_the_queue_without_bound() {
         let timers = WorkerTimers::default();
         let echo = plugin("echo");
         for _ in 0..10_000 {
             timers
-                .set(&echo, "a".into(), Duration::from_secs(60), false, 10)
+                .set(&echo, "a".into(), secs(60.0), false, 10)
                 .unwrap();
         }
         assert!(timers.table().queue.len() <= 2 + 64);
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn dropping_a_plugin_drops_its_timers() {
+    #[test]
+    fn dropping_a_plugin_drops_its_timers() {
         let timers = WorkerTimers::default();
         let (echo, chat) = (plugin("echo"), plugin("chat"));
-        let delay = Duration::from_millis(5);
-        timers.set(&echo, "a".into(), delay, false, 10).unwrap();
-        timers.set(&chat, "b".into(), delay, false, 10).unwrap();
+        let start = Instant::now();
+        timers.set(&echo, "a".into(), secs(1.0), false, 10).unwrap();
+        timers.set(&chat, "b".into(), secs(1.0), false, 10).unwrap();
         timers.retain_plugins(|name| name != "echo");
-        tokio::time::advance(delay).await;
-        assert_eq!(timers.take_due(Instant::now()), vec![(chat, "b".into())]);
+        assert_eq!(timers.take_due(start + secs(1.5)), vec![(chat, "b".into())]);
     }
 }
