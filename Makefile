@@ -13,7 +13,7 @@ EXAMPLES := echo chat presence auth
 FIXTURES := flaky init-trap bad-import not-a-plugin echo-v2 chat-v2 plain-world tokens control guard guard-low
 BIN := $(CARGO_TARGET_DIR)/release/wasmcluster
 
-.PHONY: run test setup test-deps plugins fixtures build lint test-rust test-js js-deps fuzz-smoke clean
+.PHONY: run test setup test-deps plugins fixtures build lint test-rust test-compat test-js js-deps fuzz-smoke clean
 
 ## Install what is missing: the wasm32-wasip2 Rust target.
 setup:
@@ -55,6 +55,12 @@ lint: setup
 test-rust: test-deps plugins fixtures build
 	$(CARGO) test --release
 
+## The suites that use example plugins, against the plugins built against
+## WIT 0.1.0 and kept in tests/fixtures/v0.1.0: a built plugin keeps working.
+COMPAT_SUITES := protocol plugins timers faults auth middleware hot_swap
+test-compat: test-deps plugins fixtures build
+	WASMCLUSTER_TEST_PLUGINS=v0.1.0 $(CARGO) test --release $(addprefix --test ,$(COMPAT_SUITES))
+
 js-deps:
 	cd tests/js && npm ci --no-audit --no-fund
 
@@ -68,7 +74,7 @@ fuzz-smoke: test-deps
 	FUZZ_SECONDS=$(FUZZ_SECONDS) scripts/fuzz-smoke
 
 ## Every test.
-test: lint test-rust test-js fuzz-smoke
+test: lint test-rust test-compat test-js fuzz-smoke
 
 clean:
 	rm -rf plugins tests/fixtures/wasm tests/js/node_modules

@@ -21,10 +21,27 @@ pub fn repo_root() -> PathBuf {
         .to_owned()
 }
 
-/// An example plugin, built by `make plugins` (run here when needed).
+/// An example plugin, built by `make plugins` (run here when needed); with
+/// `WASMCLUSTER_TEST_PLUGINS=v0.1.0`, the build of it kept in
+/// `tests/fixtures/v0.1.0` (`make test-compat`).
 pub fn example_plugin(name: &str) -> PathBuf {
+    if let Some(kept) = kept_build(name) {
+        return kept;
+    }
     ensure_plugins_built();
     repo_root().join("plugins").join(format!("{name}.wasm"))
+}
+
+/// The kept build of example `name` that `WASMCLUSTER_TEST_PLUGINS` names;
+/// a missing one fails the test rather than quietly testing a fresh build.
+fn kept_build(name: &str) -> Option<PathBuf> {
+    let version = std::env::var("WASMCLUSTER_TEST_PLUGINS").ok()?;
+    let path = repo_root()
+        .join("tests/fixtures")
+        .join(&version)
+        .join(format!("{name}.wasm"));
+    assert!(path.is_file(), "no kept build {}", path.display());
+    Some(path)
 }
 
 /// A test-only plugin, built by `make fixtures` (run here when needed).
