@@ -277,9 +277,7 @@ impl WorkerPlugins {
             plugins.slots[index].lock().await.forget(&socket.id);
         }
     }
-}
 
-impl WorkerPlugins {
     /// Call `on-timer(id)` of the plugin named `plugin`, if this set still
     /// has it with the timer hook (a reload drops the timers of plugins
     /// that lost it). A fault is handled as any call's: the instance is
