@@ -42,10 +42,6 @@ async fn eventually(what: &str, limit: Duration, mut check: impl AsyncFnMut() ->
     }
 }
 
-async fn connections(server: &TestServer) -> u64 {
-    server.health().await["connections"].as_u64().unwrap()
-}
-
 /// A batch `[0,0,0,...]` used to be held at 35 times its size. It is
 /// refused whole once it passes the batch limit, and the server holds about
 /// the frame itself, once.
@@ -88,7 +84,7 @@ async fn a_client_that_stops_reading_is_timed_out_and_reset() {
     eventually(
         "the first client is gone",
         Duration::from_secs(10),
-        async || connections(&server).await == 0,
+        async || server.connections().await == 0,
     )
     .await;
     let descriptors = server.descriptors();
@@ -101,7 +97,7 @@ async fn a_client_that_stops_reading_is_timed_out_and_reset() {
     eventually(
         "the stalled client is closed",
         Duration::from_secs(15),
-        async || connections(&server).await == 0,
+        async || server.connections().await == 0,
     )
     .await;
     eventually(
@@ -138,14 +134,14 @@ async fn the_outbound_queue_is_bounded_in_bytes() {
         publisher
             .send(json!({"event": "#publish", "data": {"channel": "flood", "data": payload}}))
             .await;
-        if connections(&server).await == 1 {
+        if server.connections().await == 1 {
             break;
         }
     }
     eventually(
         "the stalled subscriber is closed",
         Duration::from_secs(10),
-        async || connections(&server).await == 1,
+        async || server.connections().await == 1,
     )
     .await;
     let grown = server.memory("VmRSS").saturating_sub(before);

@@ -9,10 +9,6 @@ use std::time::Duration;
 use support::{TestServer, plugins_dir};
 use testkit::{Client, Closed};
 
-async fn connections(server: &TestServer) -> u64 {
-    server.health().await["connections"].as_u64().unwrap()
-}
-
 #[tokio::test]
 async fn a_client_that_stops_reading_is_disconnected_and_memory_stays_bounded() {
     let dir = plugins_dir(&["echo"]);
@@ -23,7 +19,7 @@ async fn a_client_that_stops_reading_is_disconnected_and_memory_stays_bounded() 
     // the server's queue for it.
     let mut publisher = server.client().await;
     let mut bystander = server.client().await;
-    assert_eq!(connections(&server).await, 3);
+    assert_eq!(server.connections().await, 3);
     let before = server.memory("VmRSS");
 
     let payload = "x".repeat(16 * 1024);
@@ -39,7 +35,7 @@ async fn a_client_that_stops_reading_is_disconnected_and_memory_stays_bounded() 
     // 4,000 publications of 16 KiB (64 MiB) went to a client that reads
     // nothing; it was closed and the server did not keep them.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while connections(&server).await != 2 {
+    while server.connections().await != 2 {
         assert!(
             tokio::time::Instant::now() < deadline,
             "the stalled client is still connected:\n{}",

@@ -259,6 +259,11 @@ impl TestServer {
         serde_json::from_str(&body).unwrap()
     }
 
+    /// Open connections, as `/healthz` counts them.
+    pub async fn connections(&self) -> u64 {
+        self.health().await["connections"].as_u64().unwrap()
+    }
+
     /// The WebSocket URL of the SocketCluster endpoint.
     pub fn url(&self) -> String {
         format!("ws://{}/socketcluster/", self.addr)
