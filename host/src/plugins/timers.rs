@@ -54,7 +54,7 @@ struct Timer {
     due: Instant,
     period: Option<Duration>,
     /// Which setting of the id this is: a queue entry of an earlier
-    /// setting (replaced or cancelled) is ignored when it comes up.
+    /// setting (replaced) is ignored when it comes up.
     generation: u64,
 }
 
@@ -67,7 +67,7 @@ struct Table {
     timers: HashMap<Key, Timer>,
     /// Pending timers per plugin, for the cap.
     per_plugin: HashMap<Arc<str>, usize>,
-    /// Due times, earliest first; entries of replaced or cancelled timers
+    /// Due times, earliest first; entries of replaced timers and dropped plugins
     /// stay until they come up (or the queue is compacted).
     queue: BinaryHeap<Reverse<(Instant, u64, Key)>>,
     next_generation: u64,
@@ -150,18 +150,22 @@ impl WorkerTimers {
     pub(crate) fn take_due(&self, now: Instant) -> Vec<Key> {
         let mut table = self.table();
         let mut due = Vec::new();
-        while let Some(Reverse((at, generation, _))) = table.queue.peek() {
-            if *at > now {
-                break;
-            }
-            let (at, generation) = (*at, *generation);
-            let Some(Reverse((_, _, key))) = table.queue.pop() else {
+        while table
+            .queue
+            .peek()
+            .is_some_and(|Reverse((at, ..))| *at <= now)
+        {
+            let Some(Reverse((at, generation, key))) = table.queue.pop() else {
                 break;
             };
+            // An entry of a timer that is gone (fired, or its plugin
+            // dropped), or of an earlier setting of a replaced one. A live setting has exactly one entry: firing
+            // pops it before pushing the next, and compaction rebuilds the
+            // queue with one entry per timer.
             let Some(timer) = table.timers.get_mut(&key) else {
                 continue;
             };
-            if timer.generation != generation || timer.due != at {
+            if timer.generation != generation {
                 continue;
             }
             match timer.period {
@@ -213,7 +217,7 @@ impl Table {
     }
 
     /// Rebuild the queue from the live timers once stale entries (of
-    /// replaced or cancelled timers) outnumber them, so that a plugin
+    /// replaced timers, dropped plugins) outnumber them, so that a plugin
     /// setting one id again and again does not grow it without bound.
     fn compact(&mut self) {
         if self.queue.len() <= 2 * self.timers.len() + 64 {
