@@ -128,3 +128,22 @@ async fn subscriptions_lists_the_calling_sockets_channels() {
     assert!(reply.get("error").is_none(), "{reply}");
     assert_eq!(client.call("subs", json!(null)).await, json!(["b"]));
 }
+
+#[tokio::test]
+async fn a_plugin_section_sets_its_own_timer_limit() {
+    let dir = plugins_dir(&["echo"]);
+    let config = dir.path().join("wasmcluster.toml");
+    std::fs::write(&config, "[plugin.echo]\nmax-timers = 2\n").unwrap();
+    let server = TestServer::start(
+        dir.path(),
+        &["--workers", "1", "--config", config.to_str().unwrap()],
+    );
+    let mut client = server.client().await;
+    for n in 0..2 {
+        let reply = later(&mut client, 60_000, "broadcast:capped", json!(n)).await;
+        assert_eq!(reply["data"], Value::Null, "{reply}");
+    }
+    let refused = later(&mut client, 60_000, "broadcast:capped", json!(2)).await;
+    let message = refused["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("has 2 timers pending"), "{refused}");
+}
