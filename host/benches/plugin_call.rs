@@ -8,7 +8,6 @@ use std::hint::black_box;
 use std::path::Path;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::Duration;
 use wasmcluster::auth::AuthEngine;
 use wasmcluster::plugins::{
     PluginEngine, PluginLimits, PluginOptions, Socket, WorkerPlugins, load_dir,
@@ -31,12 +30,7 @@ fn plugin_call(c: &mut Criterion) {
 
     let engine = PluginEngine::new(None).unwrap();
     let services = Arc::new(HostServices::new(Arc::new(AuthEngine::with_random_key(60))));
-    let options = PluginOptions::new(PluginLimits {
-        deadline: Duration::from_millis(100),
-        memory_bytes: 64 << 20,
-        max_data_bytes: 1 << 20,
-        max_timers: 10_000,
-    });
+    let options = PluginOptions::new(PluginLimits::default());
     let (set, refused) = runtime
         .block_on(load_dir(&engine, dir.path(), &options, &services))
         .unwrap();

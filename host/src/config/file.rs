@@ -66,6 +66,10 @@ struct PluginSection {
     max_data_bytes: Option<usize>,
     /// Overrides `plugin-max-timers` for this plugin.
     max_timers: Option<usize>,
+    /// Overrides `plugin-max-instances` for this plugin.
+    max_instances: Option<usize>,
+    /// Overrides `plugin-max-wait-ms` for this plugin.
+    max_wait_ms: Option<u64>,
     /// What the plugin's `init` receives, as a JSON object.
     config: Option<toml::Table>,
 }
@@ -174,6 +178,16 @@ impl ConfigFile {
                     "[plugin.{name}] deadline-ms must be more than 0"
                 )));
             }
+            if section.max_instances.is_some_and(|n| n == 0 || n > 1024) {
+                return Err(invalid(format!(
+                    "[plugin.{name}] max-instances must be between 1 and 1024"
+                )));
+            }
+            if section.max_wait_ms == Some(0) {
+                return Err(invalid(format!(
+                    "[plugin.{name}] max-wait-ms must be more than 0"
+                )));
+            }
             if section.memory_mib.is_some_and(|mib| mib == 0 || mib > 4096) {
                 return Err(invalid(format!(
                     "[plugin.{name}] memory-mib must be between 1 and 4096"
@@ -193,6 +207,8 @@ impl ConfigFile {
                     memory_bytes: section.memory_mib.map(|mib| mib * 1024 * 1024),
                     max_data_bytes: section.max_data_bytes,
                     max_timers: section.max_timers,
+                    max_instances: section.max_instances,
+                    max_wait: section.max_wait_ms.map(Duration::from_millis),
                     config,
                 },
             );
@@ -319,6 +335,8 @@ pub fn example(serve: &clap::Command) -> String {
          #memory-mib = 32\n\
          #max-data-bytes = 65536\n\
          #max-timers = 1000\n\
+         #max-instances = 4\n\
+         #max-wait-ms = 10000\n\
          #config = { users = { alice = \"$argon2id$v=19$...\" } }\n",
     );
     out

@@ -232,6 +232,20 @@ pub struct ServeArgs {
     #[arg(long, env = "WASMCLUSTER_PLUGIN_MAX_TIMERS", default_value_t = 10_000)]
     pub plugin_max_timers: usize,
 
+    /// Most instances of one plugin a worker may hold: how many calls to
+    /// it can wait on the host (an HTTP response, a client's answer) at
+    /// once on that worker. Grown on demand; each has its own memory.
+    /// Plugins built against 0.1.0 keep one instance per worker unless
+    /// their `[plugin.NAME] max-instances` says otherwise.
+    #[arg(long, env = "WASMCLUSTER_PLUGIN_MAX_INSTANCES", default_value_t = 8, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1024))]
+    pub plugin_max_instances: usize,
+
+    /// Milliseconds one plugin call may last, waiting on the host
+    /// included, before it is ended as a fault (--plugin-deadline-ms counts
+    /// only the plugin's own running time).
+    #[arg(long, env = "WASMCLUSTER_PLUGIN_MAX_WAIT_MS", default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub plugin_max_wait_ms: u64,
+
     /// Linear memory cap of one plugin instance, in MiB.
     #[arg(long, env = "WASMCLUSTER_PLUGIN_MEMORY_MIB", default_value_t = 64)]
     pub plugin_memory_mib: usize,
@@ -486,6 +500,8 @@ impl ServeArgs {
                 memory_bytes: self.plugin_memory_mib * 1024 * 1024,
                 max_data_bytes: self.plugin_max_data_bytes,
                 max_timers: self.plugin_max_timers,
+                max_instances: self.plugin_max_instances,
+                max_wait: Duration::from_millis(self.plugin_max_wait_ms),
             }),
             cache_dir: self.cache_dir,
             shutdown_timeout: Duration::from_secs(self.shutdown_timeout_secs),

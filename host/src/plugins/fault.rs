@@ -4,7 +4,7 @@
 use super::cpu::DeadlineExceeded;
 use super::health::FaultKind;
 use super::limits::MemoryCapExceeded;
-use super::loaded::LoadedPlugin;
+use super::loaded::{LoadedPlugin, WaitLimitExceeded};
 use super::types::ErrorObject as GuestError;
 use crate::protocol::ErrorObject;
 use wasmtime::Trap;
@@ -84,6 +84,15 @@ pub(super) fn describe_fault(
         return (
             FaultKind::OutOfMemory,
             format!("ran out of memory (cap {} MiB)", cap.cap / (1024 * 1024)),
+        );
+    }
+    if let Some(waited) = error.downcast_ref::<WaitLimitExceeded>() {
+        return (
+            FaultKind::Timeout,
+            format!(
+                "timed out (lasted longer than its wait limit of {} ms)",
+                waited.limit.as_millis()
+            ),
         );
     }
     let trap = match error.downcast_ref::<Trap>() {

@@ -43,6 +43,15 @@ pub struct LoadedPlugin {
     pub(super) symbols: OnceLock<Option<Symbols>>,
 }
 
+/// A call lasted longer than the plugin's wait limit, waiting on the host
+/// included; the error that ends it.
+#[derive(Debug, thiserror::Error)]
+#[error("the call lasted longer than its wait limit of {limit:?} (waiting on the host included)")]
+pub(super) struct WaitLimitExceeded {
+    /// The limit.
+    pub limit: Duration,
+}
+
 /// A live instance of a plugin with its store.
 pub struct Instance {
     /// The store holding the instance's memory and host state.
@@ -115,18 +124,29 @@ impl Instance {
         })
     }
 
-    /// Run `call` on this instance with `budget` of guest time: a call
-    /// that runs longer fails with [`cpu::DeadlineExceeded`], and a long
-    /// call yields to the worker's other tasks as it runs.
+    /// Run `call` on this instance under `limits`: a call whose guest time
+    /// passes the deadline fails with [`cpu::DeadlineExceeded`], one that
+    /// lasts longer than the wait limit (waiting on the host included)
+    /// fails with [`WaitLimitExceeded`], and a long call yields to the
+    /// worker's other tasks as it runs.
     pub(super) async fn run<R>(
         &mut self,
-        budget: Duration,
+        limits: PluginLimits,
         call: impl AsyncFnOnce(&Exports, &mut Store<HostState>) -> wasmtime::Result<R>,
     ) -> wasmtime::Result<R> {
-        self.meter.start_call(budget);
+        self.meter.start_call(limits.deadline);
         self.store.set_epoch_deadline(1);
         let running = std::pin::pin!(call(&self.exports, &mut self.store));
-        Metered::new(running, &self.meter).await
+        // Dropping the call's future on expiry unwinds the guest's stack;
+        // the caller drops the instance, as after any fault.
+        tokio::time::timeout(limits.max_wait, Metered::new(running, &self.meter))
+            .await
+            .unwrap_or_else(|_| {
+                Err(WaitLimitExceeded {
+                    limit: limits.max_wait,
+                }
+                .into())
+            })
     }
 
     /// What the guest wrote to stderr lately, for a fault report.
@@ -139,7 +159,7 @@ impl Instance {
         let init = async |exports: &Exports, store: &mut Store<HostState>| {
             exports.init(store, config).await
         };
-        match self.run(limits.deadline, init).await {
+        match self.run(limits, init).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(reason)) => Err(format!("the plugin refused to start: {reason}")),
             Err(trap) => Err(format!("{trap:#}")),
@@ -147,13 +167,13 @@ impl Instance {
     }
 
     /// What the plugin hands to its next build, if it exports `state`.
-    pub async fn snapshot(&mut self, deadline: Duration) -> wasmtime::Result<Option<String>> {
+    pub async fn snapshot(&mut self, limits: PluginLimits) -> wasmtime::Result<Option<String>> {
         let Some(snapshot) = self.state.as_ref().map(|state| state.snapshot) else {
             return Ok(None);
         };
         let call =
             async |_: &Exports, store: &mut Store<HostState>| snapshot.call_async(store, ()).await;
-        let (snapshot,) = self.run(deadline, call).await?;
+        let (snapshot,) = self.run(limits, call).await?;
         Ok(snapshot)
     }
 
@@ -162,7 +182,7 @@ impl Instance {
     pub async fn restore(
         &mut self,
         snapshot: String,
-        deadline: Duration,
+        limits: PluginLimits,
     ) -> wasmtime::Result<bool> {
         let Some(restore) = self.state.as_ref().map(|state| state.restore) else {
             return Ok(false);
@@ -170,7 +190,7 @@ impl Instance {
         let call = async |_: &Exports, store: &mut Store<HostState>| {
             restore.call_async(store, (snapshot,)).await
         };
-        let (restored,) = self.run(deadline, call).await?;
+        let (restored,) = self.run(limits, call).await?;
         restored
             .map_err(|reason| wasmtime::format_err!("the plugin refused the state: {reason}"))?;
         Ok(true)

@@ -17,7 +17,6 @@ use crate::services::HostServices;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
 use wasmtime::Store;
 
 /// Hash of a plugin file's bytes, to tell changed files from unchanged ones.
@@ -114,12 +113,7 @@ pub async fn check_file(path: &Path, dir: Option<&Path>) -> Result<Checked, Load
         stage: "engine",
         reason: error.to_string(),
     })?;
-    let defaults = PluginLimits {
-        deadline: Duration::from_millis(100),
-        memory_bytes: 64 << 20,
-        max_data_bytes: 1 << 20,
-        max_timers: 10_000,
-    };
+    let defaults = PluginLimits::default();
     let options = PluginOptions::new(defaults);
     let services = Arc::new(HostServices::new(Arc::new(AuthEngine::with_random_key(0))));
     let plugin = load_file(&engine, path, &options, &services).await?;
@@ -132,7 +126,7 @@ pub async fn check_file(path: &Path, dir: Option<&Path>) -> Result<Checked, Load
         None => None,
     };
     let hands_over_state = match plugin.instantiate(services).await {
-        Ok(mut instance) => matches!(instance.snapshot(defaults.deadline).await, Ok(Some(_))),
+        Ok(mut instance) => matches!(instance.snapshot(defaults).await, Ok(Some(_))),
         Err(_) => false,
     };
     Ok(Checked {
@@ -339,14 +333,14 @@ pub(super) async fn load_file(
     let describe =
         async |exports: &Exports, store: &mut Store<HostState>| exports.describe(store).await;
     let manifest = trial
-        .run(options.defaults.deadline, describe)
+        .run(options.defaults, describe)
         .await
         .map_err(|error| start_error("describe", format!("{error:#}")))?;
     check_manifest(&manifest).map_err(|reason| LoadError::Manifest {
         path: path.to_owned(),
         reason,
     })?;
-    let (limits, config) = options.for_plugin(&manifest.name);
+    let (limits, config) = options.for_plugin(&manifest.name, version);
     if limits != options.defaults {
         // `init` runs under the plugin's own limits, as every later call.
         trial = trial_instance(manifest.name.as_str().into(), limits).await?;

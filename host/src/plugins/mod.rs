@@ -5,14 +5,16 @@
 //! `*.wasm` files of a directory, links each against the version of the
 //! contract it was built for, checks it in a trial instance (`describe`,
 //! `init`) and builds the routing of events to plugins, a [`PluginSet`].
-//! Each worker then builds its own [`WorkerPlugins`]: one `Store` and
-//! instance per plugin, called directly from that worker's connections. A
-//! call that traps, overruns its deadline or exceeds its memory fails alone;
-//! the instance is rebuilt from its `InstancePre` for the next event.
+//! Each worker then builds its own [`WorkerPlugins`]: a small pool of
+//! instances (each its own `Store`) per plugin, called directly from that
+//! worker's connections. A call that traps, overruns its deadline or
+//! exceeds its memory fails alone; its instance is dropped and another
+//! built from the `InstancePre` for the next event.
 //!
 //! The rest of the host speaks the types of [`types`]; only `wit/` knows
 //! the generated bindings of each released version of the contract.
 
+mod backoff;
 mod cpu;
 mod engine;
 mod events;
@@ -26,8 +28,8 @@ mod loaded;
 mod loader;
 mod middleware;
 mod options;
+mod pool;
 mod routes;
-mod slot;
 mod symbols;
 mod timers;
 pub mod types;

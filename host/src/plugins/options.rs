@@ -1,6 +1,7 @@
 //! How the operator runs plugins: default limits, and each plugin's own
 //! limits and `init` config from its `[plugin.NAME]` section.
 
+use super::wit::WitVersion;
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -16,6 +17,27 @@ pub struct PluginLimits {
     pub max_data_bytes: usize,
     /// The most timers the plugin may have pending on one worker.
     pub max_timers: usize,
+    /// The most instances of the plugin one worker may hold: how many of
+    /// its calls can wait on the host at once there.
+    pub max_instances: usize,
+    /// How long one call may last, waiting on the host included, before it
+    /// is ended as a fault.
+    pub max_wait: Duration,
+}
+
+impl Default for PluginLimits {
+    /// The defaults of the `serve` flags: what `wasmcluster check` and
+    /// embedders get without a config.
+    fn default() -> Self {
+        PluginLimits {
+            deadline: Duration::from_millis(100),
+            memory_bytes: 64 << 20,
+            max_data_bytes: 1 << 20,
+            max_timers: 10_000,
+            max_instances: 8,
+            max_wait: Duration::from_secs(30),
+        }
+    }
 }
 
 /// What the operator set for one plugin (a `[plugin.NAME]` section of the
@@ -30,6 +52,10 @@ pub struct PluginOverrides {
     pub max_data_bytes: Option<usize>,
     /// The most timers this plugin may have pending on one worker.
     pub max_timers: Option<usize>,
+    /// The most instances of this plugin one worker may hold.
+    pub max_instances: Option<usize>,
+    /// How long one call to this plugin may last, waiting included.
+    pub max_wait: Option<Duration>,
     /// The JSON object its `init` receives.
     pub config: Option<String>,
 }
@@ -54,22 +80,37 @@ impl PluginOptions {
         }
     }
 
-    /// The limits and `init` config of plugin `name`.
-    pub(super) fn for_plugin(&self, name: &str) -> (PluginLimits, String) {
+    /// The limits and `init` config of plugin `name`, built against
+    /// `version`. A plugin built against 0.1.0 gets one instance per worker
+    /// unless its own section says otherwise: its in-memory state was per
+    /// worker when it was written, and stays so.
+    pub(super) fn for_plugin(&self, name: &str, version: WitVersion) -> (PluginLimits, String) {
         let overrides = self.per_plugin.get(name);
+        let defaults = &self.defaults;
+        let default_instances = if version == WitVersion::V0_1 {
+            1
+        } else {
+            defaults.max_instances
+        };
         let limits = PluginLimits {
             deadline: overrides
                 .and_then(|o| o.deadline)
-                .unwrap_or(self.defaults.deadline),
+                .unwrap_or(defaults.deadline),
             memory_bytes: overrides
                 .and_then(|o| o.memory_bytes)
-                .unwrap_or(self.defaults.memory_bytes),
+                .unwrap_or(defaults.memory_bytes),
             max_data_bytes: overrides
                 .and_then(|o| o.max_data_bytes)
-                .unwrap_or(self.defaults.max_data_bytes),
+                .unwrap_or(defaults.max_data_bytes),
             max_timers: overrides
                 .and_then(|o| o.max_timers)
-                .unwrap_or(self.defaults.max_timers),
+                .unwrap_or(defaults.max_timers),
+            max_instances: overrides
+                .and_then(|o| o.max_instances)
+                .unwrap_or(default_instances),
+            max_wait: overrides
+                .and_then(|o| o.max_wait)
+                .unwrap_or(defaults.max_wait),
         };
         let config = overrides
             .and_then(|o| o.config.clone())

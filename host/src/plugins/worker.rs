@@ -1,17 +1,17 @@
 //! A worker's instances of every plugin, and the calls into them.
 //!
-//! Each worker owns one instance (one `Store`) per plugin, so a call is a
-//! direct call on the worker's thread. The async mutex around each instance
-//! is never contended across threads; it only keeps two connections of the
-//! same worker from entering one instance at once. A call that faults fails
-//! alone: its instance is rebuilt for the next event (the fault policy is in
-//! `slot`).
+//! Each worker owns a small pool of instances (each its own `Store`) per
+//! plugin, so a call is a direct call on the worker's thread, and a call
+//! waiting on the host leaves the plugin free for the worker's other
+//! sockets (see `pool`). A call that faults fails alone: its instance is
+//! dropped and another built for the next event (the fault policy is in
+//! `backoff`).
 
 use super::fault::{Call, CallFailure, Retired, describe_fault};
 use super::host_state::{HostState, WorkerServices};
-use super::loaded::LoadedPlugin;
+use super::loaded::{Instance, LoadedPlugin};
+use super::pool::InstancePool;
 use super::routes::PluginSet;
-use super::slot::{Slot, ensure_instance, new_slot};
 use super::symbols;
 use super::types::{Hook, Socket};
 use super::wit::Exports;
@@ -22,17 +22,17 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
-use tokio::sync::Mutex;
 use wasmtime::{Store, WasmBacktrace};
 
 /// One worker's instances of every loaded plugin.
 pub struct WorkerPlugins {
     /// The plugins and the routing of events to them.
     set: Arc<PluginSet>,
-    /// Each plugin's state on this worker (same index as `set.plugins`).
-    /// Shared with the next `WorkerPlugins` after a reload that keeps the
-    /// plugin, so its instance and in-memory state carry over.
-    slots: Vec<Rc<Mutex<Slot>>>,
+    /// Each plugin's instances on this worker (same index as
+    /// `set.plugins`). Shared with the next `WorkerPlugins` after a reload
+    /// that keeps the plugin, so its instances and their in-memory state
+    /// carry over.
+    pools: Vec<Rc<InstancePool>>,
     /// What host functions act on, this worker's timers included.
     services: WorkerServices,
     /// The worker's counters (middleware denials, RPC histograms).
@@ -89,14 +89,14 @@ impl WorkerPlugins {
         stats: Arc<WorkerStats>,
     ) -> Self {
         let services = WorkerServices::new(services);
-        let mut slots = Vec::with_capacity(set.plugins.len());
+        let mut pools = Vec::with_capacity(set.plugins.len());
         for plugin in &set.plugins {
-            slots.push(new_slot(plugin, &services).await);
+            pools.push(InstancePool::new(plugin, &services).await);
         }
         WorkerPlugins {
             rpc_routes: rpc_routes(&set, &stats),
             set,
-            slots,
+            pools,
             services,
             stats,
             successor: RefCell::default(),
@@ -104,15 +104,15 @@ impl WorkerPlugins {
     }
 
     /// The instances for a reloaded set: plugins that did not change keep
-    /// their slot (instance, state, back-off); new and changed ones get a
-    /// fresh instance, and a changed plugin that exports `state` hands its
-    /// snapshot to its new build. Calls in flight finish on the old
-    /// instances; calls still waiting for a replaced plugin go to the
-    /// returned set. The worker must make the returned set current before it
-    /// yields again.
+    /// their pool (instances, state, back-off); new and changed ones get
+    /// fresh instances, and a changed plugin that exports `state` hands the
+    /// snapshot of each old instance to an instance of its new build. Calls
+    /// in flight finish on the old instances; calls still waiting for a
+    /// replaced plugin go to the returned set. The worker must make the
+    /// returned set current before it yields again.
     pub async fn switch_to(self: &Rc<Self>, set: Arc<PluginSet>) -> Rc<Self> {
-        let mut slots = Vec::with_capacity(set.plugins.len());
-        let mut replaced = Vec::new();
+        let mut pools = Vec::with_capacity(set.plugins.len());
+        let mut drained = Vec::new();
         for plugin in &set.plugins {
             if let Some(index) = self
                 .set
@@ -120,27 +120,22 @@ impl WorkerPlugins {
                 .iter()
                 .position(|old| Arc::ptr_eq(old, plugin))
             {
-                slots.push(self.slots[index].clone());
+                pools.push(self.pools[index].clone());
                 continue;
             }
-            let slot = new_slot(plugin, &self.services).await;
+            let pool = InstancePool::new(plugin, &self.services).await;
             if let Some(index) = self
                 .set
                 .plugins
                 .iter()
                 .position(|old| old.name == plugin.name)
             {
-                let mut old = self.slots[index].lock().await;
-                hand_over_state(
-                    &mut old,
-                    &self.set.plugins[index],
-                    &mut *slot.lock().await,
-                    plugin,
-                )
-                .await;
-                replaced.push(old);
+                let old_plugin = &self.set.plugins[index];
+                let old = self.pools[index].drain(old_plugin.limits.deadline).await;
+                hand_over_state(old.instances, old_plugin, &pool, plugin, &self.services).await;
+                drained.push(&self.pools[index]);
             }
-            slots.push(slot);
+            pools.push(pool);
         }
         // Timers go to the new build of their plugin; those of plugins that
         // are gone, or no longer take timers, are dropped.
@@ -152,20 +147,20 @@ impl WorkerPlugins {
         // Plugins that are gone are replaced by nothing.
         for (index, old) in self.set.plugins.iter().enumerate() {
             if !set.plugins.iter().any(|plugin| plugin.name == old.name) {
-                replaced.push(self.slots[index].lock().await);
+                drained.push(&self.pools[index]);
             }
         }
         let next = Rc::new(WorkerPlugins {
             rpc_routes: rpc_routes(&set, &self.stats),
             set,
-            slots,
+            pools,
             services: self.services.clone(),
             stats: self.stats.clone(),
             successor: RefCell::default(),
         });
         // From here to the caller's swap there is no await: nothing can
-        // observe a retired slot before the new set is current.
-        for mut old in replaced {
+        // observe a retired pool before the new set is current.
+        for old in drained {
             old.retire();
         }
         *self.successor.borrow_mut() = Some(next.clone());
@@ -184,10 +179,10 @@ impl WorkerPlugins {
         }
     }
 
-    /// Call `f` on plugin `index`'s instance, for `socket` (none for calls
-    /// no socket makes), building the instance first if an earlier fault
-    /// dropped it. `Err(Retired)` when a reload replaced the plugin while the
-    /// call waited for it.
+    /// Call `f` on an instance of plugin `index`, for `socket` (none for
+    /// calls no socket makes), building one first if none is idle.
+    /// `Err(Retired)` when a reload replaced the plugin while the call
+    /// waited for it.
     pub(super) async fn call<R>(
         &self,
         index: usize,
@@ -196,27 +191,21 @@ impl WorkerPlugins {
         f: impl AsyncFnOnce(&Exports, &mut Store<HostState>) -> wasmtime::Result<R>,
     ) -> Result<Result<R, CallFailure>, Retired> {
         let plugin = &self.set.plugins[index];
-        let mut slot = self.slots[index].lock().await;
-        if slot.retired {
-            return Err(Retired);
-        }
-        if let Some(refused) = slot.refusal(socket) {
-            return Ok(Err(refused));
-        }
-        let instance =
-            match ensure_instance(&mut slot, &self.slots[index], plugin, &self.services).await {
-                Ok(instance) => instance,
-                Err(unavailable) => return Ok(Err(unavailable)),
-            };
-        let error = match instance.run(plugin.limits.deadline, f).await {
+        let pool = &self.pools[index];
+        let mut lease = match pool.lease(plugin, &self.services, socket).await? {
+            Ok(lease) => lease,
+            Err(refused) => return Ok(Err(refused)),
+        };
+        let error = match lease.instance().run(plugin.limits, f).await {
             Ok(value) => {
-                slot.succeeded(socket);
+                lease.give_back();
+                pool.policy().succeeded(socket);
                 return Ok(Ok(value));
             }
             Err(error) => error,
         };
-        let guest_stderr = instance.take_recent_stderr();
-        slot.instance = None;
+        let guest_stderr = lease.instance().take_recent_stderr();
+        drop(lease);
         let (kind, fault) = describe_fault(&error, plugin);
         let description = format!("Plugin '{}' {fault} in {what}", plugin.name);
         plugin.health.fault(kind, &description);
@@ -237,7 +226,8 @@ impl WorkerPlugins {
                 error.root_cause()
             );
         }
-        slot.faulted(socket, plugin, &format!("{fault} in {what}"));
+        pool.policy()
+            .faulted(socket, plugin, &format!("{fault} in {what}"));
         Ok(Err(CallFailure::Fault(description)))
     }
 
@@ -274,7 +264,7 @@ impl WorkerPlugins {
                     .call(index, Call::Disconnect, None, disconnect)
                     .await;
             }
-            plugins.slots[index].lock().await.forget(&socket.id);
+            plugins.pools[index].policy().forget(&socket.id);
         }
     }
 
@@ -321,58 +311,71 @@ pub(crate) async fn run_timers(current: impl Fn() -> Rc<WorkerPlugins>) {
     }
 }
 
-/// Hand the state of `old` (an instance of the build being replaced) to
-/// `new`, when the plugin exports `state`. Failures are logged: the new build
-/// serves anyway, starting empty.
+/// Hand the state of each instance of the build being replaced (`old`) to
+/// an instance of the new build's `pool`, when the plugin exports `state`.
+/// Failures are logged: the new build serves anyway, that instance
+/// starting empty.
 async fn hand_over_state(
-    old: &mut Slot,
+    old: Vec<Instance>,
     old_plugin: &LoadedPlugin,
-    new: &mut Slot,
-    plugin: &LoadedPlugin,
+    pool: &Rc<InstancePool>,
+    plugin: &Arc<LoadedPlugin>,
+    services: &WorkerServices,
 ) {
     let name = &*plugin.name;
-    let Some(old_instance) = old.instance.as_mut() else {
-        return;
-    };
-    let snapshot = match old_instance.snapshot(old_plugin.limits.deadline).await {
-        Ok(Some(snapshot)) => snapshot,
-        Ok(None) => return,
-        Err(error) => {
-            tracing::warn!(
+    let mut received = Vec::new();
+    for mut old_instance in old.into_iter().take(pool.max_instances()) {
+        let snapshot = match old_instance.snapshot(old_plugin.limits).await {
+            Ok(Some(snapshot)) => snapshot,
+            Ok(None) => continue,
+            Err(error) => {
+                tracing::warn!(
+                    plugin = name,
+                    "state snapshot failed, an instance of the new build starts empty: {error:#}"
+                );
+                continue;
+            }
+        };
+        let new_instance = match pool.take_idle() {
+            Some(instance) => Ok(instance),
+            None => plugin.instantiate_on(services.clone()).await,
+        };
+        let mut new_instance = match new_instance {
+            Ok(instance) => instance,
+            Err(error) => {
+                tracing::warn!(
+                    plugin = name,
+                    "the new build has no instance to take state; it starts empty: {error}"
+                );
+                continue;
+            }
+        };
+        match new_instance.restore(snapshot.clone(), plugin.limits).await {
+            Ok(true) => {
+                tracing::info!(
+                    plugin = name,
+                    bytes = snapshot.len(),
+                    "state handed over to the new build"
+                );
+                received.push(new_instance);
+            }
+            Ok(false) => {
+                tracing::info!(
+                    plugin = name,
+                    "the new build does not take state; it starts empty"
+                );
+                received.push(new_instance);
+            }
+            // A trap leaves the instance unusable: it is dropped, and a
+            // call builds another.
+            Err(error) => tracing::error!(
                 plugin = name,
-                "state snapshot failed, the new build starts empty: {error:#}"
-            );
-            return;
+                "restoring state failed, an instance of the new build starts empty: {error:#}"
+            ),
         }
-    };
-    let Some(new_instance) = new.instance.as_mut() else {
-        tracing::warn!(
-            plugin = name,
-            "the new build has no instance yet; its state starts empty"
-        );
-        return;
-    };
-    match new_instance
-        .restore(snapshot.clone(), plugin.limits.deadline)
-        .await
-    {
-        Ok(true) => tracing::info!(
-            plugin = name,
-            bytes = snapshot.len(),
-            "state handed over to the new build"
-        ),
-        Ok(false) => tracing::info!(
-            plugin = name,
-            "the new build does not take state; it starts empty"
-        ),
-        Err(error) => {
-            tracing::error!(
-                plugin = name,
-                "restoring state failed, the new build starts empty: {error:#}"
-            );
-            // A trap leaves the instance unusable; the next call rebuilds it.
-            new.instance = None;
-        }
+    }
+    for instance in received {
+        pool.add_idle(instance);
     }
 }
 

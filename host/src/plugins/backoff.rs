@@ -1,4 +1,5 @@
-//! One worker's state for one plugin: its instance, and the fault policy.
+//! The fault policy of one plugin on one worker: when calls are refused
+//! for a while.
 //!
 //! The rule: a fault caused by a call costs that call and a rebuild of the
 //! instance, nothing more. Two things make a plugin refuse calls for a
@@ -13,20 +14,16 @@
 //!   [`FAULT_WINDOW`]**: that socket alone backs off from that plugin, for a
 //!   delay that doubles the same way. Successful calls between do not wipe
 //!   the count: a client alternating a call that runs into the deadline
-//!   with a good one would otherwise hold the instance for a whole deadline
+//!   with a good one would otherwise hold an instance for a whole deadline
 //!   per pair, forever.
 //!   Every other socket is served as before, so a client calling a
 //!   panicking RPC in a loop costs the plugin one rebuild per call it makes
 //!   until it backs off, and makes it unavailable to nobody else.
 
 use super::fault::CallFailure;
-use super::host_state::WorkerServices;
-use super::loaded::{Instance, LoadedPlugin};
+use super::loaded::LoadedPlugin;
 use std::collections::HashMap;
-use std::rc::Rc;
-use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::Mutex;
 use tokio::time::Instant;
 
 /// Faulted calls of one socket within [`FAULT_WINDOW`] after which that
@@ -42,13 +39,13 @@ pub(super) const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 /// A delay that doubles with each back-off, until something succeeds.
 #[derive(Debug, Default)]
-struct Backoff {
+pub(super) struct Backoff {
     /// While it lasts: when calls are taken again.
-    until: Option<Instant>,
+    pub(super) until: Option<Instant>,
     /// The last delay, kept until a success so that repeated back-offs double.
     last_delay: Option<Duration>,
     /// Why calls are refused meanwhile.
-    reason: String,
+    pub(super) reason: String,
 }
 
 impl Backoff {
@@ -58,7 +55,7 @@ impl Backoff {
     }
 
     /// Start backing off for the next delay; its length.
-    fn start(&mut self, reason: String) -> Duration {
+    pub(super) fn start(&mut self, reason: String) -> Duration {
         let delay = self
             .last_delay
             .map_or(MIN_BACKOFF, |last| (last * 2).min(MAX_BACKOFF));
@@ -92,23 +89,16 @@ impl SocketFaults {
     }
 }
 
-/// One worker's state for one plugin.
-#[derive(Default)]
-pub(super) struct Slot {
-    /// The live instance; `None` after a fault until a call rebuilds it.
-    pub(super) instance: Option<Instance>,
+/// The back-offs of one plugin on one worker: its own, and its sockets'.
+#[derive(Debug, Default)]
+pub(super) struct FaultPolicy {
     /// The plugin's back-off on this worker, when it cannot be rebuilt.
-    backoff: Backoff,
+    pub(super) backoff: Backoff,
     /// Sockets whose calls faulted within [`FAULT_WINDOW`], by socket id.
     by_socket: HashMap<String, SocketFaults>,
-    /// Set when a reload replaced this plugin: calls that were waiting for
-    /// the slot go to the successor instead.
-    pub(super) retired: bool,
-    /// Whether a task will rebuild the instance when its back-off ends.
-    recovery_scheduled: bool,
 }
 
-impl Slot {
+impl FaultPolicy {
     /// Why a call from `socket` (none for calls no socket makes) must be
     /// refused now, if it must.
     pub(super) fn refusal(&self, socket: Option<&str>) -> Option<CallFailure> {
@@ -182,127 +172,6 @@ impl Slot {
     /// A socket is gone: forget its faults.
     pub(super) fn forget(&mut self, socket: &str) {
         self.by_socket.remove(socket);
-    }
-
-    /// Drop the instance so that it is rebuilt, and mark the slot retired.
-    pub(super) fn retire(&mut self) {
-        self.retired = true;
-        self.instance = None;
-    }
-}
-
-/// A slot with a fresh instance, or backing off when none can be built.
-pub(super) async fn new_slot(
-    plugin: &Arc<LoadedPlugin>,
-    services: &WorkerServices,
-) -> Rc<Mutex<Slot>> {
-    let mut slot = Slot::default();
-    let result = rebuild(&mut slot, plugin, services).await;
-    let shared = Rc::new(Mutex::new(slot));
-    if let Err(reason) = result {
-        tracing::error!(plugin = &*plugin.name, "{reason}");
-        let mut slot = shared.try_lock().expect("a new slot is not locked");
-        schedule_recovery(&mut slot, &shared, plugin, services);
-    }
-    shared
-}
-
-/// The instance of `slot`, built first if a fault dropped it; on failure
-/// the plugin backs off and a task will try again when the delay ends.
-pub(super) async fn ensure_instance<'a>(
-    slot: &'a mut Slot,
-    shared: &Rc<Mutex<Slot>>,
-    plugin: &Arc<LoadedPlugin>,
-    services: &WorkerServices,
-) -> Result<&'a mut Instance, CallFailure> {
-    if slot.instance.is_none()
-        && let Err(reason) = Box::pin(rebuild(slot, plugin, services)).await
-    {
-        schedule_recovery(slot, shared, plugin, services);
-        return Err(CallFailure::Unavailable(reason));
-    }
-    let reason = &slot.backoff.reason;
-    slot.instance
-        .as_mut()
-        .ok_or_else(|| CallFailure::Unavailable(reason.clone()))
-}
-
-/// Rebuild a backing-off instance as soon as its delay is over, without
-/// waiting for an event: a worker that gets no traffic for this plugin must
-/// not stay degraded (and the server unready) forever. One task per slot;
-/// it runs on the worker's `LocalSet` until a rebuild succeeds or a reload
-/// retires the slot.
-fn schedule_recovery(
-    slot: &mut Slot,
-    shared: &Rc<Mutex<Slot>>,
-    plugin: &Arc<LoadedPlugin>,
-    services: &WorkerServices,
-) {
-    if slot.recovery_scheduled || slot.backoff.until.is_none() {
-        return;
-    }
-    slot.recovery_scheduled = true;
-    let (shared, plugin, services) = (shared.clone(), plugin.clone(), services.clone());
-    tokio::task::spawn_local(async move {
-        loop {
-            let until = shared.lock().await.backoff.until;
-            if let Some(until) = until {
-                tokio::time::sleep_until(until).await;
-            }
-            let mut slot = shared.lock().await;
-            let waiting = slot
-                .backoff
-                .until
-                .filter(|_| !slot.retired && slot.instance.is_none());
-            match waiting {
-                None => {
-                    slot.recovery_scheduled = false;
-                    return;
-                }
-                Some(until) if Instant::now() < until => continue,
-                Some(_) => {
-                    if rebuild(&mut slot, &plugin, &services).await.is_ok() {
-                        slot.recovery_scheduled = false;
-                        return;
-                    }
-                }
-            }
-        }
-    });
-}
-
-/// Build a fresh instance into `slot`; on failure, back off and return why.
-async fn rebuild(
-    slot: &mut Slot,
-    plugin: &LoadedPlugin,
-    services: &WorkerServices,
-) -> Result<(), String> {
-    match plugin.instantiate_on(services.clone()).await {
-        Ok(instance) => {
-            slot.instance = Some(instance);
-            if slot.backoff.until.take().is_some() {
-                plugin.health.backoff_ended();
-                tracing::info!(
-                    plugin = &*plugin.name,
-                    "plugin recovered: instance rebuilt after a back-off"
-                );
-            }
-            plugin.health.rebuilt();
-            Ok(())
-        }
-        Err(error) => {
-            let reason = format!("Plugin '{}' is unavailable: {error}", plugin.name);
-            plugin.health.rebuild_failed(&reason);
-            let newly = slot.backoff.until.is_none();
-            let delay = slot.backoff.start(reason.clone());
-            plugin.health.backoff_started(newly);
-            tracing::warn!(
-                plugin = &*plugin.name,
-                delay_ms = delay.as_millis() as u64,
-                "plugin backing off: {reason}"
-            );
-            Err(reason)
-        }
     }
 }
 
