@@ -9,7 +9,7 @@ WORKERS ?=
 CARGO ?= cargo
 WASM_TARGET := wasm32-wasip2
 export CARGO_TARGET_DIR ?= $(CURDIR)/target
-EXAMPLES := echo chat presence auth
+EXAMPLES := echo chat presence auth fetch
 FIXTURES := flaky init-trap bad-import not-a-plugin echo-v2 chat-v2 plain-world tokens control guard guard-low
 BIN := $(CARGO_TARGET_DIR)/release/wasmcluster
 

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 const FLOORS: &[&[&str]] = &[
     &["protocol", "log_limit"],
     &["mailbox", "metrics"],
-    &["auth", "kv", "broker"],
+    &["auth", "kv", "broker", "outbound"],
     &["services"],
     &["plugins"],
     &["session"],

@@ -179,7 +179,11 @@ async fn check_prints_the_manifest_or_the_reason_for_refusal() {
     assert!(out.contains("plugin     chat 0.1.0"), "{out}");
     assert!(out.contains("rpc        join, say, members"), "{out}");
     assert!(out.contains("hooks      disconnect"), "{out}");
-    assert!(out.contains("built for  wasmcluster:plugin@0.1.0"), "{out}");
+    let version = support::examples_wit_version();
+    assert!(
+        out.contains(&format!("built for  wasmcluster:plugin@{version}")),
+        "{out}"
+    );
     assert!(out.contains("state hand-off  yes"), "{out}");
 
     let refused = std::process::Command::new(env!("CARGO_BIN_EXE_wasmcluster"))

@@ -50,7 +50,7 @@ fuzz_target!(|bytes: &[u8]| {
             | Request::Publish { data, .. }
             | Request::Invoke { data, .. }
             | Request::Transmit { data, .. } => *data,
-            Request::RemoveAuthToken | Request::Response | Request::Other => None,
+            Request::RemoveAuthToken | Request::Response { .. } | Request::Other => None,
         };
         // Each reader on every data field, not only its own event's: they
         // must all cope with whatever a client sends.

@@ -18,7 +18,8 @@
 //!    `GET /metrics` rendered from a snapshot.
 //! 3. [`auth`]: JWT signing and verification, SocketCluster style.
 //!    `kv`: the plugins' key-value store. `broker`: channels and
-//!    publication delivery, on one host or through Redis.
+//!    publication delivery, on one host or through Redis. `outbound`:
+//!    plugins' HTTP requests, their allow lists and limits.
 //! 4. [`services`]: broker, sockets, KV and auth, shared by the server.
 //! 5. [`plugins`]: the wasm engine, loading, per-worker instances, host
 //!    functions; the only module that knows wasmtime.
@@ -36,6 +37,7 @@ mod kv;
 mod log_limit;
 mod mailbox;
 mod metrics;
+mod outbound;
 pub mod plugins;
 pub mod protocol;
 pub mod server;

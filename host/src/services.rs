@@ -1,11 +1,12 @@
 //! The services the whole server shares: the broker, the socket registry,
-//! the plugins' key-value store and the auth engine. Sessions use them
+//! the plugins' key-value store, the auth engine and outbound HTTP. Sessions use them
 //! directly; plugins reach them through their host functions.
 
 use crate::auth::AuthEngine;
 use crate::broker::Broker;
 use crate::kv::KvStore;
 use crate::mailbox::SocketRegistry;
+use crate::outbound::OutboundClient;
 use std::sync::Arc;
 
 /// What every session and every plugin instance on every worker acts on.
@@ -19,6 +20,8 @@ pub struct HostServices {
     pub(crate) kv: KvStore,
     /// Signs the tokens plugins give to sockets.
     pub(crate) auth: Arc<AuthEngine>,
+    /// Plugins' outbound HTTP requests: TLS roots and metrics.
+    pub(crate) outbound: Arc<OutboundClient>,
 }
 
 impl HostServices {
@@ -35,6 +38,7 @@ impl HostServices {
             sockets: SocketRegistry::default(),
             kv,
             auth,
+            outbound: Arc::default(),
         }
     }
 }

@@ -1,7 +1,7 @@
 //! The error a plugin answers an RPC with.
 
-use crate::HostError;
 use crate::bindings::wasmcluster::plugin::types::ErrorObject;
+use crate::{ClientCallError, HostError};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
@@ -89,6 +89,37 @@ impl From<HostError> for Error {
             HostError::Unavailable(text) => ("unavailable", text),
         };
         Error::new("HostError", message).with_detail("reason", reason)
+    }
+}
+
+/// A failed [`invoke_client`](crate::host::invoke_client) answers the RPC
+/// the way SocketCluster reports it: the client's own error as it sent it,
+/// `TimeoutError` when it did not answer in time, `BadConnectionError` when
+/// it disconnected first, `HostError` otherwise.
+impl From<ClientCallError> for Error {
+    fn from(error: ClientCallError) -> Self {
+        match error {
+            ClientCallError::ClientError(error) => {
+                let mut out = Error::new(error.name, error.message);
+                if let Some(Ok(Value::Object(details))) =
+                    error.details.as_deref().map(serde_json::from_str::<Value>)
+                {
+                    out.details = details;
+                }
+                out
+            }
+            ClientCallError::Timeout => Error::new(
+                "TimeoutError",
+                "The client did not answer the procedure call in time",
+            ),
+            ClientCallError::Disconnected => Error::new(
+                "BadConnectionError",
+                "The socket disconnected before it answered the procedure call",
+            ),
+            ClientCallError::UnknownSocket(id) => HostError::UnknownSocket(id).into(),
+            ClientCallError::InvalidArgument(text) => HostError::InvalidArgument(text).into(),
+            ClientCallError::Unavailable(text) => HostError::Unavailable(text).into(),
+        }
     }
 }
 

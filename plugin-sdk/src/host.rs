@@ -1,9 +1,10 @@
-//! Functions the host provides: publish, transmit, logging, time, timers and
-//! socket control.
+//! Functions the host provides: publish, transmit, logging, time, timers,
+//! socket control, and procedures invoked on clients.
 
 use crate::bindings::wasmcluster::plugin::host as wit;
-use crate::{HostError, LogLevel, Payload};
+use crate::{ClientCallError, HostError, LogLevel, Payload};
 use serde::Serialize;
+use std::time::Duration;
 
 /// Publish `data` on `channel` to every subscriber, on every worker and host.
 pub fn publish(channel: &str, data: &impl Serialize) -> Result<(), HostError> {
@@ -51,6 +52,45 @@ pub fn subscriptions(socket_id: &str) -> Result<Vec<String>, HostError> {
 /// `delay_ms`, and every `delay_ms` after that when `repeat` is set.
 pub fn set_timer(id: &str, delay_ms: u64, repeat: bool) -> Result<(), HostError> {
     wit::set_timer(id, delay_ms, repeat)
+}
+
+/// Cancel timer `id`; whether one was pending.
+pub fn cancel_timer(id: &str) -> bool {
+    wit::cancel_timer(id)
+}
+
+/// Invoke procedure `event` on a client with `data` and wait for its answer
+/// (socketcluster-client: `socket.procedure(event)`, answered with
+/// `request.end(data)` or `request.error(err)`), at most `timeout`.
+///
+/// Only this call waits: the worker, and the plugin's other instances,
+/// serve other events meanwhile. `?` turns a failure into the error the
+/// client answered, `TimeoutError`, or `BadConnectionError`.
+///
+/// ```no_run
+/// # use wasmcluster_sdk::{host, Error, Payload, Socket};
+/// # use std::time::Duration;
+/// # fn on_invoke(socket: &Socket) -> Result<Payload, Error> {
+/// let answer = host::invoke_client(
+///     &socket.id,
+///     "confirm",
+///     &Payload::json(&"Delete the room?"),
+///     Duration::from_secs(10),
+/// )?;
+/// let confirmed: bool = answer.parse()?;
+/// # Ok(Payload::json(&confirmed))
+/// # }
+/// ```
+pub fn invoke_client(
+    socket_id: &str,
+    event: &str,
+    data: &Payload,
+    timeout: Duration,
+) -> Result<Payload, ClientCallError> {
+    let timeout_ms = u32::try_from(timeout.as_millis())
+        .unwrap_or(u32::MAX)
+        .max(1);
+    wit::invoke_client(socket_id, event, data.as_json(), timeout_ms).map(Payload::from)
 }
 
 /// Milliseconds since the Unix epoch, from the host clock.

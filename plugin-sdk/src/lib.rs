@@ -50,24 +50,31 @@
 //! must be a `cdylib`) and copy `target/wasm32-wasip2/release/<name>.wasm`
 //! into the server's plugins directory.
 //!
-//! State kept in `self` lives in one instance per server worker, like the
-//! in-memory state of a SocketCluster worker process, and is rebuilt from
-//! [`Plugin::init`] after a fault. State that must be shared by workers or
-//! survive faults belongs in the host key-value store ([`kv`]) or goes through
-//! pub/sub ([`host::publish`]).
+//! State kept in `self` lives in one instance. Each server worker keeps a
+//! small pool of instances of the plugin (grown when a call waits on the
+//! host, e.g. for [`host::invoke_client`] or an [`http`] response, so that
+//! other events are served meanwhile), and an instance is rebuilt from
+//! [`Plugin::init`] after a fault. So `self` is a cache, not the truth:
+//! state that must be shared by instances and workers or survive faults
+//! belongs in the host key-value store ([`kv`]) or goes through pub/sub
+//! ([`host::publish`]).
+//!
+//! This crate targets `wasmcluster:plugin@0.2.0`; hosts load plugins built
+//! against 0.1.0 as well.
 
 mod error;
 mod manifest;
 mod payload;
 
 pub mod host;
+pub mod http;
 pub mod kv;
 
 pub use error::Error;
 pub use manifest::Manifest;
 pub use payload::Payload;
 
-/// The bindings generated from the plugin contract (`wit/v0.1.0`).
+/// The bindings generated from the plugin contract (`wit/v0.2.0`).
 ///
 /// Plugin authors rarely need them: the rest of this crate wraps them. They
 /// are public so that the [`export!`] macro can name them from the plugin's
@@ -76,7 +83,7 @@ pub use payload::Payload;
 #[allow(missing_docs, unsafe_code, unused_qualifications, clippy::all)]
 pub mod bindings {
     wit_bindgen::generate!({
-        path: "../wit/v0.1.0",
+        path: "../wit/v0.2.0",
         world: "stateful-plugin",
         pub_export_macro: true,
         export_macro_name: "export_plugin_world",
@@ -84,7 +91,9 @@ pub mod bindings {
     });
 }
 
-pub use bindings::wasmcluster::plugin::types::{HandshakeInfo, Hook, HostError, LogLevel, Socket};
+pub use bindings::wasmcluster::plugin::types::{
+    ClientCallError, HandshakeInfo, Hook, HostError, LogLevel, Socket,
+};
 
 impl Socket {
     /// The claims of this socket's verified auth token, decoded into `T`, or

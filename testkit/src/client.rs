@@ -132,10 +132,17 @@ impl Client {
     /// Invoke an RPC and return the whole reply packet; packets that arrive
     /// before it are kept for [`Client::next_packet`].
     pub async fn invoke(&mut self, event: &str, data: Value) -> Value {
+        let cid = self.send_invoke(event, data).await;
+        self.reply(cid).await
+    }
+
+    /// Send an RPC without waiting for its reply; its call id, for
+    /// [`Client::reply`].
+    pub async fn send_invoke(&mut self, event: &str, data: Value) -> u64 {
         let cid = self.cid();
         self.send(json!({"event": event, "data": data, "cid": cid}))
             .await;
-        self.reply(cid).await
+        cid
     }
 
     /// Wait for the reply to `cid`; other packets are kept for later.

@@ -44,6 +44,15 @@ fn kept_build(name: &str) -> Option<PathBuf> {
     Some(path)
 }
 
+/// The contract version the example plugins under test target: the kept
+/// builds' (`WASMCLUSTER_TEST_PLUGINS=v0.1.0` gives `0.1.0`), or the
+/// SDK's.
+pub fn examples_wit_version() -> String {
+    std::env::var("WASMCLUSTER_TEST_PLUGINS")
+        .map(|kept| kept.trim_start_matches('v').to_owned())
+        .unwrap_or_else(|_| "0.2.0".to_owned())
+}
+
 /// A test-only plugin, built by `make fixtures` (run here when needed).
 pub fn fixture_plugin(name: &str) -> PathBuf {
     ensure_plugins_built();

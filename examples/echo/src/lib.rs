@@ -18,10 +18,16 @@
 //!   KV, not in the instance, so that it survives a fault of the instance
 //!   and a hot swap: the timer fires into whichever build serves then.
 //! - RPC `subs` answers the channels the calling socket is subscribed to.
+//! - RPC `ask` `{event, data, timeout_ms}` invokes procedure `event` with
+//!   `data` on the calling socket and answers with the client's answer; the
+//!   client's error comes back as that error, and no answer within
+//!   `timeout_ms` as `TimeoutError`. While it waits, other calls to `echo`
+//!   on the worker are served by other instances.
 //! - Transmit `ping` transmits `pong` with the same data back to the sender.
 
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use std::time::Duration;
 use wasmcluster_sdk::{Error, Hook, Manifest, Payload, Plugin, Socket, export, host, kv};
 
 struct Echo;
@@ -42,6 +48,14 @@ struct Later {
     delay_ms: u64,
     #[serde(flatten)]
     publication: Broadcast,
+}
+
+/// The data of RPC `ask`.
+#[derive(Deserialize)]
+struct Ask {
+    event: String,
+    data: Option<serde_json::Value>,
+    timeout_ms: u64,
 }
 
 /// KV key of the counter that names `later` timers, unique on every worker.
@@ -71,6 +85,7 @@ impl Plugin for Echo {
                 "broadcast",
                 "later",
                 "subs",
+                "ask",
             ])
             .transmit(["ping"])
             .hooks([Hook::Timer])
@@ -119,6 +134,16 @@ impl Plugin for Echo {
                 Ok(Payload::json(&serde_json::Value::Null))
             }
             "subs" => Ok(Payload::json(&host::subscriptions(&socket.id)?)),
+            "ask" => {
+                let Ask {
+                    event,
+                    data,
+                    timeout_ms,
+                } = data.parse()?;
+                let data = Payload::from(data.map(|data| data.to_string()));
+                let timeout = Duration::from_millis(timeout_ms);
+                Ok(host::invoke_client(&socket.id, &event, &data, timeout)?)
+            }
             other => Err(Error::unknown_event(other)),
         }
     }

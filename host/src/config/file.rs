@@ -8,6 +8,8 @@
 //! receives. A key that is unknown or a value that does not parse is an
 //! error naming the file, the line and the key.
 
+use super::secrets;
+use crate::outbound::{AllowedHosts, OutboundSettings};
 use crate::plugins::PluginOverrides;
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashMap};
@@ -70,6 +72,14 @@ struct PluginSection {
     max_instances: Option<usize>,
     /// Overrides `plugin-max-wait-ms` for this plugin.
     max_wait_ms: Option<u64>,
+    /// Where the plugin may send HTTP requests (none by default).
+    allowed_outbound_hosts: Option<Vec<String>>,
+    /// How long one outbound request may take, body included.
+    outbound_timeout_ms: Option<u64>,
+    /// The largest outbound response body, in bytes.
+    outbound_max_response_bytes: Option<u64>,
+    /// The most outbound requests in flight at once.
+    outbound_max_concurrent: Option<usize>,
     /// What the plugin's `init` receives, as a JSON object.
     config: Option<toml::Table>,
 }
@@ -193,11 +203,35 @@ impl ConfigFile {
                     "[plugin.{name}] memory-mib must be between 1 and 4096"
                 )));
             }
+            let outbound = OutboundSettings {
+                allowed: AllowedHosts::parse(
+                    section
+                        .allowed_outbound_hosts
+                        .as_deref()
+                        .unwrap_or_default(),
+                )
+                .map_err(|why| invalid(format!("[plugin.{name}] allowed-outbound-hosts: {why}")))?,
+                timeout: section.outbound_timeout_ms.map(Duration::from_millis),
+                max_response_bytes: section.outbound_max_response_bytes,
+                max_concurrent: section.outbound_max_concurrent,
+            };
+            if section.outbound_timeout_ms == Some(0) || section.outbound_max_concurrent == Some(0)
+            {
+                return Err(invalid(format!(
+                    "[plugin.{name}] outbound-timeout-ms and outbound-max-concurrent must be \
+                     more than 0"
+                )));
+            }
             let config = match &section.config {
-                Some(table) => Some(
-                    serde_json::to_string(table)
-                        .map_err(|error| invalid(format!("[plugin.{name}] config: {error}")))?,
-                ),
+                Some(table) => {
+                    let mut value = toml::Value::Table(table.clone());
+                    secrets::resolve(&mut value, &format!("[plugin.{name}] config"))
+                        .map_err(invalid)?;
+                    Some(
+                        serde_json::to_string(&value)
+                            .map_err(|error| invalid(format!("[plugin.{name}] config: {error}")))?,
+                    )
+                }
                 None => None,
             };
             overrides.insert(
@@ -209,6 +243,7 @@ impl ConfigFile {
                     max_timers: section.max_timers,
                     max_instances: section.max_instances,
                     max_wait: section.max_wait_ms.map(Duration::from_millis),
+                    outbound,
                     config,
                 },
             );
@@ -337,7 +372,11 @@ pub fn example(serve: &clap::Command) -> String {
          #max-timers = 1000\n\
          #max-instances = 4\n\
          #max-wait-ms = 10000\n\
-         #config = { users = { alice = \"$argon2id$v=19$...\" } }\n",
+         #allowed-outbound-hosts = [\"https://api.example.com\", \"https://*.example.org:8443\"]\n\
+         #outbound-timeout-ms = 10000\n\
+         #outbound-max-response-bytes = 10485760\n\
+         #outbound-max-concurrent = 64\n\
+         #config = { users = { alice = \"$argon2id$v=19$...\" }, api-key = \"${env:API_KEY}\" }\n",
     );
     out
 }

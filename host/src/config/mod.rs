@@ -4,6 +4,7 @@
 
 mod file;
 mod origin;
+mod secrets;
 
 pub use file::{ConfigFile, ConfigFileError, example as example_file};
 pub use origin::OriginPolicy;

@@ -59,6 +59,42 @@ pub(crate) enum Control {
         /// Close reason.
         reason: String,
     },
+    /// Invoke procedure `event` on the client and send its answer to
+    /// `answer`. Dropping `answer` unanswered (the session ended) tells the
+    /// caller the socket is gone.
+    InvokeClient {
+        /// The procedure's name.
+        event: String,
+        /// Its data (JSON), if any.
+        data: Option<String>,
+        /// Where the answer goes.
+        answer: tokio::sync::oneshot::Sender<ClientAnswer>,
+    },
+}
+
+/// What came of a procedure the server invoked on a client.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum ClientAnswer {
+    /// The client answered with this data (JSON), or none.
+    Data(Option<String>),
+    /// The client's procedure failed with this error (JSON, as it sent it).
+    Error(String),
+    /// The session did not send the call; the text says why.
+    Refused(String),
+}
+
+impl ClientAnswer {
+    /// The answer a client's response packet carries: its `error` when it
+    /// has one, else its `data` (JSON text, as received).
+    pub(crate) fn of(
+        data: Option<&serde_json::value::RawValue>,
+        error: Option<&serde_json::value::RawValue>,
+    ) -> Self {
+        match error {
+            Some(error) => ClientAnswer::Error(error.get().to_owned()),
+            None => ClientAnswer::Data(data.map(|data| data.get().to_owned())),
+        }
+    }
 }
 
 impl Outbound {

@@ -62,7 +62,9 @@ impl MessageKind {
             Request::Publish { .. } => MessageKind::Publish,
             Request::Invoke { .. } => MessageKind::Invoke,
             Request::Transmit { .. } => MessageKind::Transmit,
-            Request::RemoveAuthToken | Request::Response | Request::Other => MessageKind::Other,
+            Request::RemoveAuthToken | Request::Response { .. } | Request::Other => {
+                MessageKind::Other
+            }
         }
     }
 }

@@ -170,6 +170,12 @@ impl Metrics {
         self.reloads[2].fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Add metrics kept elsewhere to the scrape: `add` registers them
+    /// (names get the `wasmcluster_` prefix).
+    pub(crate) fn add(&self, add: impl FnOnce(&mut Registry)) {
+        add(&mut self.extra.lock().unwrap_or_else(|e| e.into_inner()));
+    }
+
     /// Export a gauge `wasmcluster_<name>` whose value `read` gives at each
     /// scrape.
     pub(crate) fn gauge_fn(

@@ -6,16 +6,21 @@ use super::guest_log::{GuestLog, GuestStream, RecentStderr};
 use super::limits::InstanceLimits;
 use super::options::PluginLimits;
 use super::timers::{TimerError, WorkerTimers};
-use super::types::{HostError, LogLevel};
+use super::types::{ClientCallError, ErrorObject, HostError, Json, LogLevel};
 use crate::kv::KvError;
-use crate::mailbox::{Control, Outbound};
+use crate::mailbox::{ClientAnswer, Control, Outbound};
 use crate::metrics::{self, PublicationSource};
+use crate::outbound::{OutboundClient, OutboundError, OutboundPolicy, Reply};
 use crate::protocol;
 use crate::services::HostServices;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::oneshot;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{
+    RequestOptions, WasiBody, WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView,
+};
 
 /// What the host functions of one worker's plugin instances act on: the
 /// services the whole server shares, and the worker's own timers (a timer
@@ -52,8 +57,12 @@ pub struct HostState {
     /// WASI with no filesystem, network or environment; stdout and stderr go
     /// to the host log.
     wasi: WasiCtx,
-    /// WASI resources (streams) owned by the guest.
+    /// WASI resources (streams, HTTP requests) owned by the guest.
     table: ResourceTable,
+    /// `wasi:http` state.
+    http: WasiHttpCtx,
+    /// Sends the plugin's outbound requests under its policy.
+    outbound: OutboundHooks,
     /// Memory, table and instance caps for this instance.
     limits: InstanceLimits,
     /// What the guest wrote to stderr lately (panic messages).
@@ -61,9 +70,14 @@ pub struct HostState {
 }
 
 impl HostState {
-    /// State for a new instance of `plugin` on the worker of `services`,
-    /// under `limits` (memory, timers).
-    pub(crate) fn new(plugin: Arc<str>, services: WorkerServices, limits: PluginLimits) -> Self {
+    /// State for a new instance of the plugin `outbound` is the policy of,
+    /// on the worker of `services`, under `limits` (memory, timers).
+    pub(crate) fn new(
+        outbound: Arc<OutboundPolicy>,
+        services: WorkerServices,
+        limits: PluginLimits,
+    ) -> Self {
+        let plugin = outbound.plugin.clone();
         let recent_stderr = RecentStderr::default();
         let wasi = WasiCtxBuilder::new()
             .stdout(GuestLog::new(plugin.clone(), GuestStream::Stdout))
@@ -74,6 +88,11 @@ impl HostState {
             .build();
         HostState {
             plugin,
+            outbound: OutboundHooks {
+                client: services.shared.outbound.clone(),
+                policy: outbound,
+            },
+            http: WasiHttpCtx::new(),
             services: services.shared,
             timers: services.timers,
             max_timers: limits.max_timers,
@@ -253,6 +272,64 @@ impl HostState {
                 _ => HostError::InvalidArgument(error.to_string()),
             })
     }
+
+    /// `cancel-timer`: whether timer `id` of this plugin was pending on
+    /// this worker.
+    pub fn cancel_timer(&mut self, id: String) -> bool {
+        self.timers.cancel(&self.plugin, id)
+    }
+
+    /// `invoke-client`: invoke procedure `event` on a socket (of any
+    /// worker) and wait up to `timeout_ms` for its answer. Only this
+    /// instance waits: the worker and the plugin's other instances go on.
+    pub async fn invoke_client(
+        &mut self,
+        socket_id: String,
+        event: String,
+        data: Option<String>,
+        timeout_ms: u32,
+    ) -> Result<Option<Json>, ClientCallError> {
+        if event.is_empty() || event.starts_with('#') {
+            return Err(ClientCallError::InvalidArgument(
+                "a client procedure's name must not be empty nor start with '#' \
+                 (the protocol's own events)"
+                    .into(),
+            ));
+        }
+        if timeout_ms == 0 {
+            return Err(ClientCallError::InvalidArgument(
+                "timeout-ms must be at least 1".into(),
+            ));
+        }
+        if let Some(data) = &data {
+            check_json("invoke-client data", data)
+                .map_err(|error| ClientCallError::InvalidArgument(error.to_string()))?;
+        }
+        let (answer, answered) = oneshot::channel();
+        let call = Control::InvokeClient {
+            event,
+            data,
+            answer,
+        };
+        if self
+            .services
+            .sockets
+            .deliver(&socket_id, call.into())
+            .is_err()
+        {
+            return Err(ClientCallError::UnknownSocket(socket_id));
+        }
+        let timeout = Duration::from_millis(timeout_ms.into());
+        match tokio::time::timeout(timeout, answered).await {
+            Err(_) => Err(ClientCallError::Timeout),
+            Ok(Err(_)) => Err(ClientCallError::Disconnected),
+            Ok(Ok(ClientAnswer::Data(data))) => Ok(data),
+            Ok(Ok(ClientAnswer::Error(error))) => {
+                Err(ClientCallError::ClientError(client_error(&error)))
+            }
+            Ok(Ok(ClientAnswer::Refused(why))) => Err(ClientCallError::Unavailable(why)),
+        }
+    }
 }
 
 impl WasiView for HostState {
@@ -264,9 +341,65 @@ impl WasiView for HostState {
     }
 }
 
+impl WasiHttpView for HostState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.outbound,
+        }
+    }
+}
+
+/// `wasi:http/outgoing-handler` for one plugin instance: every request goes
+/// through the plugin's outbound policy.
+struct OutboundHooks {
+    client: Arc<OutboundClient>,
+    policy: Arc<OutboundPolicy>,
+}
+
+impl WasiHttpHooks for OutboundHooks {
+    fn send_request(
+        &mut self,
+        request: http::Request<WasiBody>,
+        _options: Option<RequestOptions>,
+        _response_errors: Box<dyn Future<Output = Result<(), OutboundError>> + Send>,
+    ) -> Box<dyn Future<Output = Result<Reply, OutboundError>> + Send> {
+        Box::new(self.client.clone().send(self.policy.clone(), request))
+    }
+}
+
 fn check_json(what: &str, text: &str) -> Result<(), HostError> {
     protocol::validate_json(text)
         .map_err(|error| HostError::InvalidArgument(format!("{what} is not valid JSON: {error}")))
+}
+
+/// A client's error (SocketCluster's dehydrated error: `{"name",
+/// "message", ...}`) as a plugin sees it; anything else a client sends as
+/// an error becomes the message of an `Error`.
+fn client_error(json: &str) -> ErrorObject {
+    let mut fields = match serde_json::from_str::<serde_json::Value>(json) {
+        Ok(serde_json::Value::Object(fields)) => fields,
+        Ok(serde_json::Value::String(message)) => {
+            serde_json::Map::from_iter([("message".to_owned(), serde_json::Value::String(message))])
+        }
+        _ => serde_json::Map::from_iter([(
+            "message".to_owned(),
+            serde_json::Value::String(json.to_owned()),
+        )]),
+    };
+    let mut text = |key: &str| match fields.remove(key) {
+        Some(serde_json::Value::String(text)) => Some(text),
+        Some(other) => Some(other.to_string()),
+        None => None,
+    };
+    let name = text("name").unwrap_or_else(|| "Error".to_owned());
+    let message = text("message").unwrap_or_default();
+    ErrorObject {
+        name,
+        message,
+        details: (!fields.is_empty()).then(|| serde_json::Value::Object(fields).to_string()),
+    }
 }
 
 /// A KV failure as the plugin sees it.

@@ -8,6 +8,7 @@ use super::options::PluginLimits;
 use super::symbols::Symbols;
 use super::types::Manifest;
 use super::wit::{Exports, PluginPre, WitVersion};
+use crate::outbound::OutboundPolicy;
 use crate::protocol::{ErrorObject, quoted};
 use crate::services::HostServices;
 use std::path::PathBuf;
@@ -39,6 +40,8 @@ pub struct LoadedPlugin {
     pub(super) state_exports: Option<StateExports>,
     /// The config passed to `init`.
     pub(super) config: String,
+    /// Where it may send HTTP requests, and their limits.
+    pub(super) outbound: Arc<OutboundPolicy>,
     /// The file's DWARF, read when a fault is first logged.
     pub(super) symbols: OnceLock<Option<Symbols>>,
 }
@@ -94,11 +97,12 @@ impl Instance {
     pub(super) async fn new(
         pre: &PluginPre,
         state_exports: Option<&StateExports>,
-        name: Arc<str>,
+        outbound: Arc<OutboundPolicy>,
         services: WorkerServices,
         limits: PluginLimits,
     ) -> wasmtime::Result<Instance> {
-        let mut store = Store::new(pre.engine(), HostState::new(name, services, limits));
+        let state = HostState::new(outbound, services, limits);
+        let mut store = Store::new(pre.engine(), state);
         store.limiter(|state| state.limits());
         let meter = Arc::new(CpuMeter::default());
         let on_epoch = meter.clone();
@@ -252,7 +256,7 @@ impl LoadedPlugin {
         let mut instance = Instance::new(
             &self.pre,
             self.state_exports.as_ref(),
-            self.name.clone(),
+            self.outbound.clone(),
             services,
             self.limits,
         )

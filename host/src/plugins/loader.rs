@@ -13,6 +13,7 @@ use super::routes::PluginSet;
 use super::types::Manifest;
 use super::wit::{Exports, PluginPre, WitVersion};
 use crate::auth::AuthEngine;
+use crate::outbound::{OutboundPolicy, OutboundSettings};
 use crate::services::HostServices;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -320,16 +321,17 @@ pub(super) async fn load_file(
         stage,
         reason,
     };
-    let trial_instance = async |name: Arc<str>, limits: PluginLimits| {
+    let trial_instance = async |outbound: Arc<OutboundPolicy>, limits: PluginLimits| {
         let services = WorkerServices::new(services.clone());
-        Instance::new(&pre, state_exports.as_ref(), name, services, limits)
+        Instance::new(&pre, state_exports.as_ref(), outbound, services, limits)
             .await
             .map_err(|error| start_error("instantiate", format!("{error:#}")))
     };
     let file_name: Arc<str> = path
         .file_stem()
         .map_or("plugin".into(), |s| s.to_string_lossy().into());
-    let mut trial = trial_instance(file_name, options.defaults).await?;
+    let denied = OutboundPolicy::new(file_name, &OutboundSettings::default());
+    let mut trial = trial_instance(Arc::new(denied), options.defaults).await?;
     let describe =
         async |exports: &Exports, store: &mut Store<HostState>| exports.describe(store).await;
     let manifest = trial
@@ -340,10 +342,17 @@ pub(super) async fn load_file(
         path: path.to_owned(),
         reason,
     })?;
-    let (limits, config) = options.for_plugin(&manifest.name, version);
-    if limits != options.defaults {
-        // `init` runs under the plugin's own limits, as every later call.
-        trial = trial_instance(manifest.name.as_str().into(), limits).await?;
+    let name: Arc<str> = manifest.name.as_str().into();
+    let default_instances = match version {
+        WitVersion::V0_1 => 1,
+        WitVersion::V0_2 => options.defaults.max_instances,
+    };
+    let (limits, config, outbound) = options.for_plugin(&name, default_instances);
+    let outbound = Arc::new(OutboundPolicy::new(name.clone(), &outbound));
+    if limits != options.defaults || !outbound.allowed.is_empty() {
+        // `init` runs under the plugin's own limits and outbound grants,
+        // as every later call.
+        trial = trial_instance(outbound.clone(), limits).await?;
     }
     trial
         .init(&config, limits)
@@ -356,7 +365,7 @@ pub(super) async fn load_file(
         })?;
 
     Ok(LoadedPlugin {
-        name: manifest.name.as_str().into(),
+        name,
         path: path.to_owned(),
         content_hash: hash,
         wit_version: version,
@@ -366,6 +375,7 @@ pub(super) async fn load_file(
         pre,
         state_exports,
         config,
+        outbound,
         symbols: OnceLock::new(),
     })
 }

@@ -1,7 +1,7 @@
 //! How the operator runs plugins: default limits, and each plugin's own
 //! limits and `init` config from its `[plugin.NAME]` section.
 
-use super::wit::WitVersion;
+use crate::outbound::OutboundSettings;
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -42,7 +42,8 @@ impl Default for PluginLimits {
 
 /// What the operator set for one plugin (a `[plugin.NAME]` section of the
 /// config file); what is not set falls back to [`PluginOptions::defaults`].
-#[derive(Debug, Clone, Default, PartialEq)]
+/// Its `Debug` leaves the `init` config out: it may hold secrets.
+#[derive(Clone, Default, PartialEq)]
 pub struct PluginOverrides {
     /// This plugin's call deadline.
     pub deadline: Option<Duration>,
@@ -56,8 +57,25 @@ pub struct PluginOverrides {
     pub max_instances: Option<usize>,
     /// How long one call to this plugin may last, waiting included.
     pub max_wait: Option<Duration>,
+    /// Where it may send HTTP requests, and their limits.
+    pub outbound: OutboundSettings,
     /// The JSON object its `init` receives.
     pub config: Option<String>,
+}
+
+impl std::fmt::Debug for PluginOverrides {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PluginOverrides")
+            .field("deadline", &self.deadline)
+            .field("memory_bytes", &self.memory_bytes)
+            .field("max_data_bytes", &self.max_data_bytes)
+            .field("max_timers", &self.max_timers)
+            .field("max_instances", &self.max_instances)
+            .field("max_wait", &self.max_wait)
+            .field("outbound", &self.outbound)
+            .field("config", &self.config.as_ref().map(|_| "(not shown)"))
+            .finish()
+    }
 }
 
 /// How plugins are run: the default limits and each plugin's overrides, by
@@ -80,18 +98,18 @@ impl PluginOptions {
         }
     }
 
-    /// The limits and `init` config of plugin `name`, built against
-    /// `version`. A plugin built against 0.1.0 gets one instance per worker
-    /// unless its own section says otherwise: its in-memory state was per
-    /// worker when it was written, and stays so.
-    pub(super) fn for_plugin(&self, name: &str, version: WitVersion) -> (PluginLimits, String) {
+    /// The limits, `init` config and outbound settings of plugin `name`;
+    /// `default_instances` is its pool size unless its section sets one
+    /// (the loader gives plugins built against 0.1.0 one instance per
+    /// worker: their in-memory state was per worker when they were
+    /// written, and stays so).
+    pub(super) fn for_plugin(
+        &self,
+        name: &str,
+        default_instances: usize,
+    ) -> (PluginLimits, String, OutboundSettings) {
         let overrides = self.per_plugin.get(name);
         let defaults = &self.defaults;
-        let default_instances = if version == WitVersion::V0_1 {
-            1
-        } else {
-            defaults.max_instances
-        };
         let limits = PluginLimits {
             deadline: overrides
                 .and_then(|o| o.deadline)
@@ -115,6 +133,7 @@ impl PluginOptions {
         let config = overrides
             .and_then(|o| o.config.clone())
             .unwrap_or_else(|| "{}".to_owned());
-        (limits, config)
+        let outbound = overrides.map(|o| o.outbound.clone()).unwrap_or_default();
+        (limits, config, outbound)
     }
 }

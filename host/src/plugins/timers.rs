@@ -137,6 +137,16 @@ impl WorkerTimers {
         Ok(())
     }
 
+    /// Cancel timer `id` of `plugin`; whether it was pending. Its queue
+    /// entry stays until it comes up (or the queue is compacted) and is
+    /// then ignored.
+    pub(crate) fn cancel(&self, plugin: &Arc<str>, id: String) -> bool {
+        let mut table = self.table();
+        let cancelled = table.remove(&(plugin.clone(), id)).is_some();
+        table.compact();
+        cancelled
+    }
+
     /// Drop every timer of the plugins `keep` says no.
     pub(crate) fn retain_plugins(&self, mut keep: impl FnMut(&str) -> bool) {
         let mut table = self.table();
@@ -272,6 +282,19 @@ mod tests {
         );
         assert!(timers.take_due(start + secs(60.0)).is_empty());
         assert!(timers.table().per_plugin.is_empty());
+    }
+
+    #[test]
+    fn a_cancelled_timer_never_fires_and_frees_its_place() {
+        let timers = WorkerTimers::default();
+        let echo = plugin("echo");
+        let start = Instant::now();
+        timers.set(&echo, "a".into(), secs(1.0), true, 1).unwrap();
+        assert!(timers.cancel(&echo, "a".into()));
+        assert!(!timers.cancel(&echo, "a".into()), "cancelled twice");
+        assert!(timers.take_due(start + secs(10.0)).is_empty());
+        // Its place under the cap is free again.
+        timers.set(&echo, "b".into(), secs(1.0), false, 1).unwrap();
     }
 
     #[test]

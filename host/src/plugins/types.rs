@@ -3,7 +3,8 @@
 //!
 //! These are the records of the WIT interface `types`, which every released
 //! version of the plugin package (`wasmcluster:plugin@0.1.0`, `@0.2.0`)
-//! shares unchanged. They are written here rather than generated, and each
+//! shares unchanged; a later version only adds to them (0.2.0 adds
+//! `client-call-error`). They are written here rather than generated, and each
 //! version's bindings are told to use them (`with` in `wit/`), so that the
 //! rest of the host speaks one set of types whatever version a plugin was
 //! built against, and passing a socket to a plugin copies nothing. Field and
@@ -208,6 +209,31 @@ pub enum HostError {
     #[component(name = "invalid-argument")]
     InvalidArgument(String),
     /// A backing service (the KV store's Redis, say) failed.
+    #[component(name = "unavailable")]
+    Unavailable(String),
+}
+
+/// Why `invoke-client` produced no answer (WIT `client-call-error`, new in
+/// 0.2.0).
+#[derive(Debug, Clone, PartialEq, ComponentType, Lift, Lower)]
+#[component(variant)]
+pub enum ClientCallError {
+    /// The client's procedure failed with this error.
+    #[component(name = "client-error")]
+    ClientError(ErrorObject),
+    /// The client did not answer in time.
+    #[component(name = "timeout")]
+    Timeout,
+    /// The socket closed before it answered.
+    #[component(name = "disconnected")]
+    Disconnected,
+    /// No connected socket has this id.
+    #[component(name = "unknown-socket")]
+    UnknownSocket(String),
+    /// An argument was rejected; the text says which and why.
+    #[component(name = "invalid-argument")]
+    InvalidArgument(String),
+    /// The host did not send the call; the text says why.
     #[component(name = "unavailable")]
     Unavailable(String),
 }

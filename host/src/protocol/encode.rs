@@ -74,6 +74,23 @@ pub fn event(event: &str, data: Option<&str>) -> String {
     out
 }
 
+/// A server-to-client invoke, which the client answers with `{"rid":cid,..}`:
+/// `{"event":..,"cid":..,"data":..}` in SocketCluster's key order (no
+/// `data` key without data).
+pub fn invoke(event: &str, cid: u64, data: Option<&str>) -> String {
+    let mut out = String::with_capacity(40 + event.len() + data.map_or(0, str::len));
+    out.push_str("{\"event\":");
+    push_json_string(&mut out, event);
+    out.push_str(",\"cid\":");
+    out.push_str(&cid.to_string());
+    if let Some(data) = data {
+        out.push_str(",\"data\":");
+        out.push_str(data);
+    }
+    out.push('}');
+    out
+}
+
 /// A publication as subscribers receive it:
 /// `{"event":"#publish","data":{"channel":..,"data":..}}`. Encoded once per
 /// publication and shared by every subscriber.
@@ -145,6 +162,15 @@ mod tests {
             error_response(raw("5"), &error),
             r#"{"rid":5,"error":{"message":"Custom failure","name":"CustomError","code":42,"details":{"input":"abc"}}}"#
         );
+    }
+
+    #[test]
+    fn a_server_invoke_has_socketclusters_key_order() {
+        assert_eq!(
+            invoke("confirm", 1, Some(r#"{"a":1}"#)),
+            r#"{"event":"confirm","cid":1,"data":{"a":1}}"#
+        );
+        assert_eq!(invoke("ping", 7, None), r#"{"event":"ping","cid":7}"#);
     }
 
     #[test]

@@ -14,8 +14,8 @@ mod error;
 mod parse;
 
 pub use encode::{
-    auth_status, error_response, event, handshake_reply, kick_out, ok_response, publication,
-    validate_json,
+    auth_status, error_response, event, handshake_reply, invoke, kick_out, ok_response,
+    publication, validate_json,
 };
 pub use error::{ErrorObject, MAX_NAME_BYTES, quoted};
 pub use parse::{

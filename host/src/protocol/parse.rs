@@ -109,8 +109,18 @@ pub enum Request<'a> {
         /// The data, absent when the client sent none.
         data: Option<&'a RawValue>,
     },
-    /// An answer to an RPC the server sent (a numeric `rid`).
-    Response,
+    /// An answer to a procedure the server invoked on the client (an
+    /// object with a numeric `rid` and no `event`): `{"rid", "data"}`, or
+    /// `{"rid", "error"}` when the client's procedure failed.
+    Response {
+        /// The call id the server sent, when it is one the server can have
+        /// sent (a whole number); other answers are answers to nothing.
+        rid: Option<u64>,
+        /// The answer's data, absent when the client sent none.
+        data: Option<&'a RawValue>,
+        /// The client's error, when its procedure failed.
+        error: Option<&'a RawValue>,
+    },
     /// A JSON value that is neither an event nor a response; ignored.
     Other,
 }
@@ -126,6 +136,8 @@ struct RawPacket<'a> {
     cid: Option<&'a RawValue>,
     #[serde(borrow, default, deserialize_with = "present")]
     rid: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    error: Option<&'a RawValue>,
 }
 
 /// Deserialize a present field as `Some`, even when it is `null`: a client
@@ -230,7 +242,7 @@ impl<'a> Request<'a> {
             Request::Unsubscribe { .. } => "#unsubscribe",
             Request::Publish { .. } => "#publish",
             Request::Invoke { event, .. } | Request::Transmit { event, .. } => event,
-            Request::Response | Request::Other => "",
+            Request::Response { .. } | Request::Other => "",
         }
     }
 
@@ -245,7 +257,7 @@ impl<'a> Request<'a> {
             Request::Invoke { cid, .. } => Some(cid),
             Request::RemoveAuthToken
             | Request::Transmit { .. }
-            | Request::Response
+            | Request::Response { .. }
             | Request::Other => None,
         }
     }
@@ -267,8 +279,12 @@ impl<'a> Request<'a> {
             .event
             .and_then(|event| serde_json::from_str::<Cow<str>>(event.get()).ok());
         let Some(event) = event else {
-            return if raw.rid.is_some_and(is_number) {
-                Request::Response
+            return if let Some(rid) = raw.rid.filter(|rid| is_number(rid)) {
+                Request::Response {
+                    rid: rid.get().parse().ok(),
+                    data: raw.data,
+                    error: raw.error,
+                }
             } else {
                 Request::Other
             };
@@ -425,7 +441,10 @@ mod tests {
         assert_eq!(packets.len(), 4);
         assert!(matches!(&packets[0], Request::Invoke { cid, .. } if cid.get() == "2"));
         assert!(matches!(packets[1], Request::Other));
-        assert!(matches!(packets[2], Request::Response));
+        assert!(matches!(
+            packets[2],
+            Request::Response { rid: Some(999), data: Some(data), error: None } if data.get() == r#""x""#
+        ));
         assert!(matches!(&packets[3], Request::Transmit { event, .. } if event == "chat"));
     }
 

@@ -165,6 +165,9 @@ impl Server {
             "1 while publications reach the other hosts (always with one host), 0 while Redis is lost",
             move || i64::from(services.broker.is_connected()),
         );
+        shared
+            .metrics
+            .add(|registry| shared.services.outbound.metrics.register(registry));
         let mut workers = Vec::with_capacity(shared.config.workers);
         for index in 0..shared.config.workers {
             let worker = Worker::spawn(index, shared.clone(), shutdown_rx.clone())

@@ -1,10 +1,11 @@
 //! What plugins and the broker ask of a socket through its mailbox: frames
-//! to write, and changes to the socket (tokens, kick-outs, closes) applied
-//! in order with them.
+//! to write, changes to the socket (tokens, kick-outs, closes) applied in
+//! order with them, and procedures to invoke on the client.
 
 use super::{Ending, Session, Transport};
 use crate::mailbox::{Control, Outbound};
 use crate::protocol;
+use std::rc::Rc;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 impl<S: Transport> Session<S> {
@@ -21,7 +22,7 @@ impl<S: Transport> Session<S> {
                 claims,
                 expires_at,
             } => {
-                self.socket.auth_token = Some(claims);
+                Rc::make_mut(&mut self.socket).auth_token = Some(claims);
                 self.token_expiry = expires_at;
                 let data = serde_json::json!({ "token": token }).to_string();
                 self.feed(Utf8Bytes::from(protocol::event(
@@ -46,6 +47,21 @@ impl<S: Transport> Session<S> {
                     .await
             }
             Control::Disconnect { code, reason } => Err(Ending::close(code, &reason)),
+            Control::InvokeClient {
+                event,
+                data,
+                answer,
+            } => match self.client_calls.start(answer) {
+                Some(cid) => {
+                    self.feed(Utf8Bytes::from(protocol::invoke(
+                        &event,
+                        cid,
+                        data.as_deref(),
+                    )))
+                    .await
+                }
+                None => Ok(()),
+            },
         }
     }
 

@@ -7,6 +7,7 @@ use crate::auth::{AuthEngine, AuthError, VerifiedToken};
 use crate::plugins::HandshakeInfo;
 use crate::protocol::{self, ErrorObject, close_code};
 use serde_json::value::RawValue;
+use std::rc::Rc;
 
 /// Why a token did not authenticate a socket: SocketCluster's `authError`.
 struct AuthRefusal {
@@ -60,7 +61,8 @@ impl<S: Transport> Session<S> {
                 },
             };
             let plugins = self.ctx.current_plugins();
-            if let Err(error) = Box::pin(plugins.check_handshake(&info)).await {
+            let checked = async move { plugins.check_handshake(&info).await };
+            if let Err(error) = self.serving(Box::pin(checked)).await {
                 return self.refuse_handshake(cid, error).await;
             }
         }
@@ -90,8 +92,9 @@ impl<S: Transport> Session<S> {
                 self.outbox.clone(),
                 self.subscriptions.clone(),
             );
-            let plugins = self.ctx.current_plugins();
-            Box::pin(plugins.connected(&self.socket)).await;
+            let (plugins, socket) = (self.ctx.current_plugins(), self.socket.clone());
+            self.serving(Box::pin(async move { plugins.connected(&socket).await }))
+                .await;
         }
         Ok(())
     }
@@ -170,14 +173,14 @@ impl<S: Transport> Session<S> {
     /// allows it, authenticate the socket with its claims; otherwise the
     /// socket is unauthenticated.
     async fn accept_token(&mut self, verified: VerifiedToken) -> Result<(), AuthRefusal> {
-        let plugins = self.ctx.current_plugins();
-        if let Err(error) =
-            Box::pin(plugins.check_authenticate(&self.socket, &verified.claims)).await
-        {
+        let (plugins, socket) = (self.ctx.current_plugins(), self.socket.clone());
+        let claims = &verified.claims;
+        let checked = async move { plugins.check_authenticate(&socket, claims).await };
+        if let Err(error) = self.serving(Box::pin(checked)).await {
             self.clear_auth();
             return Err(AuthRefusal::denied(error));
         }
-        self.socket.auth_token = Some(verified.claims);
+        Rc::make_mut(&mut self.socket).auth_token = Some(verified.claims);
         self.token_expiry = verified.expires_at;
         Ok(())
     }
@@ -189,7 +192,7 @@ impl<S: Transport> Session<S> {
     }
 
     pub(super) fn clear_auth(&mut self) {
-        self.socket.auth_token = None;
+        Rc::make_mut(&mut self.socket).auth_token = None;
         self.token_expiry = None;
     }
 

@@ -3,7 +3,7 @@
 
 use super::rate::{self, TokenBucket};
 use super::{Ending, Session, State, Transport};
-use crate::mailbox::{Outbound, OverflowSignal};
+use crate::mailbox::{ClientAnswer, Outbound, OverflowSignal};
 use crate::metrics::{self, MessageKind};
 use crate::protocol::{self, ErrorObject, Frame, MAX_BATCH, PingProtocol, Request, close_code};
 use futures_util::{FutureExt, SinkExt, StreamExt};
@@ -43,6 +43,13 @@ impl<S: Transport> Session<S> {
         );
         pings.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
+            // Frames that arrived while a plugin call waited come first.
+            if let Some(message) = self.next_deferred() {
+                if let Err(ending) = Box::pin(self.on_frames(Some(Ok(message)))).await {
+                    return ending;
+                }
+                continue;
+            }
             let step = tokio::select! {
                 // Boxed: the handling of a frame (plugin calls, answers) is
                 // the largest part of the session's state, and an idle
@@ -57,7 +64,9 @@ impl<S: Transport> Session<S> {
                 }
                 _ = shutdown.wait_for(|&stop| stop) => Err(Ending::close(close_code::GOING_AWAY, "Server is shutting down")),
             };
-            if let Err(ending) = step {
+            // An ending met while a plugin call waited counts once the
+            // call is done.
+            if let Err(ending) = step.and_then(|()| self.take_ending()) {
                 return ending;
             }
         }
@@ -68,17 +77,27 @@ impl<S: Transport> Session<S> {
     /// burst rather than one per request.
     async fn on_frames(&mut self, first: Option<Result<Message, WsError>>) -> Result<(), Ending> {
         self.on_frame(first).await?;
+        self.take_ending()?;
         for _ in 0..MAX_FRAMES_PER_FLUSH {
-            match self.ws.next().now_or_never() {
-                Some(frame) => self.on_frame(frame).await?,
-                None => break,
-            }
+            // Frames kept while a call waited come before newer ones.
+            let next = match self.next_deferred() {
+                Some(message) => Some(Ok(message)),
+                None => match self.ws.next().now_or_never() {
+                    Some(frame) => frame,
+                    None => break,
+                },
+            };
+            self.on_frame(next).await?;
+            self.take_ending()?;
         }
         self.flush().await
     }
 
     /// Handle what the WebSocket produced; answers are buffered, not flushed.
-    async fn on_frame(&mut self, frame: Option<Result<Message, WsError>>) -> Result<(), Ending> {
+    pub(super) async fn on_frame(
+        &mut self,
+        frame: Option<Result<Message, WsError>>,
+    ) -> Result<(), Ending> {
         let message = match frame {
             None => return Err(Ending::lost()),
             Some(Ok(message)) => message,
@@ -211,8 +230,18 @@ impl<S: Transport> Session<S> {
             _ if self.state == State::Connecting => {
                 Err(Ending::close(close_code::MESSAGE_BEFORE_HANDSHAKE, ""))
             }
-            // Responses to server invokes and other values: nothing to do.
-            Request::Response | Request::Other => Ok(()),
+            // Answers to procedures invoked on the client, unmetered: the
+            // server asked for them.
+            Request::Response {
+                rid: Some(rid),
+                data,
+                error,
+            } => {
+                self.client_calls.answer(rid, ClientAnswer::of(data, error));
+                Ok(())
+            }
+            // Answers to nothing and other values: nothing to do.
+            Request::Response { rid: None, .. } | Request::Other => Ok(()),
             // Every other packet is metered, handshakes again included.
             _ if !self.within_rate(arrived) => self.refuse_over_rate(&request).await,
             Request::Handshake { data, cid } => self.on_handshake(data, cid).await,
@@ -285,7 +314,7 @@ impl<S: Transport> Session<S> {
     }
 
     /// Send the heartbeat (see [`PingMode::Auto`] before the client answered).
-    async fn ping(&mut self) -> Result<(), Ending> {
+    pub(super) async fn ping(&mut self) -> Result<(), Ending> {
         self.pings_sent += 1;
         match self.ping_protocol {
             Some(protocol) => self.send_now(protocol.ping()).await,
@@ -313,7 +342,7 @@ impl<S: Transport> Session<S> {
     }
 
     /// Apply what the broker or plugins queued, in one flush.
-    async fn write_queued(&mut self, first: Outbound) -> Result<(), Ending> {
+    pub(super) async fn write_queued(&mut self, first: Outbound) -> Result<(), Ending> {
         self.apply(first).await?;
         while let Some(queued) = self.inbox.try_recv() {
             self.apply(queued).await?;
@@ -337,6 +366,8 @@ impl<S: Transport> Session<S> {
     /// Close the connection if the server ends it, release the socket's
     /// subscriptions, and tell plugins.
     pub(super) async fn finish(mut self, ending: Ending) {
+        // Plugin calls waiting for this client's answers learn it is gone.
+        self.client_calls.disconnected();
         if ending.code == close_code::QUEUE_FULL {
             metrics::bump(&self.ctx.stats.queue_overflows);
             tracing::warn!(

@@ -10,14 +10,18 @@
 //! The files, in the way mini-redis keeps one file per command: `io` is
 //! the loop that reads, dispatches and writes; `handshake` the handshake
 //! and authentication; `rpc` RPCs and transmits; `pubsub` subscriptions
-//! and publications; `control` what plugins ask of the socket.
+//! and publications; `control` what plugins ask of the socket;
+//! `client_calls` the procedures plugins invoke on the client; `waiting`
+//! the connection served while a plugin call waits on the host.
 
+mod client_calls;
 mod control;
 mod handshake;
 mod io;
 mod pubsub;
 mod rate;
 mod rpc;
+mod waiting;
 
 pub(crate) use rate::RateLimit;
 
@@ -28,6 +32,7 @@ use crate::plugins::{Socket, WorkerPlugins};
 use crate::protocol::{PingProtocol, close_code};
 use crate::services::HostServices;
 use base64::Engine as _;
+use client_calls::ClientCalls;
 use rate::TokenBucket;
 use std::cell::RefCell;
 use std::net::SocketAddr;
@@ -221,7 +226,9 @@ struct Session<S> {
     ws: WebSocketStream<S>,
     ctx: Rc<SessionContext>,
     key: SessionKey,
-    socket: Socket,
+    /// The socket as plugins see it; shared with the plugin call in
+    /// flight, which must not borrow the session (see `waiting`).
+    socket: Rc<Socket>,
     state: State,
     /// The heartbeat the client answered, once known.
     ping_protocol: Option<PingProtocol>,
@@ -243,6 +250,12 @@ struct Session<S> {
     rate: Option<TokenBucket>,
     /// The upgrade request, until the handshake middleware has seen it.
     upgrade: Option<Box<UpgradeRequest>>,
+    /// Procedures invoked on the client, waiting for its answer.
+    client_calls: ClientCalls,
+    /// Frames that arrived while a plugin call waited.
+    deferred: waiting::Deferred,
+    /// Why the connection ended while a plugin call waited.
+    ended: Option<Box<Ending>>,
 }
 
 /// Run a session on an upgraded connection until it closes.
@@ -270,11 +283,11 @@ pub(crate) async fn run<S: Transport>(
         pong_deadline: Instant::now() + ctx.settings.ping_timeout,
         ctx,
         key: next_session_key(),
-        socket: Socket {
+        socket: Rc::new(Socket {
             id: new_socket_id(),
             auth_token: None,
             remote_address: peer.to_string(),
-        },
+        }),
         state: State::Connecting,
         ping_protocol,
         pings_sent: 0,
@@ -285,6 +298,9 @@ pub(crate) async fn run<S: Transport>(
         overflow,
         rate,
         upgrade: Some(Box::new(upgrade)),
+        client_calls: ClientCalls::default(),
+        deferred: None,
+        ended: None,
     };
     let ending = session.serve().await;
     session.finish(ending).await;

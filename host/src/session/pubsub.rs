@@ -48,13 +48,10 @@ impl<S: Transport> Session<S> {
             );
             return self.send(protocol::error_response(cid, &error)).await;
         }
-        let plugins = self.ctx.current_plugins();
-        let checked = plugins.check_subscribe(
-            &self.socket,
-            &request.channel,
-            request.data.map(RawValue::get),
-        );
-        if let Err(error) = Box::pin(checked).await {
+        let (plugins, socket) = (self.ctx.current_plugins(), self.socket.clone());
+        let (channel, data) = (&request.channel, request.data.map(RawValue::get));
+        let checked = async move { plugins.check_subscribe(&socket, channel, data).await };
+        if let Err(error) = self.serving(Box::pin(checked)).await {
             return self.send(protocol::error_response(cid, &error)).await;
         }
         if self.subscriptions.insert(&request.channel) {
@@ -129,9 +126,10 @@ impl<S: Transport> Session<S> {
             )));
         }
         let data = request.data.map(RawValue::get);
-        let plugins = self.ctx.current_plugins();
-        let rewritten =
-            Box::pin(plugins.check_publish(&self.socket, &request.channel, data)).await?;
+        let (plugins, socket) = (self.ctx.current_plugins(), self.socket.clone());
+        let channel = &request.channel;
+        let checked = async move { plugins.check_publish(&socket, channel, data).await };
+        let rewritten = self.serving(Box::pin(checked)).await?;
         self.ctx
             .services
             .broker
@@ -178,9 +176,10 @@ impl<S: Transport> Session<S> {
                     "Subscribing to '{channel}'"
                 )))
             } else {
-                Box::pin(plugins.check_subscribe(&self.socket, &channel, None))
-                    .await
-                    .err()
+                let (plugins, socket) = (plugins.clone(), self.socket.clone());
+                let channel = &channel;
+                let checked = async move { plugins.check_subscribe(&socket, channel, None).await };
+                self.serving(Box::pin(checked)).await.err()
             };
             let Some(error) = refusal else {
                 continue;

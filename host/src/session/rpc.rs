@@ -20,14 +20,20 @@ impl<S: Transport> Session<S> {
     }
 
     /// The answer to RPC `event`, from its plugin or the error that stopped it.
-    async fn invoke(&self, event: &str, data: Option<&str>) -> Result<Option<String>, ErrorObject> {
+    async fn invoke(
+        &mut self,
+        event: &str,
+        data: Option<&str>,
+    ) -> Result<Option<String>, ErrorObject> {
         if event.len() > MAX_NAME_BYTES {
             return Err(ErrorObject::name_too_long("Event"));
         }
-        let plugins = self.ctx.current_plugins();
+        let (plugins, socket) = (self.ctx.current_plugins(), self.socket.clone());
+        let authenticated = !self.must_authenticate();
         // Plugin calls are boxed so that their large futures are not part of
         // every idle session's state.
-        Box::pin(plugins.rpc(&self.socket, event, data, !self.must_authenticate())).await
+        let call = async move { plugins.rpc(&socket, event, data, authenticated).await };
+        self.serving(Box::pin(call)).await
     }
 
     pub(super) async fn on_transmit(&mut self, event: &str, data: Option<&RawValue>) {
@@ -49,7 +55,9 @@ impl<S: Transport> Session<S> {
             );
             return;
         }
-        let plugins = self.ctx.current_plugins();
-        Box::pin(plugins.transmit(&self.socket, event, data.map(RawValue::get))).await;
+        let (plugins, socket) = (self.ctx.current_plugins(), self.socket.clone());
+        let data = data.map(RawValue::get);
+        let call = async move { plugins.transmit(&socket, event, data).await };
+        self.serving(Box::pin(call)).await;
     }
 }

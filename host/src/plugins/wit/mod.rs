@@ -1,5 +1,6 @@
 //! The released versions of the plugin contract, side by side: one module of
-//! generated bindings per version (`v0_1`), and the enums through which the
+//! generated bindings per version (`v0_1`, `v0_2`; what they share is in
+//! `shared`), and the enums through which the
 //! rest of the host calls a plugin whatever version it targets. This folder
 //! is the only code that knows a bindgen exists.
 //!
@@ -7,7 +8,10 @@
 //! host's own [`types`](super::types); what differs between versions
 //! (imports, `describe`) is translated here.
 
+#[macro_use]
+mod shared;
 mod v0_1;
+mod v0_2;
 
 use super::host_state::HostState;
 use super::types::{Decision, ErrorObject, HandshakeInfo, InboundDecision, Json, Manifest, Socket};
@@ -19,16 +23,20 @@ use wasmtime::{Engine, Store};
 pub enum WitVersion {
     /// `wasmcluster:plugin@0.1.0`.
     V0_1,
+    /// `wasmcluster:plugin@0.2.0`: timers cancelled, procedures invoked on
+    /// clients, outbound HTTP.
+    V0_2,
 }
 
 impl WitVersion {
     /// Every version this host loads, oldest first.
-    const ALL: [WitVersion; 1] = [WitVersion::V0_1];
+    const ALL: [WitVersion; 2] = [WitVersion::V0_1, WitVersion::V0_2];
 
     /// The package version, as in `wasmcluster:plugin@0.1.0`.
     pub fn number(self) -> &'static str {
         match self {
             WitVersion::V0_1 => "0.1.0",
+            WitVersion::V0_2 => "0.2.0",
         }
     }
 
@@ -58,6 +66,7 @@ impl WitVersion {
     pub fn state_interface(self) -> &'static str {
         match self {
             WitVersion::V0_1 => "wasmcluster:plugin/state@0.1.0",
+            WitVersion::V0_2 => "wasmcluster:plugin/state@0.2.0",
         }
     }
 }
@@ -70,7 +79,10 @@ impl std::fmt::Display for WitVersion {
 
 /// Add every version's host functions to the linker.
 pub(super) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
-    v0_1::add_to_linker(linker)
+    v0_1::add_to_linker(linker)?;
+    v0_2::add_to_linker(linker)?;
+    // Outbound HTTP, for any version: denied unless the operator grants it.
+    wasmtime_wasi_http::p2::add_only_http_to_linker_async(linker)
 }
 
 /// A component linked against this host and checked against its version's
@@ -79,6 +91,8 @@ pub(super) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
 pub(super) enum PluginPre {
     /// Built against 0.1.0.
     V0_1(v0_1::PluginPre<HostState>),
+    /// Built against 0.2.0.
+    V0_2(v0_2::PluginPre<HostState>),
 }
 
 impl PluginPre {
@@ -91,6 +105,7 @@ impl PluginPre {
         let pre = linker.instantiate_pre(component)?;
         Ok(match version {
             WitVersion::V0_1 => PluginPre::V0_1(v0_1::PluginPre::new(pre)?),
+            WitVersion::V0_2 => PluginPre::V0_2(v0_2::PluginPre::new(pre)?),
         })
     }
 
@@ -106,6 +121,11 @@ impl PluginPre {
                 let exports = v0_1::Plugin::new(&mut *store, &instance)?;
                 Ok((Exports::V0_1(exports), instance))
             }
+            PluginPre::V0_2(pre) => {
+                let instance = pre.instance_pre().instantiate_async(&mut *store).await?;
+                let exports = v0_2::Plugin::new(&mut *store, &instance)?;
+                Ok((Exports::V0_2(exports), instance))
+            }
         }
     }
 
@@ -113,6 +133,7 @@ impl PluginPre {
     pub(super) fn engine(&self) -> &Engine {
         match self {
             PluginPre::V0_1(pre) => pre.engine(),
+            PluginPre::V0_2(pre) => pre.engine(),
         }
     }
 }
@@ -121,6 +142,8 @@ impl PluginPre {
 pub(super) enum Exports {
     /// Built against 0.1.0.
     V0_1(v0_1::Plugin),
+    /// Built against 0.2.0.
+    V0_2(v0_2::Plugin),
 }
 
 /// Call the export `$call` on whichever version's bindings `$exports` holds.
@@ -128,6 +151,7 @@ macro_rules! dispatch {
     ($exports:expr, $store:expr, $call:ident ( $($arg:expr),* )) => {
         match $exports {
             Exports::V0_1(plugin) => plugin.$call($store $(, $arg)*).await,
+            Exports::V0_2(plugin) => plugin.$call($store $(, $arg)*).await,
         }
     };
 }
@@ -273,6 +297,7 @@ impl std::fmt::Debug for Exports {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Exports::V0_1(_) => f.write_str("Exports::V0_1"),
+            Exports::V0_2(_) => f.write_str("Exports::V0_2"),
         }
     }
 }
