@@ -147,3 +147,36 @@ async fn a_plugin_section_sets_its_own_timer_limit() {
     let message = refused["error"]["message"].as_str().unwrap_or_default();
     assert!(message.contains("has 2 timers pending"), "{refused}");
 }
+
+#[tokio::test]
+async fn a_cancelled_timer_stops_firing() {
+    if support::examples_wit_version() == "0.1.0" {
+        // `cancel-timer` is new in 0.2.0; the kept 0.1.0 echo has no `every`.
+        return;
+    }
+    let dir = plugins_dir(&["echo"]);
+    let server = TestServer::start(dir.path(), &[]);
+    let mut listener = subscriber(&server, "broadcast:every").await;
+    let mut client = server.client().await;
+    let id = client
+        .call(
+            "every",
+            json!({"period_ms": 100, "channel": "broadcast:every", "data": "tick"}),
+        )
+        .await;
+    for _ in 0..3 {
+        assert_eq!(
+            listener.publication().await,
+            ("broadcast:every".into(), json!("tick"))
+        );
+    }
+    assert_eq!(client.call("cancel", json!({"id": id})).await, json!(true));
+    assert_eq!(client.call("cancel", json!({"id": id})).await, json!(false));
+    // A firing already under way when it was cancelled may still land.
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    while tokio::time::timeout(Duration::from_millis(1), listener.publication())
+        .await
+        .is_ok()
+    {}
+    listener.expect_silence(Duration::from_millis(500)).await;
+}

@@ -17,6 +17,11 @@
 //!   one-shot timer fires `delay_ms` later. What to publish waits in the
 //!   KV, not in the instance, so that it survives a fault of the instance
 //!   and a hot swap: the timer fires into whichever build serves then.
+//! - RPC `every` `{period_ms, channel, data}` publishes `data` on `channel`
+//!   (a `broadcast:` channel) every `period_ms` and answers the timer's id;
+//!   RPC `cancel` `{id}` cancels it, answering whether it was pending. A
+//!   timer lives on the worker of the socket that set it: cancel it from
+//!   the same connection.
 //! - RPC `subs` answers the channels the calling socket is subscribed to.
 //! - RPC `ask` `{event, data, timeout_ms}` invokes procedure `event` with
 //!   `data` on the calling socket and answers with the client's answer; the
@@ -58,6 +63,20 @@ struct Ask {
     timeout_ms: u64,
 }
 
+/// The data of RPC `every`.
+#[derive(Deserialize)]
+struct Every {
+    period_ms: u64,
+    #[serde(flatten)]
+    publication: Broadcast,
+}
+
+/// The data of RPC `cancel`.
+#[derive(Deserialize)]
+struct Cancel {
+    id: String,
+}
+
 /// KV key of the counter that names `later` timers, unique on every worker.
 const LATER_COUNTER: &str = "later:next";
 
@@ -86,6 +105,8 @@ impl Plugin for Echo {
                 "later",
                 "subs",
                 "ask",
+                "every",
+                "cancel",
             ])
             .transmit(["ping"])
             .hooks([Hook::Timer])
@@ -133,6 +154,26 @@ impl Plugin for Echo {
                 }
                 Ok(Payload::json(&serde_json::Value::Null))
             }
+            "every" => {
+                let Every {
+                    period_ms,
+                    publication,
+                } = data.parse()?;
+                check_channel(&publication.channel)?;
+                let id = format!("every:{}", kv::incr(LATER_COUNTER, 1)?);
+                kv::set_json(&id, &publication)?;
+                if let Err(error) = host::set_timer(&id, period_ms, true) {
+                    kv::delete(&id)?;
+                    return Err(error.into());
+                }
+                Ok(Payload::json(&id))
+            }
+            "cancel" => {
+                let Cancel { id } = data.parse()?;
+                let pending = host::cancel_timer(&id);
+                kv::delete(&id)?;
+                Ok(Payload::json(&pending))
+            }
             "subs" => Ok(Payload::json(&host::subscriptions(&socket.id)?)),
             "ask" => {
                 let Ask {
@@ -149,7 +190,8 @@ impl Plugin for Echo {
     }
 
     fn on_timer(&mut self, id: &str) {
-        // Each `later` timer is one-shot: publish what it carries, once.
+        // A `later` timer is one-shot: it publishes what it carries once;
+        // an `every` timer keeps it until it is cancelled.
         let publication = match kv::get_json::<Broadcast>(id) {
             Ok(Some(publication)) => publication,
             Ok(None) => return,
@@ -158,7 +200,9 @@ impl Plugin for Echo {
         if let Err(error) = host::publish(&publication.channel, &publication.data) {
             host::warn(&format!("timer {id} could not publish: {error}"));
         }
-        if let Err(error) = kv::delete(id) {
+        if id.starts_with("later:")
+            && let Err(error) = kv::delete(id)
+        {
             host::warn(&format!("timer {id}: {error}"));
         }
     }
