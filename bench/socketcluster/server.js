@@ -1,6 +1,7 @@
 // SocketCluster server with the same handlers as wasmcluster's `echo` plugin,
 // for side-by-side benchmarks: RPC `echo` answers its data, transmit `ping`
-// is answered with transmit `pong`, client publish is allowed (the default).
+// is answered with transmit `pong`, RPC `later` publishes after a delay
+// (setTimeout), client publish is allowed (the default).
 //
 //   node server.js [port]    prints "socketcluster listening on 127.0.0.1:PORT"
 'use strict';
@@ -18,6 +19,14 @@ const agServer = socketClusterServer.attach(httpServer);
     })();
     (async () => {
       for await (const data of socket.receiver('ping')) socket.transmit('pong', data);
+    })();
+    // `later` as echo's: publish on `channel` after `delay_ms`.
+    (async () => {
+      for await (const request of socket.procedure('later')) {
+        const { delay_ms: delay, channel, data } = request.data;
+        setTimeout(() => agServer.exchange.transmitPublish(channel, data), delay);
+        request.end(null);
+      }
     })();
   }
 })();

@@ -18,6 +18,7 @@ use scenarios::hostile::HostileArgs;
 use scenarios::hot_swap::HotSwapArgs;
 use scenarios::idle::IdleArgs;
 use scenarios::requests::{Kind, RequestArgs};
+use scenarios::timers::TimerArgs;
 use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -73,6 +74,19 @@ enum Command {
         #[command(flatten)]
         args: RequestArgs,
     },
+    /// The host's overhead on an outbound HTTP request: RPC `fetch` against
+    /// a direct request to the same upstream (wasmcluster only).
+    Fetch {
+        #[command(flatten)]
+        connection: Connection,
+    },
+    /// One-shot timers pending at once (RPC `later`), and how late they fire.
+    Timers {
+        #[command(flatten)]
+        connection: Connection,
+        #[command(flatten)]
+        args: TimerArgs,
+    },
     /// Subscribers on one channel, publishers at full speed or a fixed rate.
     Fanout {
         #[command(flatten)]
@@ -127,6 +141,8 @@ fn main() -> Result<()> {
         Command::Rpc { connection, .. } => ("rpc", connection),
         Command::Transmit { connection, .. } => ("transmit", connection),
         Command::Fanout { connection, .. } => ("fanout", connection),
+        Command::Timers { connection, .. } => ("timers", connection),
+        Command::Fetch { connection } => ("fetch", connection),
         Command::HotSwap { connection, .. } => ("hot-swap", connection),
         Command::Idle { connection, .. } => ("idle", connection),
         Command::Connect { connection, .. } => ("connect", connection),
@@ -158,6 +174,8 @@ fn main() -> Result<()> {
                 scenarios::requests::run(&common, Kind::Transmit, args).await
             }
             Command::Fanout { args, .. } => scenarios::fanout::run(&common, args).await,
+            Command::Timers { args, .. } => scenarios::timers::run(&common, args).await,
+            Command::Fetch { .. } => scenarios::fetch::run(&common).await,
             Command::HotSwap { args, .. } => scenarios::hot_swap::run(&common, args).await,
             Command::Idle { args, .. } => scenarios::idle::run(&common, args).await,
             Command::Connect { args, .. } => scenarios::connect::run(&common, args).await,

@@ -158,6 +158,55 @@ const METRICS: &[Metric] = &[
         false,
         None,
     ),
+    metric(
+        "timers",
+        "p50_ms",
+        "timers: lateness p50, 10,000 pending (ms)",
+        false,
+        None,
+    ),
+    metric(
+        "timers",
+        "p99_ms",
+        "timers: lateness p99, 10,000 pending (ms)",
+        false,
+        None,
+    ),
+    metric(
+        "timers",
+        "timers_per_server_cpu_s",
+        "timers: set + fired + published per server CPU-second",
+        true,
+        None,
+    ),
+    metric(
+        "fetch",
+        "direct_p50_ms",
+        "fetch: direct HTTP request p50 (ms)",
+        false,
+        None,
+    ),
+    metric(
+        "fetch",
+        "fetch_p50_ms",
+        "fetch: RPC `fetch` of the same URL p50 (ms)",
+        false,
+        None,
+    ),
+    metric(
+        "fetch",
+        "overhead_p50_ms",
+        "fetch: overhead the host adds, p50 (ms)",
+        false,
+        None,
+    ),
+    metric(
+        "fetch",
+        "overhead_p99_ms",
+        "fetch: overhead the host adds, p99 (ms)",
+        false,
+        None,
+    ),
 ];
 
 /// Median, min and max of a set of runs.

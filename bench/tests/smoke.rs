@@ -42,12 +42,25 @@ fn start_server() -> Server {
     );
     let plugins = tempfile::tempdir().unwrap();
     std::fs::copy(&echo, plugins.path().join("echo.wasm")).unwrap();
+    std::fs::copy(
+        repo.join("plugins/fetch.wasm"),
+        plugins.path().join("fetch.wasm"),
+    )
+    .unwrap();
+    let config = plugins.path().join("wasmcluster.toml");
+    std::fs::write(
+        &config,
+        "[plugin.fetch]\nallowed-outbound-hosts = [\"http://127.0.0.1:*\"]\n",
+    )
+    .unwrap();
     let cache = Path::new(env!("CARGO_BIN_EXE_loadgen")).with_file_name("wasm-cache-tests");
     let mut child = Command::new(server_binary())
         .args(["serve", "--port", "0", "-w", "2", "--plugins"])
         .arg(plugins.path())
         .arg("--cache-dir")
         .arg(cache)
+        .arg("--config")
+        .arg(&config)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -141,6 +154,14 @@ fn every_scenario_runs_against_the_server() {
     let connect = loadgen(&server, &["connect", "--concurrency", "4"]);
     assert!(connect["connections"].as_u64().unwrap() > 0, "{connect}");
     assert_eq!(connect["errors"], 0, "{connect}");
+
+    // Due times start 3 s after the timers are set.
+    let timers = loadgen_for(&server, "0.5", &["timers", "--timers", "200"]);
+    assert_eq!(timers["fired"], 200, "{timers}");
+
+    let fetch = loadgen(&server, &["fetch"]);
+    assert!(fetch["fetch_requests"].as_u64().unwrap() > 0, "{fetch}");
+    assert!(fetch["direct_requests"].as_u64().unwrap() > 0, "{fetch}");
 
     let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
     let new_build = repo.join("tests/fixtures/wasm/echo-v2.wasm");

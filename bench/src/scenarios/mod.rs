@@ -3,10 +3,12 @@
 
 pub mod connect;
 pub mod fanout;
+pub mod fetch;
 pub mod hostile;
 pub mod hot_swap;
 pub mod idle;
 pub mod requests;
+pub mod timers;
 
 use anyhow::Result;
 use futures_util::{StreamExt, stream};
