@@ -80,6 +80,24 @@ struct Cancel {
 /// KV key of the counter that names `later` timers, unique on every worker.
 const LATER_COUNTER: &str = "later:next";
 
+/// Set a timer (id `KIND:N`) that publishes `publication`, which waits in
+/// the KV under the timer's id; the id.
+fn start_timer(
+    kind: &str,
+    publication: &Broadcast,
+    delay_ms: u64,
+    repeat: bool,
+) -> Result<String, Error> {
+    check_channel(&publication.channel)?;
+    let id = format!("{kind}:{}", kv::incr(LATER_COUNTER, 1)?);
+    kv::set_json(&id, publication)?;
+    if let Err(error) = host::set_timer(&id, delay_ms, repeat) {
+        kv::delete(&id)?;
+        return Err(error.into());
+    }
+    Ok(id)
+}
+
 /// Refuse channels outside [`BROADCAST_PREFIX`].
 fn check_channel(channel: &str) -> Result<(), Error> {
     if channel.starts_with(BROADCAST_PREFIX) {
@@ -145,13 +163,7 @@ impl Plugin for Echo {
                     delay_ms,
                     publication,
                 } = data.parse()?;
-                check_channel(&publication.channel)?;
-                let id = format!("later:{}", kv::incr(LATER_COUNTER, 1)?);
-                kv::set_json(&id, &publication)?;
-                if let Err(error) = host::set_timer(&id, delay_ms, false) {
-                    kv::delete(&id)?;
-                    return Err(error.into());
-                }
+                start_timer("later", &publication, delay_ms, false)?;
                 Ok(Payload::json(&serde_json::Value::Null))
             }
             "every" => {
@@ -159,13 +171,7 @@ impl Plugin for Echo {
                     period_ms,
                     publication,
                 } = data.parse()?;
-                check_channel(&publication.channel)?;
-                let id = format!("every:{}", kv::incr(LATER_COUNTER, 1)?);
-                kv::set_json(&id, &publication)?;
-                if let Err(error) = host::set_timer(&id, period_ms, true) {
-                    kv::delete(&id)?;
-                    return Err(error.into());
-                }
+                let id = start_timer("every", &publication, period_ms, true)?;
                 Ok(Payload::json(&id))
             }
             "cancel" => {
