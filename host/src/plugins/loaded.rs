@@ -11,6 +11,7 @@ use super::wit::{Exports, PluginPre, WitVersion};
 use crate::outbound::OutboundPolicy;
 use crate::protocol::{ErrorObject, quoted};
 use crate::services::HostServices;
+use futures_util::FutureExt;
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -141,9 +142,14 @@ impl Instance {
         self.meter.start_call(limits.deadline);
         self.store.set_epoch_deadline(1);
         let running = std::pin::pin!(call(&self.exports, &mut self.store));
+        let mut metered = Metered::new(running, &self.meter);
+        // Nearly every call completes in its first poll: no timer for it.
+        if let Some(done) = (&mut metered).now_or_never() {
+            return done;
+        }
         // Dropping the call's future on expiry unwinds the guest's stack;
         // the caller drops the instance, as after any fault.
-        tokio::time::timeout(limits.max_wait, Metered::new(running, &self.meter))
+        tokio::time::timeout(limits.max_wait, metered)
             .await
             .unwrap_or_else(|_| {
                 Err(WaitLimitExceeded {

@@ -15,6 +15,7 @@ use crate::protocol::{self, Frame, Request, close_code};
 use futures_util::{FutureExt, StreamExt};
 use std::collections::VecDeque;
 use std::future::Future;
+use std::pin::Pin;
 use tokio::time::{Instant, Interval, interval_at, sleep_until};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
@@ -36,6 +37,14 @@ impl<S: Transport> Session<S> {
         if let Some(done) = call.as_mut().now_or_never() {
             return done;
         }
+        // Boxed: the timers and the select below would otherwise make the
+        // future of every frame's handling larger, for calls that rarely
+        // wait.
+        Box::pin(self.serve_until(call)).await
+    }
+
+    /// Serve the connection until `call` is done.
+    async fn serve_until<T>(&mut self, mut call: Pin<&mut impl Future<Output = T>>) -> T {
         let interval = self.ctx.settings.ping_interval;
         let mut pings = interval_at(Instant::now() + interval, interval);
         loop {
