@@ -368,15 +368,17 @@ async fn secrets_reach_the_plugin_and_nothing_else() {
         )),
         "{reply}"
     );
-    // A denied request and a fault, so that the log has plenty to say.
-    fetch(&mut client, "http://127.0.0.2:1/").await;
-    client.invoke("crash", json!(null)).await;
+    // A denied request and a fault, so that errors and the log have
+    // plenty to say.
+    let denied = fetch(&mut client, "http://127.0.0.2:1/").await;
+    let crashed = client.invoke("crash", json!(null)).await;
     let (_, health) = server.http_get("/healthz", "").await;
     let (_, metrics) = server.http_get("/metrics", "").await;
     for (what, text) in [
         ("log", server.log()),
         ("/healthz", health),
         ("/metrics", metrics),
+        ("errors", format!("{denied}\n{crashed}")),
     ] {
         assert!(
             !text.contains(SECRET),
