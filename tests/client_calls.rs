@@ -146,3 +146,26 @@ async fn bad_procedure_names_are_refused() {
     assert_eq!(reply["error"]["name"], "HostError", "{reply}");
     assert_eq!(reply["error"]["reason"], "invalid-argument", "{reply}");
 }
+
+#[tokio::test]
+async fn packets_sent_while_a_call_waits_are_handled_after_it_in_order() {
+    let dir = plugins_dir(&["echo"]);
+    let server = TestServer::start(dir.path(), &[]);
+    let mut client = server.client().await;
+    let (ask_cid, _invoked) = ask(&mut client, "confirm", json!(1), 300).await;
+    let mut echo_cids = Vec::new();
+    for n in 0..3 {
+        echo_cids.push(client.send_invoke("echo", json!(n)).await);
+    }
+    let first = client.next_packet().await;
+    assert_eq!(
+        first["rid"], ask_cid,
+        "the waiting call answers first: {first}"
+    );
+    assert_eq!(first["error"]["name"], "TimeoutError", "{first}");
+    for (n, cid) in echo_cids.into_iter().enumerate() {
+        let reply = client.next_packet().await;
+        assert_eq!(reply["rid"], cid, "{reply}");
+        assert_eq!(reply["data"], json!(n), "{reply}");
+    }
+}

@@ -19,12 +19,24 @@ use std::pin::Pin;
 use tokio::time::{Instant, Interval, interval_at, sleep_until};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
-/// Frames of other packets kept while a call waits; past it the session
-/// stops reading, and TCP pushes back on the client.
+/// Frames of other packets kept while a call waits; past it (or past
+/// [`MAX_DEFERRED_BYTES`]) the session stops reading, and TCP pushes back on
+/// the client.
 const MAX_DEFERRED_FRAMES: usize = 64;
+/// Bytes of frames kept while a call waits, beyond which no more are read:
+/// a client cannot make its connection hold more than this plus one frame
+/// (which `--max-payload-bytes` bounds) by sending while its call waits.
+const MAX_DEFERRED_BYTES: usize = 1 << 20;
 
 /// Frames that arrived while a call waited, to be handled after it.
-pub(super) type Deferred = Option<Box<VecDeque<Message>>>;
+pub(super) type Deferred = Option<Box<DeferredFrames>>;
+
+/// Frames kept for after a call, and their size.
+#[derive(Debug, Default)]
+pub(super) struct DeferredFrames {
+    frames: VecDeque<Message>,
+    bytes: usize,
+}
 
 impl<S: Transport> Session<S> {
     /// Run `call` (a plugin call that owns what it needs) while the
@@ -73,8 +85,8 @@ impl<S: Transport> Session<S> {
     /// A frame that arrived while a call waited, oldest first.
     pub(super) fn next_deferred(&mut self) -> Option<Message> {
         let deferred = self.deferred.as_mut()?;
-        let next = deferred.pop_front();
-        if deferred.is_empty() {
+        let next = deferred.frames.pop_front();
+        if deferred.frames.is_empty() {
             self.deferred = None;
         }
         next
@@ -82,10 +94,9 @@ impl<S: Transport> Session<S> {
 
     /// Serve the connection for one event while a call waits.
     async fn serve_one(&mut self, pings: &mut Interval) -> Result<(), Ending> {
-        let reading = self
-            .deferred
-            .as_ref()
-            .is_none_or(|deferred| deferred.len() < MAX_DEFERRED_FRAMES);
+        let reading = self.deferred.as_ref().is_none_or(|deferred| {
+            deferred.frames.len() < MAX_DEFERRED_FRAMES && deferred.bytes < MAX_DEFERRED_BYTES
+        });
         tokio::select! {
             Some(queued) = self.inbox.recv() => self.write_queued(queued).await,
             frame = self.ws.next(), if reading => self.on_frame_while_waiting(frame).await,
@@ -114,9 +125,9 @@ impl<S: Transport> Session<S> {
             crate::metrics::bump(&self.ctx.stats.messages_in);
             return Ok(());
         }
-        self.deferred
-            .get_or_insert_with(Box::default)
-            .push_back(message);
+        let deferred = self.deferred.get_or_insert_with(Box::default);
+        deferred.bytes += message.len();
+        deferred.frames.push_back(message);
         Ok(())
     }
 
