@@ -12,8 +12,9 @@
 //!
 //! Clients subscribe to `room:<room>` themselves to read a room. A socket's
 //! nick and rooms are in the KV store, so they are shared by all workers and
-//! survive a plugin fault. The member lists are in memory, per worker, to
-//! show state hand-off: `snapshot`/`restore` carry them across a hot swap.
+//! survive a plugin fault. The member lists are in memory, per instance
+//! (`make run` keeps one instance per worker), to show state hand-off:
+//! `snapshot`/`restore` carry them across a hot swap.
 
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
