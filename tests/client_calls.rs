@@ -169,3 +169,28 @@ async fn packets_sent_while_a_call_waits_are_handled_after_it_in_order() {
         assert_eq!(reply["data"], json!(n), "{reply}");
     }
 }
+
+#[tokio::test]
+async fn a_call_waiting_past_the_wait_limit_is_ended_as_a_fault() {
+    let dir = plugins_dir(&["echo"]);
+    let server = TestServer::start(dir.path(), &["--plugin-max-wait-ms", "300"]);
+    let mut client = server.client().await;
+    let started = Instant::now();
+    let (cid, _invoked) = ask(&mut client, "confirm", json!(1), 10_000).await;
+    let reply = client.reply(cid).await;
+    assert_eq!(reply["error"]["name"], "PluginError", "{reply}");
+    assert!(
+        reply["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("wait limit of 300 ms"),
+        "{reply}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    // The instance it dropped is rebuilt for the next call.
+    assert_eq!(client.call("echo", json!("again")).await, json!("again"));
+}

@@ -334,6 +334,37 @@ async fn fifty_slow_requests_run_together_and_echo_keeps_answering() {
 }
 
 #[tokio::test]
+async fn requests_past_the_plugins_cap_in_flight_fail_at_once() {
+    let upstream = Upstream::http().await;
+    let port = upstream.port();
+    let dir = tempfile::tempdir().unwrap();
+    let server = server_with(
+        dir.path(),
+        &format!(
+            "allowed-outbound-hosts = [\"http://127.0.0.1:{port}\"]\n\
+             outbound-max-concurrent = 1"
+        ),
+        &[],
+    );
+    let mut slow = server.client().await;
+    let slow_url = format!("http://127.0.0.1:{port}/hang");
+    let in_flight = tokio::spawn(async move { fetch(&mut slow, &slow_url).await });
+    // Let the first request take the plugin's only place.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut client = server.client().await;
+    let reply = fetch(&mut client, &format!("http://127.0.0.1:{port}/hello")).await;
+    assert_eq!(reply["error"]["name"], "OutboundError", "{reply}");
+    assert!(
+        reply["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("in flight"),
+        "{reply}"
+    );
+    in_flight.abort();
+}
+
+#[tokio::test]
 async fn secrets_reach_the_plugin_and_nothing_else() {
     const SECRET: &str = "s3cr3t-T0KEN-4-outbound";
     let upstream = Upstream::http().await;
