@@ -10,7 +10,7 @@ CARGO ?= cargo
 WASM_TARGET := wasm32-wasip2
 export CARGO_TARGET_DIR ?= $(CURDIR)/target
 EXAMPLES := echo chat presence auth fetch
-FIXTURES := flaky init-trap bad-import not-a-plugin echo-v2 chat-v2 plain-world tokens control guard guard-low
+FIXTURES := flaky init-trap bad-import not-a-plugin echo-v2 chat-v2 plain-world tokens control guard guard-low store
 BIN := $(CARGO_TARGET_DIR)/release/wasmcluster
 
 .PHONY: run test setup test-deps plugins fixtures build lint test-rust test-compat test-js js-deps fuzz-smoke clean

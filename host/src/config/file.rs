@@ -72,6 +72,10 @@ struct PluginSection {
     max_instances: Option<usize>,
     /// Overrides `plugin-max-wait-ms` for this plugin.
     max_wait_ms: Option<u64>,
+    /// Overrides `kv-max-keys` for this plugin.
+    kv_max_keys: Option<u64>,
+    /// Overrides `kv-max-bytes` for this plugin.
+    kv_max_bytes: Option<u64>,
     /// Where the plugin may send HTTP requests (none by default).
     allowed_outbound_hosts: Option<Vec<String>>,
     /// How long one outbound request may take, body included.
@@ -243,6 +247,8 @@ impl ConfigFile {
                     max_timers: section.max_timers,
                     max_instances: section.max_instances,
                     max_wait: section.max_wait_ms.map(Duration::from_millis),
+                    kv_max_keys: section.kv_max_keys,
+                    kv_max_bytes: section.kv_max_bytes,
                     outbound,
                     config,
                 },

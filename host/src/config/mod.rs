@@ -9,6 +9,7 @@ mod secrets;
 pub use file::{ConfigFile, ConfigFileError, example as example_file};
 pub use origin::OriginPolicy;
 
+use crate::kv::KvQuota;
 use crate::plugins::{PluginLimits, PluginOptions, PluginOverrides};
 use crate::protocol::PingProtocol;
 use crate::session::{PingMode, RateLimit, SessionSettings};
@@ -73,6 +74,23 @@ pub struct ServeArgs {
         default_value = "wasmcluster:"
     )]
     pub broker_prefix: String,
+
+    /// Keep the plugins' key-value store durably in this directory (file
+    /// `kv.redb`; one host per directory). Without it, and without
+    /// --broker, the store is in memory and gone at exit. With --broker,
+    /// the store is in Redis.
+    #[arg(long, env = "WASMCLUSTER_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    /// The most keys one plugin may keep in the key-value store
+    /// (`[plugin.NAME] kv-max-keys` overrides it).
+    #[arg(long, env = "WASMCLUSTER_KV_MAX_KEYS", default_value_t = 100_000)]
+    pub kv_max_keys: u64,
+
+    /// The most bytes of keys and values one plugin may keep in the
+    /// key-value store (`[plugin.NAME] kv-max-bytes` overrides it).
+    #[arg(long, env = "WASMCLUSTER_KV_MAX_BYTES", default_value_t = 64 << 20)]
+    pub kv_max_bytes: u64,
 
     /// Directory whose `*.wasm` plugin components are loaded.
     #[arg(long, env = "WASMCLUSTER_PLUGINS", default_value = "plugins")]
@@ -350,6 +368,8 @@ pub struct ServerConfig {
     pub(crate) broker_url: Option<String>,
     /// Prefix of wasmcluster's keys and channels in Redis.
     pub(crate) broker_prefix: String,
+    /// Where the key-value store is kept durably, without a broker.
+    pub(crate) data_dir: Option<PathBuf>,
     /// Protocol settings of every session.
     pub(crate) session: SessionSettings,
     /// Largest accepted message.
@@ -484,6 +504,7 @@ impl ServeArgs {
             status_page: self.status_page,
             broker_url: self.broker,
             broker_prefix: self.broker_prefix,
+            data_dir: self.data_dir,
             tls: self
                 .tls_cert
                 .zip(self.tls_key)
@@ -503,6 +524,10 @@ impl ServeArgs {
                 max_timers: self.plugin_max_timers,
                 max_instances: self.plugin_max_instances,
                 max_wait: Duration::from_millis(self.plugin_max_wait_ms),
+                kv_quota: KvQuota {
+                    max_keys: self.kv_max_keys,
+                    max_bytes: self.kv_max_bytes,
+                },
             }),
             cache_dir: self.cache_dir,
             shutdown_timeout: Duration::from_secs(self.shutdown_timeout_secs),

@@ -7,7 +7,7 @@ use super::limits::InstanceLimits;
 use super::options::PluginLimits;
 use super::timers::{TimerError, WorkerTimers};
 use super::types::{ClientCallError, ErrorObject, HostError, Json, LogLevel};
-use crate::kv::KvError;
+use crate::kv::{KvError, KvQuota, Op, OpResult, Operation, Outcome, Page};
 use crate::mailbox::{ClientAnswer, Control, Outbound};
 use crate::metrics::{self, PublicationSource};
 use crate::outbound::{OutboundClient, OutboundError, OutboundPolicy, Reply};
@@ -54,6 +54,8 @@ pub struct HostState {
     timers: Arc<WorkerTimers>,
     /// The most timers this plugin may have pending on the worker.
     max_timers: usize,
+    /// What this plugin may keep in the key-value store.
+    kv_quota: KvQuota,
     /// WASI with no filesystem, network or environment; stdout and stderr go
     /// to the host log.
     wasi: WasiCtx,
@@ -96,6 +98,7 @@ impl HostState {
             services: services.shared,
             timers: services.timers,
             max_timers: limits.max_timers,
+            kv_quota: limits.kv_quota,
             wasi,
             table: ResourceTable::new(),
             limits: InstanceLimits::new(limits.memory_bytes),
@@ -208,38 +211,80 @@ impl HostState {
 
     /// `kv-get`.
     pub async fn kv_get(&mut self, key: &str) -> Result<Option<String>, HostError> {
-        self.services
-            .kv
-            .get(&self.plugin, key)
-            .await
-            .map_err(kv_error)
+        let kv = &self.services.kv;
+        kv.get(&self.plugin, key).await.map_err(kv_error)
     }
 
     /// `kv-set`.
     pub async fn kv_set(&mut self, key: String, value: String) -> Result<(), HostError> {
-        self.services
-            .kv
-            .set(&self.plugin, key, value)
-            .await
-            .map_err(kv_error)
+        let kv = &self.services.kv;
+        let set = kv.set(&self.plugin, self.kv_quota, key, value);
+        set.await.map_err(kv_error)
     }
 
     /// `kv-delete`.
-    pub async fn kv_delete(&mut self, key: &str) -> Result<bool, HostError> {
-        self.services
-            .kv
-            .delete(&self.plugin, key)
-            .await
-            .map_err(kv_error)
+    pub async fn kv_delete(&mut self, key: String) -> Result<bool, HostError> {
+        let kv = &self.services.kv;
+        let delete = kv.delete(&self.plugin, self.kv_quota, key);
+        delete.await.map_err(kv_error)
     }
 
     /// `kv-incr`.
-    pub async fn kv_incr(&mut self, key: &str, delta: i64) -> Result<i64, HostError> {
-        self.services
-            .kv
-            .incr(&self.plugin, key, delta)
-            .await
-            .map_err(kv_error)
+    pub async fn kv_incr(&mut self, key: String, delta: i64) -> Result<i64, HostError> {
+        let kv = &self.services.kv;
+        let incr = kv.incr(&self.plugin, self.kv_quota, key, delta);
+        incr.await.map_err(kv_error)
+    }
+
+    /// `kv-compare-and-set` (0.2.0).
+    pub async fn kv_compare_and_set(
+        &mut self,
+        key: String,
+        expected: Option<String>,
+        value: Option<String>,
+    ) -> Result<bool, HostError> {
+        let kv = &self.services.kv;
+        let cas = kv.compare_and_set(&self.plugin, self.kv_quota, key, expected, value);
+        cas.await.map_err(kv_error)
+    }
+
+    /// `kv-expire` (0.2.0).
+    pub async fn kv_expire(&mut self, key: String, ttl_ms: Option<u64>) -> Result<bool, HostError> {
+        let kv = &self.services.kv;
+        let expire = kv.expire(&self.plugin, self.kv_quota, key, ttl_ms);
+        expire.await.map_err(kv_error)
+    }
+
+    /// `kv-batch` (0.2.0): the results are the new values of the batch's
+    /// `add`s, in order; `Err(index)` names the check that did not hold.
+    pub(crate) async fn kv_batch(
+        &mut self,
+        ops: Vec<Op>,
+    ) -> Result<Result<Vec<i64>, u32>, HostError> {
+        let kv = &self.services.kv;
+        let apply = kv.apply(&self.plugin, self.kv_quota, Operation::Batch, ops);
+        Ok(match apply.await.map_err(kv_error)? {
+            Outcome::Applied(results) => Ok(results
+                .into_iter()
+                .filter_map(|result| match result {
+                    OpResult::Value(value) => Some(value),
+                    OpResult::Done | OpResult::Existed(_) => None,
+                })
+                .collect()),
+            Outcome::Conflict(index) => Err(index as u32),
+        })
+    }
+
+    /// `kv-list` (0.2.0).
+    pub(crate) async fn kv_list(
+        &mut self,
+        prefix: &str,
+        cursor: Option<&str>,
+        limit: u32,
+    ) -> Result<Page, HostError> {
+        let kv = &self.services.kv;
+        let list = kv.list(&self.plugin, prefix, cursor, limit);
+        list.await.map_err(kv_error)
     }
 
     /// `log`: a line in the host log, tagged with the plugin's name.
@@ -405,8 +450,10 @@ fn client_error(json: &str) -> ErrorObject {
 /// A KV failure as the plugin sees it.
 fn kv_error(error: KvError) -> HostError {
     match error {
-        KvError::Unavailable(_) => HostError::Unavailable(error.to_string()),
-        KvError::NotAnInteger { .. } | KvError::Overflow { .. } => {
+        KvError::Unavailable(_) | KvError::KeysQuota { .. } | KvError::BytesQuota { .. } => {
+            HostError::Unavailable(error.to_string())
+        }
+        KvError::NotAnInteger { .. } | KvError::Overflow { .. } | KvError::Invalid(_) => {
             HostError::InvalidArgument(error.to_string())
         }
     }

@@ -36,6 +36,7 @@ pub mod types;
 mod wit;
 mod worker;
 
+pub use crate::kv::KvQuota;
 pub use crate::outbound::{AllowedHosts, OutboundSettings};
 pub use engine::{EngineError, PluginEngine};
 pub use health::{FaultKind, PluginHealth};

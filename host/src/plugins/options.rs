@@ -1,6 +1,7 @@
 //! How the operator runs plugins: default limits, and each plugin's own
 //! limits and `init` config from its `[plugin.NAME]` section.
 
+use crate::kv::KvQuota;
 use crate::outbound::OutboundSettings;
 use std::collections::HashMap;
 use std::time::Duration;
@@ -23,6 +24,8 @@ pub struct PluginLimits {
     /// How long one call may last, waiting on the host included, before it
     /// is ended as a fault.
     pub max_wait: Duration,
+    /// What the plugin may keep in the key-value store.
+    pub kv_quota: KvQuota,
 }
 
 impl Default for PluginLimits {
@@ -36,6 +39,7 @@ impl Default for PluginLimits {
             max_timers: 10_000,
             max_instances: 8,
             max_wait: Duration::from_secs(30),
+            kv_quota: KvQuota::default(),
         }
     }
 }
@@ -57,6 +61,10 @@ pub struct PluginOverrides {
     pub max_instances: Option<usize>,
     /// How long one call to this plugin may last, waiting included.
     pub max_wait: Option<Duration>,
+    /// The most keys this plugin may keep in the key-value store.
+    pub kv_max_keys: Option<u64>,
+    /// The most bytes of keys and values this plugin may keep there.
+    pub kv_max_bytes: Option<u64>,
     /// Where it may send HTTP requests, and their limits.
     pub outbound: OutboundSettings,
     /// The JSON object its `init` receives.
@@ -72,6 +80,8 @@ impl std::fmt::Debug for PluginOverrides {
             .field("max_timers", &self.max_timers)
             .field("max_instances", &self.max_instances)
             .field("max_wait", &self.max_wait)
+            .field("kv_max_keys", &self.kv_max_keys)
+            .field("kv_max_bytes", &self.kv_max_bytes)
             .field("outbound", &self.outbound)
             .field("config", &self.config.as_ref().map(|_| "(not shown)"))
             .finish()
@@ -129,6 +139,14 @@ impl PluginOptions {
             max_wait: overrides
                 .and_then(|o| o.max_wait)
                 .unwrap_or(defaults.max_wait),
+            kv_quota: KvQuota {
+                max_keys: overrides
+                    .and_then(|o| o.kv_max_keys)
+                    .unwrap_or(defaults.kv_quota.max_keys),
+                max_bytes: overrides
+                    .and_then(|o| o.kv_max_bytes)
+                    .unwrap_or(defaults.kv_quota.max_bytes),
+            },
         };
         let config = overrides
             .and_then(|o| o.config.clone())

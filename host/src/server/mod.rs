@@ -17,7 +17,7 @@ mod worker;
 use crate::auth::AuthEngine;
 use crate::broker::{Broker, RedisEngine, RedisError};
 use crate::config::ServerConfig;
-use crate::kv::KvStore;
+use crate::kv::{KvOpenError, KvStore};
 use crate::log_limit;
 use crate::metrics::Metrics;
 use crate::plugins::{EngineError, LoadError, PluginEngine, ReloadSummary, load_dir, reload_dir};
@@ -69,6 +69,9 @@ pub enum ServerError {
     /// The Redis broker cannot be used.
     #[error(transparent)]
     Broker(#[from] RedisError),
+    /// The data directory's key-value store cannot be opened.
+    #[error(transparent)]
+    Kv(#[from] KvOpenError),
     /// `--strict`: a plugin failed to load, or a config section names no
     /// loaded plugin.
     #[error("--strict: not starting with plugin problems: {0}")]
@@ -168,6 +171,9 @@ impl Server {
         shared
             .metrics
             .add(|registry| shared.services.outbound.metrics.register(registry));
+        shared
+            .metrics
+            .add(|registry| shared.services.kv.metrics().register(registry));
         let mut workers = Vec::with_capacity(shared.config.workers);
         for index in 0..shared.config.workers {
             let worker = Worker::spawn(index, shared.clone(), shutdown_rx.clone())
@@ -364,23 +370,31 @@ impl Server {
     }
 }
 
-/// Broker, KV store and socket registry: local ones, or Redis-backed ones
-/// shared by every host when `--broker` is set.
+/// Broker, KV store and socket registry: Redis-backed ones shared by every
+/// host when `--broker` is set; else the local broker, and the KV store in
+/// `--data-dir` (or in memory without one).
 async fn host_services(
     config: &ServerConfig,
     auth: Arc<AuthEngine>,
 ) -> Result<HostServices, ServerError> {
     let Some(url) = &config.broker_url else {
-        return Ok(HostServices::new(auth));
+        let kv = match &config.data_dir {
+            Some(dir) => KvStore::embedded(dir)?,
+            None => KvStore::default(),
+        };
+        tracing::info!(kv = %kv.status(), "key-value store");
+        return Ok(HostServices::with(auth, Broker::default(), kv));
     };
+    if config.data_dir.is_some() {
+        tracing::info!(
+            "--data-dir is not used for the key-value store: with --broker it is in Redis"
+        );
+    }
     let local = Arc::default();
     let (engine, connection) =
         RedisEngine::connect(url, &config.broker_prefix, Arc::clone(&local)).await?;
     let broker = Broker::new(local, Box::new(engine));
-    let kv = KvStore::Redis {
-        connection,
-        prefix: config.broker_prefix.clone(),
-    };
+    let kv = KvStore::redis(connection, config.broker_prefix.clone());
     Ok(HostServices::with(auth, broker, kv))
 }
 

@@ -117,6 +117,7 @@ impl Shared {
             "pendingHandshakes": self.pending.count(),
             "channels": self.services.broker.channel_count(),
             "broker": self.services.broker.status(),
+            "kv": self.services.kv.status(),
             "unknownTransmits": self.total(|stats| &stats.unknown_transmits),
             "messagesIn": self.total(|stats| &stats.messages_in),
             "messagesOut": self.total(|stats| &stats.messages_out),

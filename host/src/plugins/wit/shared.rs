@@ -93,11 +93,11 @@ macro_rules! host_functions_of_0_1 {
         }
 
         async fn kv_delete(&mut self, key: String) -> Result<bool, HostError> {
-            HostState::kv_delete(self, &key).await
+            HostState::kv_delete(self, key).await
         }
 
         async fn kv_incr(&mut self, key: String, delta: i64) -> Result<i64, HostError> {
-            HostState::kv_incr(self, &key, delta).await
+            HostState::kv_incr(self, key, delta).await
         }
 
         fn log(&mut self, level: LogLevel, message: String) {

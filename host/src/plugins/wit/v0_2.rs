@@ -1,8 +1,11 @@
 //! `wasmcluster:plugin@0.2.0` (`wit/v0.2.0`): its generated bindings, and
 //! its host functions served by [`HostState`]: those of 0.1.0, plus
-//! `cancel-timer` and `invoke-client`.
+//! `cancel-timer`, `invoke-client` and the KV operations
+//! `kv-compare-and-set`, `kv-expire`, `kv-batch` and `kv-list`.
 
 use super::HostState;
+use crate::kv::Op;
+use bindings::wasmcluster::plugin::host::{KvBatchOutcome, KvOp, KvPage};
 use types::{ClientCallError, HostError, Json, LogLevel};
 use wasmtime::component::{HasSelf, Linker};
 
@@ -22,6 +25,10 @@ mod bindings {
             "wasmcluster:plugin/host.kv-set": async,
             "wasmcluster:plugin/host.kv-delete": async,
             "wasmcluster:plugin/host.kv-incr": async,
+            "wasmcluster:plugin/host.kv-compare-and-set": async,
+            "wasmcluster:plugin/host.kv-expire": async,
+            "wasmcluster:plugin/host.kv-batch": async,
+            "wasmcluster:plugin/host.kv-list": async,
             "wasmcluster:plugin/host.invoke-client": async,
         },
         with: { "wasmcluster:plugin/types": super::types },
@@ -50,5 +57,59 @@ impl bindings::wasmcluster::plugin::host::Host for HostState {
         timeout_ms: u32,
     ) -> Result<Option<Json>, ClientCallError> {
         HostState::invoke_client(self, socket_id, event, data, timeout_ms).await
+    }
+
+    async fn kv_compare_and_set(
+        &mut self,
+        key: String,
+        expected: Option<String>,
+        value: Option<String>,
+    ) -> Result<bool, HostError> {
+        HostState::kv_compare_and_set(self, key, expected, value).await
+    }
+
+    async fn kv_expire(&mut self, key: String, ttl_ms: Option<u64>) -> Result<bool, HostError> {
+        HostState::kv_expire(self, key, ttl_ms).await
+    }
+
+    async fn kv_batch(&mut self, ops: Vec<KvOp>) -> Result<KvBatchOutcome, HostError> {
+        let ops = ops.into_iter().map(op_of).collect();
+        Ok(match HostState::kv_batch(self, ops).await? {
+            Ok(values) => KvBatchOutcome::Applied(values),
+            Err(index) => KvBatchOutcome::Conflict(index),
+        })
+    }
+
+    async fn kv_list(
+        &mut self,
+        prefix: String,
+        cursor: Option<String>,
+        limit: u32,
+    ) -> Result<KvPage, HostError> {
+        let page = HostState::kv_list(self, &prefix, cursor.as_deref(), limit).await?;
+        Ok(KvPage {
+            entries: page.entries,
+            cursor: page.cursor,
+        })
+    }
+}
+
+/// A batch operation as the host's KV runs it.
+fn op_of(op: KvOp) -> Op {
+    match op {
+        KvOp::Check(check) => Op::Check {
+            key: check.key,
+            expected: check.expected,
+        },
+        KvOp::Put(put) => Op::Set {
+            key: put.key,
+            value: put.value,
+            ttl_ms: put.ttl_ms,
+        },
+        KvOp::Delete(key) => Op::Delete { key },
+        KvOp::Add(add) => Op::Incr {
+            key: add.key,
+            delta: add.delta,
+        },
     }
 }
