@@ -489,3 +489,42 @@ async fn a_data_directory_in_use_is_a_clear_start_up_error() {
     assert!(log.contains("kv.redb"), "{log}");
     assert!(log.contains("another process has it open"), "{log}");
 }
+
+/// The `chat` example keeps its rooms in the store: with a data directory
+/// they and their message counts survive a restart.
+#[tokio::test]
+async fn chat_rooms_survive_a_restart_with_a_data_directory() {
+    let engine = Engine::embedded();
+    let plugins = support::plugins_dir(&["chat"]);
+    let mut server = host(&engine, &plugins, &[]).await;
+    let mut client = server.client().await;
+    for room in ["lobby", "garden"] {
+        client
+            .call("join", json!({ "room": room, "nick": "ann" }))
+            .await;
+    }
+    for text in ["hello", "again"] {
+        client
+            .call("say", json!({ "room": "lobby", "text": text }))
+            .await;
+    }
+    let before = client.call("rooms", json!({})).await;
+    server.signal("TERM");
+    server.wait(Duration::from_secs(10));
+
+    let server = host(&engine, &plugins, &[]).await;
+    let mut client = server.client().await;
+    let after = client.call("rooms", Value::Null).await;
+    assert_eq!(after, before, "the rooms changed across the restart");
+    let rooms = after["rooms"].as_array().unwrap();
+    let names: Vec<_> = rooms
+        .iter()
+        .map(|r| (r["room"].clone(), r["messages"].clone()))
+        .collect();
+    assert_eq!(
+        names,
+        [(json!("garden"), json!(0)), (json!("lobby"), json!(2))]
+    );
+    assert!(rooms[0]["created_ms"].as_u64().unwrap() > 0);
+    assert_eq!(after["cursor"], Value::Null);
+}

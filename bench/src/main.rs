@@ -17,7 +17,7 @@ use scenarios::fanout::FanoutArgs;
 use scenarios::hostile::HostileArgs;
 use scenarios::hot_swap::HotSwapArgs;
 use scenarios::idle::IdleArgs;
-use scenarios::requests::{Kind, RequestArgs};
+use scenarios::requests::{Kind, KvOperation, RequestArgs};
 use scenarios::timers::TimerArgs;
 use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
@@ -73,6 +73,17 @@ enum Command {
         connection: Connection,
         #[command(flatten)]
         args: RequestArgs,
+    },
+    /// One KV operation per RPC through the `store` test fixture, with a
+    /// window of calls in flight per connection (wasmcluster only).
+    Kv {
+        #[command(flatten)]
+        connection: Connection,
+        #[command(flatten)]
+        args: RequestArgs,
+        /// The operation.
+        #[arg(long, value_enum)]
+        operation: KvOperation,
     },
     /// The host's overhead on an outbound HTTP request: RPC `fetch` against
     /// a direct request to the same upstream (wasmcluster only).
@@ -140,6 +151,7 @@ fn main() -> Result<()> {
         Command::Report { input, preamble } => return report::run(input, preamble.as_deref()),
         Command::Rpc { connection, .. } => ("rpc", connection),
         Command::Transmit { connection, .. } => ("transmit", connection),
+        Command::Kv { connection, .. } => ("kv", connection),
         Command::Fanout { connection, .. } => ("fanout", connection),
         Command::Timers { connection, .. } => ("timers", connection),
         Command::Fetch { connection } => ("fetch", connection),
@@ -173,6 +185,9 @@ fn main() -> Result<()> {
             Command::Transmit { args, .. } => {
                 scenarios::requests::run(&common, Kind::Transmit, args).await
             }
+            Command::Kv {
+                args, operation, ..
+            } => scenarios::requests::run(&common, Kind::Kv(*operation), args).await,
             Command::Fanout { args, .. } => scenarios::fanout::run(&common, args).await,
             Command::Timers { args, .. } => scenarios::timers::run(&common, args).await,
             Command::Fetch { .. } => scenarios::fetch::run(&common).await,

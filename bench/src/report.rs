@@ -351,6 +351,7 @@ pub fn run(input: &Path, preamble: Option<&Path>) -> Result<()> {
     }
     out.push_str("\nEach cell: median of the runs (min–max).\n");
     scale_out_table(&mut out, &get);
+    kv_table(&mut out, &get);
     std::io::stdout().write_all(out.as_bytes())?;
     Ok(())
 }
@@ -427,6 +428,85 @@ fn scale_out_table(out: &mut String, get: &impl Fn(&str, &str, &str) -> Option<S
             cell(two.as_ref()),
             ratio.map_or("—".into(), |r| format!("{}x", format_number(r)))
         );
+    }
+}
+
+/// The engines of the KV table, as named in its cases (`kv-set-embedded`).
+const KV_ENGINES: [&str; 3] = ["memory", "embedded", "redis"];
+
+/// Rows of the KV table: operation, case suffix, field, title.
+const KV_ROWS: &[(&str, &str, &str, &str)] = &[
+    (
+        "get",
+        "",
+        "ops_per_s",
+        "get: ops/s, 50 connections × 4 in flight",
+    ),
+    ("get", "", "p99_ms", "get: p99 under that load (ms)"),
+    ("get", "-single", "p50_ms", "get: p50 one at a time (ms)"),
+    ("get", "-single", "p99_ms", "get: p99 one at a time (ms)"),
+    (
+        "set",
+        "",
+        "ops_per_s",
+        "set: ops/s, 50 connections × 4 in flight",
+    ),
+    ("set", "", "p99_ms", "set: p99 under that load (ms)"),
+    (
+        "set",
+        "",
+        "ops_per_server_cpu_s",
+        "set: ops per server CPU-second",
+    ),
+    ("set", "-single", "p50_ms", "set: p50 one at a time (ms)"),
+    ("set", "-single", "p99_ms", "set: p99 one at a time (ms)"),
+    (
+        "cas-incr",
+        "",
+        "ops_per_s",
+        "compare-and-set increment: ops/s, 50 × 4 on 16 counters",
+    ),
+    (
+        "cas-incr",
+        "",
+        "p99_ms",
+        "compare-and-set increment: p99 under that load (ms)",
+    ),
+    (
+        "cas-incr",
+        "-single",
+        "p50_ms",
+        "compare-and-set increment: p50 one at a time (ms)",
+    ),
+];
+
+/// The KV table, when the results have KV runs: each operation is one RPC
+/// to the `store` fixture doing it, so the figures include the WebSocket
+/// round trip and the plugin call.
+fn kv_table(out: &mut String, get: &impl Fn(&str, &str, &str) -> Option<Summary>) {
+    if get("kv-set-memory", "wasmcluster", "ops_per_s").is_none() {
+        return;
+    }
+    out.push_str(
+        "\n## Key-value store: one operation per RPC, per engine\n\n\
+         Each request is one RPC to the `store` test fixture doing one KV operation, so \
+         every figure includes the WebSocket round trip and the plugin call (compare with \
+         `rpc` above). memory: the in-process engine; embedded: `--data-dir` (redb, every \
+         write acknowledged after the fsync of the commit that holds it, concurrent writes \
+         sharing one commit); redis: `--broker` with a local `redis-server` without \
+         persistence (`--save \"\" --appendonly no`). \"one at a time\": 1 connection, 1 \
+         request in flight.\n\n\
+         | figure | memory | embedded | redis |\n|---|---|---|---|\n",
+    );
+    for (operation, suffix, field, title) in KV_ROWS {
+        let cells: Vec<String> = KV_ENGINES
+            .iter()
+            .map(|engine| {
+                let case = format!("kv-{operation}-{engine}{suffix}");
+                cell(get(&case, "wasmcluster", field).as_ref())
+            })
+            .collect();
+        let _ = writeln!(out, "| {title} | {} |", cells.join(" | "));
     }
 }
 

@@ -47,6 +47,11 @@ fn start_server() -> Server {
         plugins.path().join("fetch.wasm"),
     )
     .unwrap();
+    std::fs::copy(
+        repo.join("tests/fixtures/wasm/store.wasm"),
+        plugins.path().join("store.wasm"),
+    )
+    .expect("tests/fixtures/wasm/store.wasm: run `make fixtures`");
     let config = plugins.path().join("wasmcluster.toml");
     std::fs::write(
         &config,
@@ -159,6 +164,21 @@ fn every_scenario_runs_against_the_server() {
     let timers = loadgen_for(&server, "0.5", &["timers", "--timers", "200"]);
     assert_eq!(timers["fired"], 200, "{timers}");
 
+    for operation in ["get", "set", "cas-incr"] {
+        let args = [
+            "kv",
+            "--operation",
+            operation,
+            "--connections",
+            "4",
+            "--window",
+            "2",
+        ];
+        let kv = loadgen(&server, &args);
+        assert!(kv["ops"].as_u64().unwrap() > 0, "{kv}");
+        assert_eq!(kv["errors"], 0, "{kv}");
+    }
+
     let fetch = loadgen(&server, &["fetch"]);
     assert!(fetch["fetch_requests"].as_u64().unwrap() > 0, "{fetch}");
     assert!(fetch["direct_requests"].as_u64().unwrap() > 0, "{fetch}");
@@ -217,4 +237,29 @@ fn report_turns_results_into_a_table() {
         "{table}"
     );
     assert!(table.contains("| idle: server memory per connection (bytes) | 20000 | 10000 | 2.00x less | ≥ 5x | **no** |"), "{table}");
+    assert!(
+        !table.contains("Key-value store"),
+        "no KV runs, no KV table"
+    );
+
+    let kv = [
+        r#"{"case":"kv-set-memory","target":"wasmcluster","ops_per_s":50000.0}"#,
+        r#"{"case":"kv-set-embedded","target":"wasmcluster","ops_per_s":9000.0}"#,
+        r#"{"case":"kv-get-redis-single","target":"wasmcluster","p50_ms":0.2}"#,
+    ];
+    std::fs::write(&input, kv.join("\n")).unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_loadgen"))
+        .args(["report", "--input"])
+        .arg(&input)
+        .output()
+        .unwrap();
+    let table = String::from_utf8(output.stdout).unwrap();
+    assert!(
+        table.contains("| set: ops/s, 50 connections × 4 in flight | 50000 | 9000 | — |"),
+        "{table}"
+    );
+    assert!(
+        table.contains("| get: p50 one at a time (ms) | — | — | 0.200 |"),
+        "{table}"
+    );
 }

@@ -185,6 +185,15 @@ impl Batch {
         self
     }
 
+    /// Apply nothing unless `key` still holds `read` (what the plugin read
+    /// before; `None`: absent): the check of a read-modify-write.
+    pub fn check_unchanged(self, key: &str, read: Option<&str>) -> Self {
+        match read {
+            Some(value) => self.check(key, value),
+            None => self.check_absent(key),
+        }
+    }
+
     /// Store `value` at `key` (with no expiry).
     pub fn set(self, key: &str, value: &str) -> Self {
         self.put(key, value, None)

@@ -1,7 +1,11 @@
-//! `rpc` and `transmit`: every connection keeps a window of requests in
-//! flight. An RPC is `echo` with a cid, answered with its `rid`; a transmit is
-//! `ping` without cid, answered by the plugin (or handler) with a `pong`
-//! transmit. Replies arrive in order on each connection.
+//! `rpc`, `transmit` and `kv`: every connection keeps a window of requests
+//! in flight. An RPC is `echo` with a cid, answered with its `rid`; a
+//! transmit is `ping` without cid, answered by the plugin (or handler) with
+//! a `pong` transmit; a KV request is one operation of the `store` test
+//! fixture (`kv.get`, `kv.set`, `kv.cas-incr`) on keys of its own
+//! connection (`cas-incr`: on 16 keys shared by every connection, so that
+//! compare-and-set loops conflict). Replies arrive in order on each
+//! connection.
 
 use super::{Common, GRACE, add_latency_and_cpu, close_all, histogram, open_many, payload};
 use crate::proc_stats::CpuMeter;
@@ -20,7 +24,24 @@ pub enum Kind {
     Rpc,
     /// `transmit('ping', data)`, answered by a `pong` transmit.
     Transmit,
+    /// One KV operation through the `store` fixture plugin.
+    Kv(KvOperation),
 }
+
+/// The KV operation of a `kv` run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum KvOperation {
+    /// `kv.get` of a key written before the measured window.
+    Get,
+    /// `kv.set` of a 64-byte value.
+    Set,
+    /// `kv.cas-incr` of one of 16 shared counters, once (get +
+    /// compare-and-set, retried on conflict).
+    CasIncr,
+}
+
+/// Keys each connection reads and writes in turn.
+const KEYS_PER_CONNECTION: u64 = 100;
 
 /// Parameters of the request scenarios.
 #[derive(Debug, Clone, clap::Args)]
@@ -45,13 +66,19 @@ struct Tally {
 
 /// Run the scenario and return its figures.
 pub async fn run(common: &Common, kind: Kind, args: &RequestArgs) -> Result<Value> {
-    let connections = open_many(common, args.connections).await?;
+    let mut connections = open_many(common, args.connections).await?;
     let data: Arc<str> = payload(args.payload_bytes).into();
+    if kind == Kind::Kv(KvOperation::Get) {
+        preload(&mut connections, &data).await?;
+    }
     let meter = CpuMeter::start(common.server_pid)?;
     let end = Instant::now() + common.duration;
     let tasks: Vec<_> = connections
         .into_iter()
-        .map(|connection| tokio::spawn(drive(connection, kind, args.window, data.clone(), end)))
+        .enumerate()
+        .map(|(id, connection)| {
+            tokio::spawn(drive(connection, id, kind, args.window, data.clone(), end))
+        })
         .collect();
     let mut ops = 0;
     let mut errors = 0;
@@ -80,17 +107,61 @@ pub async fn run(common: &Common, kind: Kind, args: &RequestArgs) -> Result<Valu
     Ok(figures)
 }
 
-fn request(kind: Kind, data: &str, cid: u64) -> String {
+/// Request `cid` of connection `id`.
+fn request(kind: Kind, id: usize, data: &str, cid: u64) -> String {
+    let key = format!("k{id}:{}", cid % KEYS_PER_CONNECTION);
     match kind {
         Kind::Rpc => format!("{{\"event\":\"echo\",\"data\":{data},\"cid\":{cid}}}"),
         Kind::Transmit => format!("{{\"event\":\"ping\",\"data\":{data}}}"),
+        Kind::Kv(KvOperation::Get) => {
+            format!("{{\"event\":\"kv.get\",\"data\":{{\"key\":\"{key}\"}},\"cid\":{cid}}}")
+        }
+        Kind::Kv(KvOperation::Set) => set_request(&key, data, cid),
+        Kind::Kv(KvOperation::CasIncr) => format!(
+            "{{\"event\":\"kv.cas-incr\",\"data\":{{\"key\":\"hot{}\",\"times\":1}},\"cid\":{cid}}}",
+            id % 16
+        ),
     }
+}
+
+/// `kv.set` of `data` (as text) at `key`.
+fn set_request(key: &str, data: &str, cid: u64) -> String {
+    let value = serde_json::to_string(data).expect("a string serializes");
+    format!(
+        "{{\"event\":\"kv.set\",\"data\":{{\"key\":\"{key}\",\"value\":{value}}},\"cid\":{cid}}}"
+    )
+}
+
+/// Write every key the connections will read, before the measured window.
+async fn preload(connections: &mut [Connection], data: &str) -> Result<()> {
+    for (id, connection) in connections.iter_mut().enumerate() {
+        for index in 0..KEYS_PER_CONNECTION {
+            let cid = index + 1;
+            connection
+                .send(set_request(&format!("k{id}:{index}"), data, cid))
+                .await?;
+        }
+        let mut answered = 0;
+        while answered < KEYS_PER_CONNECTION {
+            match connection.next().await? {
+                Incoming::Packet(text) if reply_id(&text).is_some() => {
+                    if is_error_reply(&text) {
+                        bail!("writing the keys to read failed: {text}");
+                    }
+                    answered += 1;
+                }
+                Incoming::Packet(_) => {}
+                Incoming::Closed(_) => bail!("the server closed a connection"),
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Whether `text` answers the oldest request in flight, and whether it is an error.
 fn answer(kind: Kind, text: &str, oldest: u64) -> Option<bool> {
     match kind {
-        Kind::Rpc => (reply_id(text)? == oldest).then(|| is_error_reply(text)),
+        Kind::Rpc | Kind::Kv(_) => (reply_id(text)? == oldest).then(|| is_error_reply(text)),
         Kind::Transmit => text.starts_with("{\"event\":\"pong\"").then_some(false),
     }
 }
@@ -98,6 +169,7 @@ fn answer(kind: Kind, text: &str, oldest: u64) -> Option<bool> {
 /// Keep `window` requests in flight until `end`, then collect the stragglers.
 async fn drive(
     mut connection: Connection,
+    id: usize,
     kind: Kind,
     window: usize,
     data: Arc<str>,
@@ -109,9 +181,9 @@ async fn drive(
         latency: histogram(),
     };
     let mut in_flight: VecDeque<(u64, Instant)> = VecDeque::with_capacity(window);
-    let mut next_cid = 2;
+    let mut next_cid = KEYS_PER_CONNECTION + 2;
     for _ in 0..window {
-        connection.send(request(kind, &data, next_cid)).await?;
+        connection.send(request(kind, id, &data, next_cid)).await?;
         in_flight.push_back((next_cid, Instant::now()));
         next_cid += 1;
     }
@@ -138,7 +210,7 @@ async fn drive(
             tally
                 .latency
                 .saturating_record(now.duration_since(sent).as_micros() as u64);
-            connection.send(request(kind, &data, next_cid)).await?;
+            connection.send(request(kind, id, &data, next_cid)).await?;
             in_flight.push_back((next_cid, now));
             next_cid += 1;
         }

@@ -1,24 +1,34 @@
-//! Example plugin `chat`: rooms on top of pub/sub, with per-socket state in
-//! the host key-value store.
+//! Example plugin `chat`: rooms on top of pub/sub, kept in the host
+//! key-value store.
 //!
 //! - RPC `join` `{room, nick}` remembers the nick and the room for this
-//!   socket and publishes `{"type":"join","nick":..}` on `room:<room>`.
-//! - RPC `say` `{room, text}` publishes `{"type":"say","nick":..,"text":..}`.
+//!   socket, creates the room if it is new, and publishes
+//!   `{"type":"join","nick":..}` on `room:<room>`.
+//! - RPC `say` `{room, text}` publishes `{"type":"say","nick":..,"text":..}`
+//!   and counts the message.
+//! - RPC `rooms` `{cursor?}` answers `{"rooms": [{"room", "created_ms",
+//!   "messages"}, ..], "cursor"}`: every room ever joined, 50 at a time in
+//!   name order (pass `cursor` back for the next page; `null` on the last).
 //! - When the socket disconnects, `{"type":"leave","nick":..}` is published
 //!   to every room it joined.
-//!
 //! - RPC `members` `{room}` answers the nicks that joined the room through
 //!   this worker, from the plugin's memory.
 //!
-//! Clients subscribe to `room:<room>` themselves to read a room. A socket's
-//! nick and rooms are in the KV store, so they are shared by all workers and
-//! survive a plugin fault. The member lists are in memory, per instance
+//! Clients subscribe to `room:<room>` themselves to read a room. The rooms,
+//! their message counts and each socket's nick and rooms are in the KV
+//! store: shared by all workers (and hosts, with Redis), they survive a
+//! plugin fault, and with a data directory (`make run` has one) a restart.
+//! A room is created with set-if-absent, so two sockets creating it at once
+//! agree on its creation time. The member lists are in memory, per instance
 //! (`make run` keeps one instance per worker), to show state hand-off:
 //! `snapshot`/`restore` carry them across a hot swap.
 
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use wasmcluster_sdk::{Error, Hook, Manifest, Payload, Plugin, Socket, export, host, kv};
+
+/// Rooms answered per page of `rooms`.
+const ROOMS_PER_PAGE: u32 = 50;
 
 /// Room name to the nicks that joined it through this instance.
 #[derive(Default)]
@@ -37,6 +47,18 @@ struct Members {
 struct Join {
     room: String,
     nick: String,
+}
+
+/// The data of RPC `rooms`.
+#[derive(Deserialize, Default)]
+struct Rooms {
+    cursor: Option<String>,
+}
+
+/// A room's durable record, at `room:<room>`.
+#[derive(Serialize, Deserialize)]
+struct RoomRecord {
+    created_ms: u64,
 }
 
 /// The data of RPC `say`.
@@ -67,11 +89,51 @@ fn channel(room: &str) -> String {
     format!("room:{room}")
 }
 
+/// The key of a room's record; every room's key starts with `room:`.
+fn room_key(room: &str) -> String {
+    format!("room:{room}")
+}
+
+/// The key of a room's message count.
+fn count_key(room: &str) -> String {
+    format!("count:{room}")
+}
+
+/// Create `room` unless it exists (set-if-absent: the first creation wins).
+fn create_room(room: &str) -> Result<(), Error> {
+    let record = RoomRecord {
+        created_ms: host::now_ms(),
+    };
+    let text = Payload::json(&record).into_json_text().unwrap_or_default();
+    kv::set_if_absent(&room_key(room), &text)?;
+    Ok(())
+}
+
+/// One page of the rooms, with their creation time and message count.
+fn rooms(Rooms { cursor }: Rooms) -> Result<Payload, Error> {
+    let page = kv::list_page("room:", cursor.as_deref(), ROOMS_PER_PAGE)?;
+    let mut rooms = Vec::with_capacity(page.entries.len());
+    for (key, record) in page.entries {
+        let room = key.trim_start_matches("room:").to_owned();
+        let RoomRecord { created_ms } = Payload::from_json_text(record).parse()?;
+        let messages = kv::get(&count_key(&room))?.map_or(0, |n| n.parse().unwrap_or(0));
+        rooms.push(serde_json::json!({
+            "room": room,
+            "created_ms": created_ms,
+            "messages": messages,
+        }));
+    }
+    Ok(Payload::json(
+        &serde_json::json!({ "rooms": rooms, "cursor": page.cursor }),
+    ))
+}
+
 impl Chat {
     fn join(&mut self, socket: &Socket, Join { room, nick }: Join) -> Result<Payload, Error> {
         if nick.trim().is_empty() || room.is_empty() {
             return Err(Error::invalid_data("room and nick must not be empty"));
         }
+        create_room(&room)?;
         kv::set(&nick_key(socket), &nick)?;
         let mut rooms: Vec<String> = kv::get_json(&rooms_key(socket))?.unwrap_or_default();
         if !rooms.contains(&room) {
@@ -109,6 +171,7 @@ impl Chat {
                 text: &text,
             },
         )?;
+        kv::incr(&count_key(&room), 1)?;
         Ok(Payload::none())
     }
 
@@ -132,7 +195,7 @@ impl Chat {
 impl Plugin for Chat {
     fn describe() -> Manifest {
         Manifest::new("chat", env!("CARGO_PKG_VERSION"))
-            .rpc(["join", "say", "members"])
+            .rpc(["join", "say", "members", "rooms"])
             .hooks([Hook::Disconnect])
     }
 
@@ -144,6 +207,7 @@ impl Plugin for Chat {
         match event {
             "join" => self.join(socket, data.parse()?),
             "say" => Chat::say(socket, data.parse()?),
+            "rooms" => rooms(data.parse::<Option<Rooms>>()?.unwrap_or_default()),
             "members" => {
                 let Members { room } = data.parse()?;
                 let members = self.members.get(&room).cloned().unwrap_or_default();

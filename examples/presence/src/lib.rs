@@ -24,41 +24,30 @@
 //!
 //! # State, and why it has no lost updates
 //!
-//! Rooms are in the host KV store, shared by all workers. The store has
-//! `get`, `set`, `delete` and an atomic `incr`, but no compare-and-set, so a
-//! single JSON list per room would be a read-modify-write race: two sockets
-//! on two workers joining the same room at the same moment would both read
-//! the list, both add themselves and both write it back, and one of them
-//! would be lost. The keys are laid out so that no key is ever
-//! read-modified-written by two workers:
+//! Rooms are in the host KV store, shared by all workers (and hosts):
 //!
-//! - A room is a row of slots `0, 1, 2, ..`. `claim:<room>:<slot>` is a
-//!   counter: a socket takes a slot by `incr`-ing it and owns it when the
-//!   result is 1; otherwise it gives its `+1` back and tries the next slot.
-//!   Leaving gives the slot back with `incr(-1)`. `incr` is atomic, so two
-//!   sockets never own one slot. Counters are never deleted, so the slots
-//!   ever used are always `0..N` and a reader stops at the first missing one.
-//! - `member:<room>:<slot>` (`{id, name}`) is written and deleted only by the
-//!   socket that owns the slot.
-//! - `socket:<id>` (the rooms of one socket, with their slot and name) is
-//!   written only while handling that socket, and all calls for one socket
-//!   run one after another on its worker (a worker runs one plugin call at
-//!   a time).
+//! - `member:<len>:<room>:<socket id>` holds `{id, name}` for each member;
+//!   the room's length in front keeps rooms that contain `:` apart, so a
+//!   room's members are exactly the keys under its prefix, read with
+//!   `kv::list` in pages.
+//! - `socket:<id>` holds the rooms of one socket and its name in each, so
+//!   that a disconnect knows where to remove it from.
 //!
-//! What remains: a `presence.members` answer is a snapshot that can be one
-//! join or leave behind (or ahead of) the events published on the channel,
-//! as with any presence system; a room keeps one counter per slot of its
-//! largest size after it empties; a join and a members call read the room's
-//! slots one by one, one or two host calls per slot (in a room of 3000
-//! members, about 5 ms per call on a current x86-64 core, against the
-//! default 100 ms deadline). If a call is interrupted between two of these
-//! steps (a deadline overrun, a trap), a slot can stay taken, and if
-//! `on_disconnect` itself faults, the member stays listed: the store is
-//! consistent after every call that completes.
+//! A join, a leave or a departure changes both in one `kv::Batch`, which
+//! the host applies all or none, guarded by a check that the socket's
+//! record is still what the plugin read (compare-and-set): if anything
+//! changed it in between, nothing is written and the plugin reads again
+//! and retries. So a fault between two steps cannot leave a member without
+//! its record or the other way round, and concurrent calls never lose an
+//! update. A `presence.members` answer is a snapshot that can be one join
+//! or leave behind (or ahead of) the events published on the channel, as
+//! with any presence system. If `on_disconnect` itself faults, the member
+//! stays listed until the socket's id is cleaned up by hand.
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use wasmcluster_sdk::{Error, Hook, Manifest, Payload, Plugin, Socket, export, host, kv};
+use wasmcluster_sdk::kv::{self, Batch, Committed};
+use wasmcluster_sdk::{Error, Hook, Manifest, Payload, Plugin, Socket, export, host};
 
 /// The plugin; its state is all in the KV store.
 struct Presence;
@@ -89,12 +78,8 @@ struct Member {
     name: Option<String>,
 }
 
-/// One room of a socket, in its `socket:<id>` record.
-#[derive(Serialize, Deserialize, Clone)]
-struct Joined {
-    slot: u64,
-    name: Option<String>,
-}
+/// A socket's rooms and its name in each: its `socket:<id>` record.
+type Rooms = BTreeMap<String, Option<String>>;
 
 /// What is published on `presence:<room>`.
 #[derive(Serialize)]
@@ -119,67 +104,59 @@ fn channel(room: &str) -> String {
     format!("presence:{room}")
 }
 
-/// The slot index comes last: it is all digits, so `<room>:<slot>` is
-/// unambiguous even for rooms that contain `:`.
-fn claim_key(room: &str, slot: u64) -> String {
-    format!("claim:{room}:{slot}")
+/// The prefix of `room`'s member keys.
+fn members_prefix(room: &str) -> String {
+    format!("member:{}:{room}:", room.len())
 }
 
-fn member_key(room: &str, slot: u64) -> String {
-    format!("member:{room}:{slot}")
+fn member_key(room: &str, socket: &Socket) -> String {
+    format!("{}{}", members_prefix(room), socket.id)
 }
 
 fn socket_key(socket: &Socket) -> String {
     format!("socket:{}", socket.id)
 }
 
-/// The rooms this socket joined.
-fn rooms_of(socket: &Socket) -> Result<BTreeMap<String, Joined>, Error> {
-    Ok(kv::get_json(&socket_key(socket))?.unwrap_or_default())
+/// The socket's record as stored (for the compare-and-set) and decoded.
+fn rooms_of(socket: &Socket) -> Result<(Option<String>, Rooms), Error> {
+    let stored = kv::get(&socket_key(socket))?;
+    let rooms = match &stored {
+        Some(text) => Payload::from_json_text(text.clone()).parse()?,
+        None => Rooms::new(),
+    };
+    Ok((stored, rooms))
 }
 
-fn save_rooms(socket: &Socket, rooms: &BTreeMap<String, Joined>) -> Result<(), Error> {
-    if rooms.is_empty() {
-        kv::delete(&socket_key(socket))?;
+/// Change the socket's record from `read` to `rooms` together with the
+/// member key of `room` (written as `member`, or deleted); whether it
+/// applied (false: the record changed meanwhile, nothing was written).
+fn commit(
+    socket: &Socket,
+    read: Option<&str>,
+    rooms: &Rooms,
+    room: &str,
+    member: Option<&Member>,
+) -> Result<bool, Error> {
+    let key = socket_key(socket);
+    let mut batch = Batch::new().check_unchanged(&key, read);
+    batch = if rooms.is_empty() {
+        batch.delete(&key)
     } else {
-        kv::set_json(&socket_key(socket), rooms)?;
-    }
-    Ok(())
+        batch.set_json(&key, rooms)
+    };
+    batch = match member {
+        Some(member) => batch.set_json(&member_key(room, socket), member),
+        None => batch.delete(&member_key(room, socket)),
+    };
+    Ok(matches!(batch.commit()?, Committed::Applied(_)))
 }
 
-/// Take the first free slot of `room`.
-fn claim_slot(room: &str) -> Result<u64, Error> {
-    let mut slot = 0;
-    loop {
-        let key = claim_key(room, slot);
-        if kv::incr(&key, 1)? == 1 {
-            return Ok(slot);
-        }
-        // Taken: give the +1 back. Never delete a claim counter, so that the
-        // slots ever used stay a prefix `0..N` (see the crate docs).
-        kv::incr(&key, -1)?;
-        slot += 1;
-    }
-}
-
-/// Give `slot` of `room` back.
-fn release_slot(room: &str, slot: u64) -> Result<(), Error> {
-    kv::delete(&member_key(room, slot))?;
-    kv::incr(&claim_key(room, slot), -1)?;
-    Ok(())
-}
-
-/// The members of `room`, in slot order.
+/// The members of `room`, in the order of their socket ids.
 fn members(room: &str) -> Result<Vec<Member>, Error> {
     let mut members = Vec::new();
-    for slot in 0.. {
-        match kv::get(&claim_key(room, slot))? {
-            // Past the last slot ever used.
-            None => break,
-            Some(count) if count == "0" => {}
-            // Taken; the member is missing while its join is under way.
-            Some(_) => members.extend(kv::get_json::<Member>(&member_key(room, slot))?),
-        }
+    for entry in kv::list(&members_prefix(room)) {
+        let (_, member) = entry?;
+        members.push(Payload::from_json_text(member).parse()?);
     }
     Ok(members)
 }
@@ -201,19 +178,20 @@ impl Presence {
                 "name must be at most {MAX_NAME_LEN} bytes"
             )));
         }
-        let mut rooms = rooms_of(socket)?;
-        let slot = match rooms.get(&room) {
-            Some(joined) if joined.name == name => return Ok(Payload::json(&members(&room)?)),
-            Some(joined) => joined.slot,
-            None => claim_slot(&room)?,
-        };
         let member = Member {
             id: socket.id.clone(),
             name: name.clone(),
         };
-        kv::set_json(&member_key(&room, slot), &member)?;
-        rooms.insert(room.clone(), Joined { slot, name });
-        save_rooms(socket, &rooms)?;
+        loop {
+            let (read, mut rooms) = rooms_of(socket)?;
+            if rooms.get(&room) == Some(&name) {
+                return Ok(Payload::json(&members(&room)?));
+            }
+            rooms.insert(room.clone(), name.clone());
+            if commit(socket, read.as_deref(), &rooms, &room, Some(&member))? {
+                break;
+            }
+        }
         host::publish(
             &channel(&room),
             &PresenceEvent::Joined {
@@ -224,22 +202,32 @@ impl Presence {
         Ok(Payload::json(&members(&room)?))
     }
 
+    /// Take the socket out of `room`; the name it had there.
+    fn remove(socket: &Socket, room: &str) -> Result<Option<Option<String>>, Error> {
+        loop {
+            let (read, mut rooms) = rooms_of(socket)?;
+            let Some(name) = rooms.remove(room) else {
+                return Ok(None);
+            };
+            if commit(socket, read.as_deref(), &rooms, room, None)? {
+                return Ok(Some(name));
+            }
+        }
+    }
+
     fn leave(socket: &Socket, RoomOnly { room }: RoomOnly) -> Result<Payload, Error> {
-        let mut rooms = rooms_of(socket)?;
-        let Some(joined) = rooms.remove(&room) else {
+        let Some(name) = Presence::remove(socket, &room)? else {
             return Err(Error::new(
                 "NotJoinedError",
                 format!("you have not joined room '{room}'"),
             )
             .with_detail("room", &room));
         };
-        release_slot(&room, joined.slot)?;
-        save_rooms(socket, &rooms)?;
         host::publish(
             &channel(&room),
             &PresenceEvent::Left {
                 id: &socket.id,
-                name: joined.name.as_deref(),
+                name: name.as_deref(),
             },
         )?;
         Ok(Payload::none())
@@ -249,18 +237,19 @@ impl Presence {
     /// went away. A failure in one room does not stop the others.
     fn gone(socket: &Socket, code: u16) -> Result<(), Error> {
         let mut result = Ok(());
-        for (room, joined) in rooms_of(socket)? {
-            let id = &socket.id;
-            let name = joined.name.as_deref();
-            let event = match code {
-                1000 | 1001 => PresenceEvent::Left { id, name },
-                code => PresenceEvent::Lost { id, name, code },
-            };
-            let done = release_slot(&room, joined.slot)
-                .and_then(|()| Ok(host::publish(&channel(&room), &event)?));
+        let (_, rooms) = rooms_of(socket)?;
+        for room in rooms.keys() {
+            let done = Presence::remove(socket, room).and_then(|removed| {
+                let Some(name) = removed else { return Ok(()) };
+                let (id, name) = (socket.id.as_str(), name.as_deref());
+                let event = match code {
+                    1000 | 1001 => PresenceEvent::Left { id, name },
+                    code => PresenceEvent::Lost { id, name, code },
+                };
+                Ok(host::publish(&channel(room), &event)?)
+            });
             result = result.and(done);
         }
-        kv::delete(&socket_key(socket))?;
         result
     }
 }

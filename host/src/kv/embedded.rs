@@ -123,12 +123,7 @@ impl EmbeddedKv {
 
     /// Apply a batch all or none, durably: the answer comes after the
     /// commit that holds it.
-    pub(crate) async fn apply(
-        &self,
-        plugin: &str,
-        ops: Vec<Op>,
-        quota: KvQuota,
-    ) -> Applied {
+    pub(crate) async fn apply(&self, plugin: &str, ops: Vec<Op>, quota: KvQuota) -> Applied {
         let (reply, answer) = oneshot::channel();
         let request = WriteRequest {
             plugin: plugin.to_owned(),
@@ -237,11 +232,7 @@ fn run_writer(db: &Database, requests: &mpsc::Receiver<WriteRequest>) {
 /// Apply every batch of `group` in one transaction and commit it. A batch
 /// that fails (a quota, a failed check) changes nothing and fails alone; a
 /// storage error fails them all.
-fn commit_group(
-    db: &Database,
-    group: &[WriteRequest],
-    now: u64,
-) -> Result<Vec<Applied>, KvError> {
+fn commit_group(db: &Database, group: &[WriteRequest], now: u64) -> Result<Vec<Applied>, KvError> {
     let txn = db.begin_write().map_err(storage)?;
     let results = {
         let mut tables = Tables::open(&txn)?;
@@ -334,11 +325,7 @@ impl<'txn> Tables<'txn> {
     }
 
     /// Plan one batch and, when it applies, write it.
-    fn apply(
-        &mut self,
-        request: &WriteRequest,
-        now: u64,
-    ) -> Result<Applied, KvError> {
+    fn apply(&mut self, request: &WriteRequest, now: u64) -> Result<Applied, KvError> {
         let plugin = request.plugin.as_str();
         let usage = self.usage_of(plugin)?;
         let mut view = PluginEntries {
