@@ -148,8 +148,12 @@ async fn compare_and_set_loses_no_update(engine: Engine) {
         json!((CLIENTS * CALLS * TIMES).to_string())
     );
     // The loops did race (a CAS failed and was retried), so the count
-    // being exact means something.
-    assert!(retries > 0, "no compare-and-set ever conflicted");
+    // being exact means something. In memory a worker's calls do not
+    // interleave (no operation waits), so races there need both workers
+    // running at the same instant: likely, not certain.
+    if !matches!(engine, Engine::Memory) {
+        assert!(retries > 0, "no compare-and-set ever conflicted");
+    }
     // The fixture's plain set-if-absent: only the first one wins.
     let claim = |value: &str| json!({ "ops": [{"check": "owner", "expected": null}, {"set": "owner", "value": value}] });
     assert_eq!(
@@ -527,4 +531,51 @@ async fn chat_rooms_survive_a_restart_with_a_data_directory() {
     );
     assert!(rooms[0]["created_ms"].as_u64().unwrap() > 0);
     assert_eq!(after["cursor"], Value::Null);
+}
+
+/// A value an earlier build wrote to Redis (no listing index, not counted
+/// in the quota) reads as before and joins the listing and the usage once
+/// it is written again.
+#[tokio::test]
+async fn values_written_to_redis_by_earlier_builds_join_the_index_when_written() {
+    let engine = Engine::redis();
+    let Engine::Redis(redis) = &engine else {
+        unreachable!()
+    };
+    let written = std::process::Command::new("redis-cli")
+        .args([
+            "-p",
+            &redis.port.to_string(),
+            "SET",
+            "wasmcluster:kv:store:old",
+            "5",
+        ])
+        .output()
+        .expect("redis-cli is installed with redis-server");
+    assert!(written.status.success());
+    let plugins = store_plugins();
+    let server = host(&engine, &plugins, &[]).await;
+    let mut client = server.client().await;
+    assert_eq!(get(&mut client, "old").await, "5");
+    let list = json!({ "prefix": "", "limit": 10 });
+    assert_eq!(
+        client.call("kv.list", list.clone()).await["entries"],
+        json!([])
+    );
+    assert_eq!(
+        client
+            .call("kv.incr", json!({ "key": "old", "delta": 1 }))
+            .await,
+        6
+    );
+    assert_eq!(
+        client.call("kv.list", list).await["entries"],
+        json!([["old", "6"]])
+    );
+    let metrics = server.http_get("/metrics", "").await.1;
+    assert!(
+        metrics.contains("wasmcluster_kv_keys{plugin=\"store\"} 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("wasmcluster_kv_stored_bytes{plugin=\"store\"} 4"));
 }

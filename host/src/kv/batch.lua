@@ -19,7 +19,10 @@ local function touch(key)
       forget(key)
     end
     local ttl = value and redis.call('PTTL', vkey) or -2
-    touched[key] = { value = value, ttl = ttl }
+    -- A value written by a build without the index (before 0.2) is not
+    -- counted yet: count it as new when it is written.
+    local counted = value and redis.call('ZSCORE', index, key) and value
+    touched[key] = { value = value, ttl = ttl, counted = counted }
     order[#order + 1] = key
   end
 end
@@ -84,7 +87,7 @@ end
 -- Count the change, refuse it over the quota, then index it.
 local dkeys, dbytes, after = 0, 0, {}
 for _, key in ipairs(order) do
-  local before = touched[key].value
+  local before = touched[key].counted
   local value = redis.call('GET', vbase .. key)
   after[key] = value
   dkeys = dkeys + (value and 1 or 0) - (before and 1 or 0)

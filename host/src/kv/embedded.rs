@@ -16,8 +16,7 @@
 //! bytes)`.
 
 use super::KvError;
-use super::memory::SWEEP_BATCH;
-use super::ops::{self, Entries, Entry, KvQuota, Op, Outcome, Page, Usage, Write};
+use super::ops::{self, Entries, Entry, KvQuota, Op, Outcome, Page, SWEEP_BATCH, Usage, Write};
 use redb::{Database, ReadableDatabase, ReadableTable, Table, TableDefinition, WriteTransaction};
 use std::collections::HashSet;
 use std::ops::Bound;

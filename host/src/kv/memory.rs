@@ -2,14 +2,10 @@
 //! tests and for deployments that want nothing on disk; gone at exit.
 
 use super::KvError;
-use super::ops::{self, Entries, Entry, KvQuota, Op, Outcome, Page, Usage, Write};
+use super::ops::{self, Entries, Entry, KvQuota, Op, Outcome, Page, SWEEP_BATCH, Usage, Write};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ops::Bound;
 use std::sync::Mutex;
-
-/// How many expired entries one write removes at most, so that a write
-/// after a mass expiry stays short.
-pub(crate) const SWEEP_BATCH: usize = 100;
 
 /// One plugin's entries.
 #[derive(Debug, Default)]

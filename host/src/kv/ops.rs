@@ -28,6 +28,10 @@ impl Entry {
     }
 }
 
+/// How many expired entries one write removes at most, so that a write
+/// after a mass expiry stays short (`sweep.lua` uses the same number).
+pub(crate) const SWEEP_BATCH: usize = 100;
+
 /// The bytes a key and its value count for in a quota.
 pub(crate) fn entry_size(key: &str, value: &str) -> u64 {
     (key.len() + value.len()) as u64
