@@ -158,6 +158,7 @@ fn config_with_file(path: &Path) -> anyhow::Result<ServerConfig> {
                 None => error.into(),
             })?;
     config.set_plugin_overrides(file.plugin_overrides()?);
+    config.set_history_rules(file.history_rules()?);
     Ok(config)
 }
 

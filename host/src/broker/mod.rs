@@ -2,13 +2,18 @@
 //! subscribed socket, on every worker, and through an engine to other hosts.
 //!
 //! Delivery to this process's sockets is always local: a publication is
-//! encoded once and the same bytes are queued for every subscriber. The
+//! encoded once and the same bytes are queued for every subscriber.
+//! Channels the operator gave history ([`History`]) number their
+//! publications and keep the last ones, for subscribers that reconnect. The
 //! [`BrokerEngine`] carries publications beyond the process: the local
 //! engine does nothing more (one host), the Redis engine ([`RedisEngine`])
 //! shares them with every host subscribed to the channel.
 
+mod history;
 mod redis;
 
+pub(crate) use history::{Catchup, History, Position, Since};
+pub use history::{HistoryRule, HistoryRules};
 pub(crate) use redis::{RedisEngine, RedisError};
 
 use crate::mailbox::{Outbound, Outbox, SessionKey};
@@ -64,38 +69,58 @@ pub(crate) struct LocalChannels {
     channels: RwLock<HashMap<String, HashMap<SessionKey, Outbox>>>,
 }
 
-/// Local delivery plus the engine that reaches other hosts.
+/// Local delivery, channel history, and the engine that reaches other
+/// hosts.
 pub(crate) struct Broker {
     local: Arc<LocalChannels>,
+    history: History,
     engine: Box<dyn BrokerEngine>,
 }
 
 impl Default for Broker {
     fn default() -> Self {
-        Broker::new(Arc::default(), Box::new(LocalEngine))
+        Broker::new(Arc::default(), Box::new(LocalEngine), History::default())
     }
 }
 
 impl Broker {
-    /// A broker delivering to `local` and through `engine`.
-    pub(crate) fn new(local: Arc<LocalChannels>, engine: Box<dyn BrokerEngine>) -> Self {
-        Broker { local, engine }
+    /// A broker delivering to `local`, keeping `history`, and reaching
+    /// other hosts through `engine`.
+    pub(crate) fn new(
+        local: Arc<LocalChannels>,
+        engine: Box<dyn BrokerEngine>,
+        history: History,
+    ) -> Self {
+        Broker {
+            local,
+            history,
+            engine,
+        }
     }
 
     /// Subscribe a session to a channel. Subscribing twice is harmless, as
     /// in SocketCluster. When this host starts listening to the channel on
-    /// other hosts, the returned confirmation resolves once it does.
+    /// other hosts, the returned confirmation resolves once it does. For a
+    /// channel with history, the catch-up holds what the subscriber asked
+    /// for (`since`): the publications it missed, in order, and no live
+    /// publication comes between them and the ones the session receives.
     pub(crate) fn subscribe(
         &self,
         channel: &str,
         session: SessionKey,
         outbox: &Outbox,
-    ) -> Option<Confirmation> {
-        if self.local.subscribe(channel, session, outbox) {
+        since: &Since,
+    ) -> (Option<Confirmation>, Catchup) {
+        let mut first = false;
+        let catchup = self.history.subscribe(channel, since, || {
+            first = self.local.subscribe(channel, session, outbox);
+        });
+        let confirmation = if first {
             self.engine.channel_opened(channel)
         } else {
             None
-        }
+        };
+        (confirmation, catchup)
     }
 
     /// Remove a session from a channel.
@@ -109,9 +134,27 @@ impl Broker {
     /// to this host's subscribers and pass it to the engine. Returns how
     /// many local subscribers it was queued for.
     pub(crate) fn publish(&self, channel: &str, data: Option<&str>) -> usize {
-        let delivered = self.local.deliver(channel, data);
+        let delivered = match self.history.rule_for(channel) {
+            Some(rule) => self.history.publish(
+                channel,
+                rule,
+                |at| protocol::publication_at(channel, data, at.offset, &at.epoch),
+                |frame| self.local.deliver_frame(channel, frame),
+            ),
+            None => self.local.deliver(channel, data),
+        };
         self.engine.published(channel, data);
         delivered
+    }
+
+    /// Forget expired history (called every second).
+    pub(crate) fn sweep_history(&self) {
+        self.history.sweep(|channel| self.local.has(channel));
+    }
+
+    /// Bytes of history kept, and channels with a history stream.
+    pub(crate) fn history_usage(&self) -> (usize, usize) {
+        self.history.usage()
     }
 
     /// How many channels have subscribers on this host.
@@ -185,6 +228,19 @@ impl LocalChannels {
             return 0;
         };
         let frame = Utf8Bytes::from(protocol::publication(channel, data));
+        Self::queue(subscribers, &frame)
+    }
+
+    /// Deliver an encoded `#publish` frame to every subscriber of
+    /// `channel` here; how many it was queued for.
+    pub(crate) fn deliver_frame(&self, channel: &str, frame: &Utf8Bytes) -> usize {
+        let channels = self.channels.read().unwrap_or_else(|e| e.into_inner());
+        channels
+            .get(channel)
+            .map_or(0, |subscribers| Self::queue(subscribers, frame))
+    }
+
+    fn queue(subscribers: &HashMap<SessionKey, Outbox>, frame: &Utf8Bytes) -> usize {
         subscribers
             .values()
             .filter(|outbox| outbox.send(Outbound::Frame(frame.clone())).is_ok())
@@ -225,8 +281,8 @@ mod tests {
     fn publishes_reach_subscribers_once() {
         let broker = Broker::default();
         let (tx, mut rx) = outbox(16, 1 << 20);
-        broker.subscribe("news", 1, &tx);
-        broker.subscribe("news", 1, &tx);
+        broker.subscribe("news", 1, &tx, &Since::Nothing);
+        broker.subscribe("news", 1, &tx, &Since::Nothing);
         assert_eq!(broker.publish("news", Some("1")), 1);
         assert_eq!(
             frame_text(rx.try_recv().unwrap()),
@@ -239,7 +295,7 @@ mod tests {
     fn unsubscribe_forgets_empty_channels() {
         let broker = Broker::default();
         let (tx, _rx) = outbox(16, 1 << 20);
-        broker.subscribe("a", 1, &tx);
+        broker.subscribe("a", 1, &tx, &Since::Nothing);
         broker.unsubscribe("a", 1);
         assert_eq!(broker.channel_count(), 0);
         assert_eq!(broker.publish("a", Some("1")), 0);

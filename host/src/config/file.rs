@@ -9,8 +9,10 @@
 //! error naming the file, the line and the key.
 
 use super::secrets;
+use crate::broker::{HistoryRule, HistoryRules};
 use crate::outbound::{AllowedHosts, OutboundSettings};
 use crate::plugins::PluginOverrides;
+use crate::protocol::MAX_NAME_BYTES;
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -20,6 +22,10 @@ use toml::Spanned;
 
 /// The key of the per-plugin sections: `[plugin.NAME]`.
 const PLUGIN_SECTIONS: &str = "plugin";
+/// The key of the `[channels."PATTERN"]` sections.
+const CHANNEL_SECTIONS: &str = "channels";
+/// The most publications one channel may keep.
+const MAX_HISTORY_SIZE: usize = 100_000;
 
 /// Flags that make no sense in the file itself.
 const NOT_IN_FILE: [&str; 2] = ["config", "help"];
@@ -96,6 +102,26 @@ struct PluginSections {
     plugins: BTreeMap<String, PluginSection>,
 }
 
+/// One `[channels."PATTERN"]` section: the history of matching channels.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct ChannelSection {
+    /// Publications kept per channel.
+    history_size: usize,
+    /// How long each is kept, in seconds.
+    history_ttl_secs: u64,
+    /// Whether a new subscriber gets the latest publication at once.
+    #[serde(default)]
+    last_value: bool,
+}
+
+/// Only the channel sections, read like the plugin sections.
+#[derive(Deserialize)]
+struct ChannelSections {
+    #[serde(default, rename = "channels")]
+    channels: BTreeMap<String, ChannelSection>,
+}
+
 /// A parsed config file.
 #[derive(Debug)]
 pub struct ConfigFile {
@@ -106,6 +132,8 @@ pub struct ConfigFile {
     settings: BTreeMap<String, Spanned<toml::Value>>,
     /// `[plugin.NAME]` sections by plugin name.
     plugins: BTreeMap<String, PluginSection>,
+    /// `[channels."PATTERN"]` sections by pattern.
+    channels: BTreeMap<String, ChannelSection>,
 }
 
 impl ConfigFile {
@@ -127,12 +155,15 @@ impl ConfigFile {
         let mut settings: BTreeMap<String, Spanned<toml::Value>> =
             toml::from_str(&text).map_err(syntax)?;
         let PluginSections { plugins } = toml::from_str(&text).map_err(syntax)?;
+        let ChannelSections { channels } = toml::from_str(&text).map_err(syntax)?;
         settings.remove(PLUGIN_SECTIONS);
+        settings.remove(CHANNEL_SECTIONS);
         Ok(ConfigFile {
             path: path.to_owned(),
             text,
             settings,
             plugins,
+            channels,
         })
     }
 
@@ -257,6 +288,41 @@ impl ConfigFile {
         Ok(overrides)
     }
 
+    /// The history rules of the `[channels."PATTERN"]` sections, checked.
+    pub fn history_rules(&self) -> Result<HistoryRules, ConfigFileError> {
+        let mut rules = Vec::new();
+        for (pattern, section) in &self.channels {
+            let header = format!("[{CHANNEL_SECTIONS}.\"{pattern}\"]");
+            let invalid = |message: String| ConfigFileError::Invalid {
+                path: self.path.clone(),
+                line: self.line_of(&header),
+                message,
+            };
+            if pattern.is_empty() || pattern.len() > MAX_NAME_BYTES {
+                return Err(invalid(format!(
+                    "{header}: a channel pattern has 1 to {MAX_NAME_BYTES} bytes"
+                )));
+            }
+            if section.history_size == 0 || section.history_size > MAX_HISTORY_SIZE {
+                return Err(invalid(format!(
+                    "{header} history-size must be between 1 and {MAX_HISTORY_SIZE}"
+                )));
+            }
+            if section.history_ttl_secs == 0 {
+                return Err(invalid(format!(
+                    "{header} history-ttl-secs must be more than 0"
+                )));
+            }
+            let rule = HistoryRule {
+                size: section.history_size,
+                ttl: Duration::from_secs(section.history_ttl_secs),
+                last_value: section.last_value,
+            };
+            rules.push((pattern.clone(), rule));
+        }
+        Ok(HistoryRules::new(rules))
+    }
+
     /// The 1-based line of a byte offset.
     fn line(&self, offset: usize) -> usize {
         self.text[..offset.min(self.text.len())]
@@ -269,10 +335,12 @@ impl ConfigFile {
     /// The line of the `[plugin.NAME]` header (1 when it cannot be found,
     /// e.g. for a section written as an inline table).
     fn line_of_section(&self, name: &str) -> usize {
-        let header = format!("[{PLUGIN_SECTIONS}.{name}]");
-        self.text
-            .find(&header)
-            .map_or(1, |offset| self.line(offset))
+        self.line_of(&format!("[{PLUGIN_SECTIONS}.{name}]"))
+    }
+
+    /// The line of `header` in the file (1 when it is written otherwise).
+    fn line_of(&self, header: &str) -> usize {
+        self.text.find(header).map_or(1, |offset| self.line(offset))
     }
 }
 

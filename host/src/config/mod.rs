@@ -6,6 +6,7 @@ mod file;
 mod origin;
 mod secrets;
 
+pub use crate::broker::{HistoryRule, HistoryRules};
 pub use file::{ConfigFile, ConfigFileError, example as example_file};
 pub use origin::OriginPolicy;
 
@@ -74,6 +75,12 @@ pub struct ServeArgs {
         default_value = "wasmcluster:"
     )]
     pub broker_prefix: String,
+
+    /// The most bytes of publications channel history keeps in memory, all
+    /// channels together; past it the oldest go first. Which channels keep
+    /// history is set by `[channels."PATTERN"]` sections of the config file.
+    #[arg(long, env = "WASMCLUSTER_HISTORY_MAX_BYTES", default_value_t = 64 << 20)]
+    pub history_max_bytes: usize,
 
     /// Keep the plugins' key-value store durably in this directory (file
     /// `kv.redb`; one host per directory). Without it, and without
@@ -370,6 +377,10 @@ pub struct ServerConfig {
     pub(crate) broker_prefix: String,
     /// Where the key-value store is kept durably, without a broker.
     pub(crate) data_dir: Option<PathBuf>,
+    /// Which channels keep history, and how much.
+    pub(crate) history_rules: HistoryRules,
+    /// The most bytes of history kept.
+    pub(crate) history_max_bytes: usize,
     /// Protocol settings of every session.
     pub(crate) session: SessionSettings,
     /// Largest accepted message.
@@ -402,6 +413,12 @@ impl ServerConfig {
     /// sections, by plugin name.
     pub fn set_plugin_overrides(&mut self, per_plugin: HashMap<String, PluginOverrides>) {
         self.plugin_options.per_plugin = per_plugin;
+    }
+
+    /// Keep history for the channels of the `[channels."PATTERN"]`
+    /// sections.
+    pub fn set_history_rules(&mut self, rules: HistoryRules) {
+        self.history_rules = rules;
     }
 
     /// Where the server writes its process id, if anywhere.
@@ -505,6 +522,8 @@ impl ServeArgs {
             broker_url: self.broker,
             broker_prefix: self.broker_prefix,
             data_dir: self.data_dir,
+            history_rules: HistoryRules::default(),
+            history_max_bytes: self.history_max_bytes,
             tls: self
                 .tls_cert
                 .zip(self.tls_key)

@@ -109,6 +109,21 @@ pub fn publication(channel: &str, data: Option<&str>) -> String {
     out
 }
 
+/// A `#publish` frame of a channel with history: the publication's
+/// position beside its data, `{"event":"#publish","data":{"channel":..,
+/// "data":..,"offset":..,"epoch":..}}` (clients read `channel` and `data`
+/// only; a recovery helper reads the rest). `epoch` must need no escaping.
+pub fn publication_at(channel: &str, data: Option<&str>, offset: u64, epoch: &str) -> String {
+    let mut out = publication(channel, data);
+    out.truncate(out.len() - 2);
+    out.push_str(",\"offset\":");
+    out.push_str(&offset.to_string());
+    out.push_str(",\"epoch\":\"");
+    out.push_str(epoch);
+    out.push_str("\"}}");
+    out
+}
+
 /// The data of `#kickOut`: `{"channel":..,"message":..}` (no `message`
 /// key without a message). `message` must be valid JSON.
 pub fn kick_out(channel: &str, message: Option<&str>) -> String {

@@ -15,7 +15,7 @@ mod tls;
 mod worker;
 
 use crate::auth::AuthEngine;
-use crate::broker::{Broker, RedisEngine, RedisError};
+use crate::broker::{Broker, History, LocalEngine, RedisEngine, RedisError};
 use crate::config::ServerConfig;
 use crate::kv::{KvOpenError, KvStore};
 use crate::log_limit;
@@ -69,6 +69,12 @@ pub enum ServerError {
     /// The Redis broker cannot be used.
     #[error(transparent)]
     Broker(#[from] RedisError),
+    /// Channel history is configured together with a Redis broker.
+    #[error(
+        "[channels.\"...\"] history is kept on one host for now: it cannot be used with --broker \
+         (every host would number the channel's publications on its own)"
+    )]
+    HistoryAcrossHosts,
     /// The data directory's key-value store cannot be opened.
     #[error(transparent)]
     Kv(#[from] KvOpenError),
@@ -174,6 +180,28 @@ impl Server {
         shared
             .metrics
             .add(|registry| shared.services.kv.metrics().register(registry));
+        let services = shared.services.clone();
+        shared.metrics.gauge_fn(
+            "history_stored_bytes",
+            "Bytes of publications channel history keeps in memory (--history-max-bytes)",
+            move || services.broker.history_usage().0 as i64,
+        );
+        let services = shared.services.clone();
+        shared.metrics.gauge_fn(
+            "history_channels",
+            "Channels with a history stream on this host",
+            move || services.broker.history_usage().1 as i64,
+        );
+        if !shared.config.history_rules.is_empty() {
+            let services = shared.services.clone();
+            tokio::spawn(async move {
+                let mut every_second = tokio::time::interval(Duration::from_secs(1));
+                loop {
+                    every_second.tick().await;
+                    services.broker.sweep_history();
+                }
+            });
+        }
         let mut workers = Vec::with_capacity(shared.config.workers);
         for index in 0..shared.config.workers {
             let worker = Worker::spawn(index, shared.clone(), shutdown_rx.clone())
@@ -377,14 +405,19 @@ async fn host_services(
     config: &ServerConfig,
     auth: Arc<AuthEngine>,
 ) -> Result<HostServices, ServerError> {
+    let history = History::new(config.history_rules.clone(), config.history_max_bytes);
     let Some(url) = &config.broker_url else {
         let kv = match &config.data_dir {
             Some(dir) => KvStore::embedded(dir)?,
             None => KvStore::default(),
         };
         tracing::info!(kv = %kv.status(), "key-value store");
-        return Ok(HostServices::with(auth, Broker::default(), kv));
+        let broker = Broker::new(Arc::default(), Box::new(LocalEngine), history);
+        return Ok(HostServices::with(auth, broker, kv));
     };
+    if !config.history_rules.is_empty() {
+        return Err(ServerError::HistoryAcrossHosts);
+    }
     if config.data_dir.is_some() {
         tracing::info!(
             "--data-dir is not used for the key-value store: with --broker it is in Redis"
@@ -393,7 +426,7 @@ async fn host_services(
     let local = Arc::default();
     let (engine, connection) =
         RedisEngine::connect(url, &config.broker_prefix, Arc::clone(&local)).await?;
-    let broker = Broker::new(local, Box::new(engine));
+    let broker = Broker::new(local, Box::new(engine), history);
     let kv = KvStore::redis(connection, config.broker_prefix.clone());
     Ok(HostServices::with(auth, broker, kv))
 }

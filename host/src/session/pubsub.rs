@@ -3,10 +3,21 @@
 //! limit, and the `subscribe` and `publish-in` middleware.
 
 use super::{Ending, Session, Transport};
+use crate::broker::{Catchup, Position, Since};
 use crate::metrics::{self, PublicationSource};
 use crate::protocol::{self, ChannelRequest, ErrorObject, MAX_NAME_BYTES};
+use serde::Deserialize;
 use serde_json::value::RawValue;
 use std::time::Duration;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+/// The key of a subscription's data where a client says where it stopped
+/// (`{"epoch": .., "offset": ..}`, or `null` on a first subscription).
+const RECOVER_KEY: &str = "#recover";
+
+/// The event that tells a client subscribing with [`RECOVER_KEY`] where
+/// the channel's history stands, and whether it got what it missed.
+const HISTORY_EVENT: &str = "wasmcluster:history";
 
 /// The longest a first subscription waits for the broker to confirm it
 /// (see [`crate::broker::Broker::subscribe`]) before it is answered anyway.
@@ -54,21 +65,34 @@ impl<S: Transport> Session<S> {
         if let Err(error) = self.serving(Box::pin(checked)).await {
             return self.send(protocol::error_response(cid, &error)).await;
         }
-        if self.subscriptions.insert(&request.channel) {
-            let confirmation =
-                self.ctx
-                    .services
-                    .broker
-                    .subscribe(&request.channel, self.key, &self.outbox);
-            if let Some(confirmation) = confirmation {
-                // The first subscriber of a channel on this host is answered
-                // once the broker listens to it on other hosts too, so that a
-                // publication made elsewhere after the answer reaches it.
-                // Bounded: while Redis is away, local delivery still works.
-                let _ = tokio::time::timeout(BROKER_CONFIRM_TIMEOUT, confirmation).await;
-            }
+        if !self.subscriptions.insert(&request.channel) {
+            return self.send(protocol::ok_response(cid, None)).await;
         }
-        self.send(protocol::ok_response(cid, None)).await
+        let since = since_of(request.data);
+        let (confirmation, catchup) =
+            self.ctx
+                .services
+                .broker
+                .subscribe(&request.channel, self.key, &self.outbox, &since);
+        if let Some(confirmation) = confirmation {
+            // The first subscriber of a channel on this host is answered
+            // once the broker listens to it on other hosts too, so that a
+            // publication made elsewhere after the answer reaches it.
+            // Bounded: while Redis is away, local delivery still works.
+            let _ = tokio::time::timeout(BROKER_CONFIRM_TIMEOUT, confirmation).await;
+        }
+        // Written before anything queued meanwhile, which is newer: the
+        // answer, what the client missed, then where the history stands.
+        self.feed(Utf8Bytes::from(protocol::ok_response(cid, None)))
+            .await?;
+        let report = (since != Since::Nothing).then(|| history_report(&request.channel, &catchup));
+        for frame in catchup.frames {
+            self.feed(frame).await?;
+        }
+        if let Some(report) = report {
+            self.feed(Utf8Bytes::from(report)).await?;
+        }
+        Ok(())
     }
 
     pub(super) async fn on_unsubscribe(
@@ -207,4 +231,45 @@ impl<S: Transport> Session<S> {
         }
         Ok(())
     }
+}
+
+/// What a subscription's data asks of the channel's history: nothing,
+/// unless it is an object with [`RECOVER_KEY`].
+fn since_of(data: Option<&RawValue>) -> Since {
+    let Some(data) = data.filter(|data| data.get().contains(RECOVER_KEY)) else {
+        return Since::Nothing;
+    };
+    #[derive(serde::Deserialize)]
+    struct Recover {
+        epoch: String,
+        offset: u64,
+    }
+    let Ok(object) = serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(data.get())
+    else {
+        return Since::Nothing;
+    };
+    match object.get(RECOVER_KEY) {
+        None => Since::Nothing,
+        Some(value) => match Recover::deserialize(value) {
+            Ok(Recover { epoch, offset }) => Since::Position(Position { epoch, offset }),
+            Err(_) => Since::Now,
+        },
+    }
+}
+
+/// The [`HISTORY_EVENT`] for a subscription that asked about history.
+fn history_report(channel: &str, catchup: &Catchup) -> String {
+    let mut report = serde_json::json!({
+        "channel": channel,
+        "recovered": catchup.failure.is_none(),
+        "missed": catchup.frames.len(),
+    });
+    if let Some(position) = &catchup.position {
+        report["epoch"] = position.epoch.clone().into();
+        report["offset"] = position.offset.into();
+    }
+    if let Some(failure) = catchup.failure {
+        report["reason"] = failure.reason().into();
+    }
+    protocol::event(HISTORY_EVENT, Some(&report.to_string()))
 }

@@ -1,0 +1,496 @@
+//! Channel history on one host: the last publications of the channels the
+//! operator opted in (`[channels."PATTERN"]`), each with its position, so
+//! that a client that reconnects gets what it missed, in order, once.
+//!
+//! A channel's history is a stream: an *epoch* (random, new whenever the
+//! stream starts again and what came before is gone) and *offsets* (1, 2,
+//! ...; one per publication). A subscriber that says where it stopped
+//! (`epoch`, `offset`) gets every later publication still kept, or is told
+//! that it cannot (the epoch changed, or the history no longer reaches
+//! back that far). Publications of a channel with history are numbered and
+//! delivered under one lock, and a subscription with history registers
+//! under it too, so a subscriber sees the kept ones and then the live ones
+//! with no gap and no duplicate.
+//!
+//! Memory is bounded per channel (`history-size`, `history-ttl-secs`) and
+//! in all (`--history-max-bytes`: past it the oldest publications of any
+//! channel go first). Channels without a rule cost nothing.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+/// What the operator asked for the channels matching one pattern.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HistoryRule {
+    /// Publications kept per channel.
+    pub size: usize,
+    /// How long each is kept.
+    pub ttl: Duration,
+    /// Whether a new subscriber gets the latest publication at once.
+    pub last_value: bool,
+}
+
+/// The rules by channel pattern (`*` matches any run of characters). The
+/// longest matching pattern wins.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HistoryRules {
+    rules: Vec<(String, HistoryRule)>,
+}
+
+impl HistoryRules {
+    /// Rules from `(pattern, rule)` pairs.
+    pub fn new(mut rules: Vec<(String, HistoryRule)>) -> Self {
+        rules.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then(a.0.cmp(&b.0)));
+        HistoryRules { rules }
+    }
+
+    /// Whether no channel has history.
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty()
+    }
+
+    /// The rule of `channel`, if any.
+    pub(crate) fn rule_for(&self, channel: &str) -> Option<HistoryRule> {
+        self.rules
+            .iter()
+            .find(|(pattern, _)| glob_matches(pattern, channel))
+            .map(|(_, rule)| *rule)
+    }
+}
+
+/// Whether `text` matches `pattern`, where `*` matches any run of
+/// characters (none included) and everything else itself.
+fn glob_matches(pattern: &str, text: &str) -> bool {
+    let mut parts = pattern.split('*');
+    let first = parts.next().unwrap_or_default();
+    let Some(mut rest) = text.strip_prefix(first) else {
+        return false;
+    };
+    let parts: Vec<&str> = parts.collect();
+    let Some((last, middle)) = parts.split_last() else {
+        return rest.is_empty();
+    };
+    for part in middle {
+        match rest.find(part) {
+            Some(at) => rest = &rest[at + part.len()..],
+            None => return false,
+        }
+    }
+    rest.len() >= last.len() && rest.ends_with(last)
+}
+
+/// Where a subscriber stopped, or where a stream is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Position {
+    /// The stream's identity.
+    pub(crate) epoch: String,
+    /// The offset of the last publication seen (0: none yet).
+    pub(crate) offset: u64,
+}
+
+/// One kept publication.
+#[derive(Debug)]
+struct Kept {
+    offset: u64,
+    at: Instant,
+    /// The `#publish` frame as subscribers get it.
+    frame: Utf8Bytes,
+}
+
+/// One channel's stream.
+#[derive(Debug)]
+struct Stream {
+    epoch: String,
+    /// The offset of the newest publication (0: none yet).
+    last: u64,
+    kept: VecDeque<Kept>,
+    rule: HistoryRule,
+    /// When it was last published to or subscribed with history.
+    touched: Instant,
+}
+
+impl Stream {
+    fn new(rule: HistoryRule, now: Instant) -> Self {
+        Stream {
+            epoch: new_epoch(),
+            last: 0,
+            kept: VecDeque::new(),
+            rule,
+            touched: now,
+        }
+    }
+
+    fn position(&self) -> Position {
+        Position {
+            epoch: self.epoch.clone(),
+            offset: self.last,
+        }
+    }
+
+    /// Drop what is past the rule's size or age; the bytes freed.
+    fn trim(&mut self, now: Instant) -> usize {
+        let mut freed = 0;
+        while let Some(oldest) = self.kept.front() {
+            let too_many = self.kept.len() > self.rule.size;
+            let too_old = now.duration_since(oldest.at) >= self.rule.ttl;
+            if !too_many && !too_old {
+                break;
+            }
+            freed += oldest.frame.len();
+            self.kept.pop_front();
+        }
+        freed
+    }
+}
+
+/// A random epoch: 16 hex digits.
+fn new_epoch() -> String {
+    format!("{:016x}", rand::random::<u64>())
+}
+
+/// Why a subscriber cannot get what it missed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Unrecoverable {
+    /// The channel keeps no history.
+    NoHistory,
+    /// The stream started again: what came before is gone.
+    EpochChanged,
+    /// Publications after the subscriber's offset are no longer kept.
+    TooOld,
+}
+
+impl Unrecoverable {
+    /// As the client reads it.
+    pub(crate) fn reason(self) -> &'static str {
+        match self {
+            Unrecoverable::NoHistory => "no-history",
+            Unrecoverable::EpochChanged => "epoch-changed",
+            Unrecoverable::TooOld => "too-old",
+        }
+    }
+}
+
+/// What a subscription with history gets beside the live publications.
+#[derive(Debug, Default)]
+pub(crate) struct Catchup {
+    /// `#publish` frames to send first, in order.
+    pub(crate) frames: Vec<Utf8Bytes>,
+    /// Where the channel's stream is now (for a channel with history).
+    pub(crate) position: Option<Position>,
+    /// Why the publications asked for could not be given.
+    pub(crate) failure: Option<Unrecoverable>,
+}
+
+/// What a subscriber asked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Since {
+    /// Nothing about history (a plain subscription).
+    Nothing,
+    /// Its position from now on, nothing missed (a first subscription).
+    Now,
+    /// Every publication after this position.
+    Position(Position),
+}
+
+/// Every stream, and the order their publications were kept in.
+#[derive(Debug, Default)]
+struct State {
+    streams: HashMap<Arc<str>, Stream>,
+    /// `(channel, offset)` of every kept publication, oldest first: the
+    /// order they go in when the memory cap is reached.
+    order: VecDeque<(Arc<str>, u64)>,
+    bytes: usize,
+}
+
+/// The history of every channel with a rule, on this host.
+#[derive(Debug)]
+pub(crate) struct History {
+    rules: HistoryRules,
+    max_bytes: usize,
+    state: Mutex<State>,
+}
+
+impl Default for History {
+    fn default() -> Self {
+        History::new(HistoryRules::default(), 64 << 20)
+    }
+}
+
+impl History {
+    /// History under `rules`, keeping at most `max_bytes` of publications.
+    pub(crate) fn new(rules: HistoryRules, max_bytes: usize) -> Self {
+        History {
+            rules,
+            max_bytes,
+            state: Mutex::default(),
+        }
+    }
+
+    /// The rule of `channel`, if it has history.
+    pub(crate) fn rule_for(&self, channel: &str) -> Option<HistoryRule> {
+        if self.rules.is_empty() {
+            return None;
+        }
+        self.rules.rule_for(channel)
+    }
+
+    /// Number and keep a publication of `channel` (which has `rule`), and
+    /// run `deliver` with its frame while no subscription with history can
+    /// come between; `encode` makes the frame from the position.
+    pub(crate) fn publish<R>(
+        &self,
+        channel: &str,
+        rule: HistoryRule,
+        encode: impl FnOnce(&Position) -> String,
+        deliver: impl FnOnce(&Utf8Bytes) -> R,
+    ) -> R {
+        let now = Instant::now();
+        let mut state = self.lock();
+        let state = &mut *state;
+        let name: Arc<str> = match state.streams.get_key_value(channel) {
+            Some((name, _)) => name.clone(),
+            None => Arc::from(channel),
+        };
+        let stream = state
+            .streams
+            .entry(name.clone())
+            .or_insert_with(|| Stream::new(rule, now));
+        stream.rule = rule;
+        stream.touched = now;
+        stream.last += 1;
+        let frame = Utf8Bytes::from(encode(&stream.position()));
+        let delivered = deliver(&frame);
+        state.bytes += frame.len();
+        state.order.push_back((name, stream.last));
+        stream.kept.push_back(Kept {
+            offset: stream.last,
+            at: now,
+            frame,
+        });
+        state.bytes -= stream.trim(now);
+        self.enforce_cap(state);
+        delivered
+    }
+
+    /// Run `subscribe` (which registers the subscriber for live
+    /// publications) where no publication of `channel` can come between,
+    /// and give what the subscriber asked for.
+    pub(crate) fn subscribe(
+        &self,
+        channel: &str,
+        since: &Since,
+        subscribe: impl FnOnce(),
+    ) -> Catchup {
+        let Some(rule) = self.rule_for(channel) else {
+            subscribe();
+            let failure = matches!(since, Since::Position(_)).then_some(Unrecoverable::NoHistory);
+            return Catchup {
+                failure,
+                ..Catchup::default()
+            };
+        };
+        let now = Instant::now();
+        let mut state = self.lock();
+        let state = &mut *state;
+        let stream = state
+            .streams
+            .entry(Arc::from(channel))
+            .or_insert_with(|| Stream::new(rule, now));
+        stream.touched = now;
+        state.bytes -= stream.trim(now);
+        subscribe();
+        let mut catchup = Catchup {
+            position: Some(stream.position()),
+            ..Catchup::default()
+        };
+        match since {
+            Since::Position(position) => match missed(stream, position) {
+                Ok(frames) => catchup.frames = frames,
+                Err(failure) => catchup.failure = Some(failure),
+            },
+            Since::Nothing | Since::Now if rule.last_value => {
+                catchup
+                    .frames
+                    .extend(stream.kept.back().map(|kept| kept.frame.clone()));
+            }
+            Since::Nothing | Since::Now => {}
+        }
+        catchup
+    }
+
+    /// Drop expired publications, and the streams that have none left, no
+    /// subscriber here (`subscribed`) and no publication or subscription
+    /// for their TTL: their epoch goes with them, so a client that comes
+    /// back later is told its history is gone.
+    pub(crate) fn sweep(&self, subscribed: impl Fn(&str) -> bool) {
+        let now = Instant::now();
+        let mut state = self.lock();
+        let state = &mut *state;
+        let mut freed = 0;
+        state.streams.retain(|channel, stream| {
+            freed += stream.trim(now);
+            !stream.kept.is_empty()
+                || now.duration_since(stream.touched) < stream.rule.ttl
+                || subscribed(channel)
+        });
+        state.bytes -= freed;
+        let streams = &state.streams;
+        state.order.retain(|(channel, offset)| {
+            streams
+                .get(channel)
+                .and_then(|stream| stream.kept.front())
+                .is_some_and(|oldest| oldest.offset <= *offset)
+        });
+    }
+
+    /// Bytes of publications kept, and channels with a stream.
+    pub(crate) fn usage(&self) -> (usize, usize) {
+        let state = self.lock();
+        (state.bytes, state.streams.len())
+    }
+
+    /// Drop the oldest publications of any channel until under the cap.
+    fn enforce_cap(&self, state: &mut State) {
+        while state.bytes > self.max_bytes {
+            let Some((channel, offset)) = state.order.pop_front() else {
+                return;
+            };
+            let Some(stream) = state.streams.get_mut(&channel) else {
+                continue;
+            };
+            if stream
+                .kept
+                .front()
+                .is_some_and(|oldest| oldest.offset == offset)
+            {
+                let oldest = stream.kept.pop_front().expect("checked above");
+                state.bytes -= oldest.frame.len();
+            }
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The frames after `position` in `stream`, or why they cannot be given.
+fn missed(stream: &Stream, position: &Position) -> Result<Vec<Utf8Bytes>, Unrecoverable> {
+    if position.epoch != stream.epoch || position.offset > stream.last {
+        return Err(Unrecoverable::EpochChanged);
+    }
+    if position.offset == stream.last {
+        return Ok(Vec::new());
+    }
+    let oldest = stream
+        .kept
+        .front()
+        .map_or(stream.last + 1, |kept| kept.offset);
+    if oldest > position.offset + 1 {
+        return Err(Unrecoverable::TooOld);
+    }
+    Ok(stream
+        .kept
+        .iter()
+        .filter(|kept| kept.offset > position.offset)
+        .map(|kept| kept.frame.clone())
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const RULE: HistoryRule = HistoryRule {
+        size: 3,
+        ttl: Duration::from_secs(60),
+        last_value: false,
+    };
+
+    fn history() -> History {
+        History::new(HistoryRules::new(vec![("room:*".into(), RULE)]), 1 << 20)
+    }
+
+    fn publish(history: &History, channel: &str, n: u64) -> Position {
+        let mut seen = None;
+        history.publish(
+            channel,
+            RULE,
+            |position| {
+                seen = Some(position.clone());
+                format!("{n}@{}", position.offset)
+            },
+            |_| (),
+        );
+        seen.unwrap()
+    }
+
+    #[test]
+    fn patterns_match_with_stars_and_the_longest_wins() {
+        assert!(glob_matches("room:*", "room:1"));
+        assert!(glob_matches("room:*", "room:"));
+        assert!(!glob_matches("room:*", "rooms"));
+        assert!(glob_matches("*:log:*", "a:log:b"));
+        assert!(glob_matches("a*a", "aa"));
+        assert!(!glob_matches("a*a", "a"));
+        assert!(glob_matches("exact", "exact"));
+        assert!(!glob_matches("exact", "exactly"));
+        let longer = HistoryRule { size: 9, ..RULE };
+        let rules = HistoryRules::new(vec![("*".into(), RULE), ("room:vip*".into(), longer)]);
+        assert_eq!(rules.rule_for("room:vip1"), Some(longer));
+        assert_eq!(rules.rule_for("other"), Some(RULE));
+    }
+
+    #[test]
+    fn a_subscriber_gets_what_it_missed_or_is_told_why_not() {
+        let history = history();
+        let start = history
+            .subscribe("room:1", &Since::Now, || ())
+            .position
+            .unwrap();
+        assert_eq!(start.offset, 0);
+        for n in 1..=2 {
+            publish(&history, "room:1", n);
+        }
+        let catchup = history.subscribe("room:1", &Since::Position(start.clone()), || ());
+        let frames: Vec<&str> = catchup.frames.iter().map(Utf8Bytes::as_str).collect();
+        assert_eq!(frames, ["1@1", "2@2"]);
+        for n in 3..=5 {
+            publish(&history, "room:1", n);
+        }
+        // Size 3 keeps offsets 3-5: offset 1 missed 2, which is gone.
+        let one = Position {
+            offset: 1,
+            ..start.clone()
+        };
+        let catchup = history.subscribe("room:1", &Since::Position(one), || ());
+        assert_eq!(catchup.failure, Some(Unrecoverable::TooOld));
+        let two = Position { offset: 2, ..start };
+        let catchup = history.subscribe("room:1", &Since::Position(two), || ());
+        assert_eq!(catchup.frames.len(), 3);
+        let other = Position {
+            epoch: "other".into(),
+            offset: 2,
+        };
+        let catchup = history.subscribe("room:1", &Since::Position(other), || ());
+        assert_eq!(catchup.failure, Some(Unrecoverable::EpochChanged));
+        let plain = history.subscribe("plain", &Since::Position(catchup.position.unwrap()), || ());
+        assert_eq!(plain.failure, Some(Unrecoverable::NoHistory));
+    }
+
+    #[test]
+    fn the_memory_cap_drops_the_oldest_publications_of_any_channel() {
+        let history = History::new(HistoryRules::new(vec![("*".into(), RULE)]), 10);
+        publish(&history, "a", 1); // "1@1": 3 bytes
+        publish(&history, "b", 2);
+        publish(&history, "a", 3);
+        assert_eq!(history.usage().0, 9);
+        publish(&history, "b", 4); // 12 bytes: a's first goes
+        assert_eq!(history.usage().0, 9);
+        let state = history.lock();
+        assert_eq!(state.streams["a"].kept.len(), 1);
+        assert_eq!(state.streams["b"].kept.len(), 2);
+    }
+}
