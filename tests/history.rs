@@ -206,3 +206,45 @@ fn bad_channel_sections_and_history_with_a_broker_stop_the_start() {
     );
     assert!(log.contains("cannot be used with --broker"), "{log}");
 }
+
+/// `chat`'s RPC `history` reads its room's channel history through the
+/// plugin host function `channel-history`; without history for the room's
+/// channel it says so.
+#[tokio::test]
+async fn chat_answers_a_rooms_last_messages_from_the_channel_history() {
+    let dir = plugins_dir(&["chat"]);
+    let file = dir.path().join("wasmcluster.toml");
+    std::fs::write(
+        &file,
+        "[channels.\"room:*\"]\nhistory-size = 3\nhistory-ttl-secs = 60\n",
+    )
+    .unwrap();
+    let server = TestServer::start(dir.path(), &["--config", file.to_str().unwrap()]);
+    let mut client = server.client().await;
+    client
+        .call("join", json!({ "room": "lobby", "nick": "ann" }))
+        .await;
+    for text in ["one", "two", "three"] {
+        client
+            .call("say", json!({ "room": "lobby", "text": text }))
+            .await;
+    }
+    let history = client
+        .call("history", json!({ "room": "lobby", "limit": 2 }))
+        .await;
+    assert_eq!(
+        history,
+        json!([
+            {"type": "say", "nick": "ann", "text": "two"},
+            {"type": "say", "nick": "ann", "text": "three"},
+        ])
+    );
+    // history-size = 3: the join event has gone, the three messages stay.
+    let all = client.call("history", json!({ "room": "lobby" })).await;
+    assert_eq!(all.as_array().unwrap().len(), 3);
+
+    let plain = TestServer::start(dir.path(), &[]);
+    let mut client = plain.client().await;
+    let reply = client.invoke("history", json!({ "room": "lobby" })).await;
+    assert_eq!(reply["error"]["name"], "NoHistoryError", "{reply}");
+}

@@ -2,6 +2,7 @@
 //! socket control, and procedures invoked on clients.
 
 use crate::bindings::wasmcluster::plugin::host as wit;
+pub use crate::bindings::wasmcluster::plugin::host::{HistoryPage, KeptPublication};
 use crate::{ClientCallError, HostError, LogLevel, Payload};
 use serde::Serialize;
 use std::time::Duration;
@@ -91,6 +92,19 @@ pub fn invoke_client(
         .unwrap_or(u32::MAX)
         .max(1);
     wit::invoke_client(socket_id, event, data.as_json(), timeout_ms).map(Payload::from)
+}
+
+/// A page of a channel's kept publications (`channel-history`): the newest
+/// ones below offset `before` (all when `None`), at most `limit` (1 to
+/// 1000), oldest first. Only channels the operator gave history
+/// (`[channels."PATTERN"]`) keep publications; for others this fails with
+/// [`HostError::InvalidArgument`].
+pub fn channel_history(
+    channel: &str,
+    before: Option<u64>,
+    limit: u32,
+) -> Result<HistoryPage, HostError> {
+    wit::channel_history(channel, before, limit)
 }
 
 /// Milliseconds since the Unix epoch, from the host clock.

@@ -9,6 +9,10 @@
 //! - RPC `rooms` `{cursor?}` answers `{"rooms": [{"room", "created_ms",
 //!   "messages"}, ..], "cursor"}`: every room ever joined, 50 at a time in
 //!   name order (pass `cursor` back for the next page; `null` on the last).
+//! - RPC `history` `{room, limit?}` answers the room's last messages (the
+//!   events published on `room:<room>`, oldest first, at most `limit`,
+//!   default 50), when the server keeps history for `room:*` (`make run`
+//!   does); `NoHistoryError` otherwise.
 //! - When the socket disconnects, `{"type":"leave","nick":..}` is published
 //!   to every room it joined.
 //! - RPC `members` `{room}` answers the nicks that joined the room through
@@ -53,6 +57,18 @@ struct Join {
 #[derive(Deserialize, Default)]
 struct Rooms {
     cursor: Option<String>,
+}
+
+/// The data of RPC `history`.
+#[derive(Deserialize)]
+struct History {
+    room: String,
+    #[serde(default = "default_history_limit")]
+    limit: u32,
+}
+
+fn default_history_limit() -> u32 {
+    50
 }
 
 /// A room's durable record, at `room:<room>`.
@@ -107,6 +123,26 @@ fn create_room(room: &str) -> Result<(), Error> {
     let text = Payload::json(&record).into_json_text().unwrap_or_default();
     kv::set_if_absent(&room_key(room), &text)?;
     Ok(())
+}
+
+/// The room's last events, oldest first, as published.
+fn history(History { room, limit }: History) -> Result<Payload, Error> {
+    let page =
+        host::channel_history(&channel(&room), None, limit.clamp(1, 1000)).map_err(|error| {
+            Error::new(
+                "NoHistoryError",
+                format!("room '{room}' keeps no history: {error:?}"),
+            )
+        })?;
+    let mut events = Vec::with_capacity(page.publications.len());
+    for publication in page.publications {
+        let event: serde_json::Value = match publication.data {
+            Some(data) => Payload::from_json_text(data).parse()?,
+            None => serde_json::Value::Null,
+        };
+        events.push(event);
+    }
+    Ok(Payload::json(&events))
 }
 
 /// One page of the rooms, with their creation time and message count.
@@ -195,7 +231,7 @@ impl Chat {
 impl Plugin for Chat {
     fn describe() -> Manifest {
         Manifest::new("chat", env!("CARGO_PKG_VERSION"))
-            .rpc(["join", "say", "members", "rooms"])
+            .rpc(["join", "say", "members", "rooms", "history"])
             .hooks([Hook::Disconnect])
     }
 
@@ -208,6 +244,7 @@ impl Plugin for Chat {
             "join" => self.join(socket, data.parse()?),
             "say" => Chat::say(socket, data.parse()?),
             "rooms" => rooms(data.parse::<Option<Rooms>>()?.unwrap_or_default()),
+            "history" => history(data.parse()?),
             "members" => {
                 let Members { room } = data.parse()?;
                 let members = self.members.get(&room).cloned().unwrap_or_default();

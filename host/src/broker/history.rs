@@ -320,6 +320,37 @@ impl History {
         catchup
     }
 
+    /// The newest kept publications of `channel` below offset `before`
+    /// (all when `None`), at most `limit`, oldest first, with the stream's
+    /// position; `None` when the channel keeps no history.
+    pub(crate) fn page(
+        &self,
+        channel: &str,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Option<(Position, Vec<(u64, Utf8Bytes)>)> {
+        let rule = self.rule_for(channel)?;
+        let now = Instant::now();
+        let mut state = self.lock();
+        let state = &mut *state;
+        let stream = state
+            .streams
+            .entry(Arc::from(channel))
+            .or_insert_with(|| Stream::new(rule, now));
+        state.bytes -= stream.trim(now);
+        let below = before.unwrap_or(u64::MAX);
+        let mut page: Vec<(u64, Utf8Bytes)> = stream
+            .kept
+            .iter()
+            .rev()
+            .filter(|kept| kept.offset < below)
+            .take(limit)
+            .map(|kept| (kept.offset, kept.frame.clone()))
+            .collect();
+        page.reverse();
+        Some((stream.position(), page))
+    }
+
     /// Drop expired publications, and the streams that have none left, no
     /// subscriber here (`subscribed`) and no publication or subscription
     /// for their TTL: their epoch goes with them, so a client that comes
@@ -478,6 +509,22 @@ mod tests {
         assert_eq!(catchup.failure, Some(Unrecoverable::EpochChanged));
         let plain = history.subscribe("plain", &Since::Position(catchup.position.unwrap()), || ());
         assert_eq!(plain.failure, Some(Unrecoverable::NoHistory));
+    }
+
+    #[test]
+    fn pages_go_back_from_the_newest() {
+        let history = history();
+        assert!(history.page("plain", None, 10).is_none());
+        for n in 1..=3 {
+            publish(&history, "room:1", n);
+        }
+        let (position, page) = history.page("room:1", None, 2).unwrap();
+        assert_eq!(position.offset, 3);
+        let offsets: Vec<u64> = page.iter().map(|(offset, _)| *offset).collect();
+        assert_eq!(offsets, [2, 3]);
+        let (_, page) = history.page("room:1", Some(2), 10).unwrap();
+        assert_eq!(page.len(), 1);
+        assert_eq!(page[0].1.as_str(), "1@1");
     }
 
     #[test]

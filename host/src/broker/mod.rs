@@ -69,6 +69,15 @@ pub(crate) struct LocalChannels {
     channels: RwLock<HashMap<String, HashMap<SessionKey, Outbox>>>,
 }
 
+/// A page of a channel's kept publications, as plugins read it.
+#[derive(Debug)]
+pub(crate) struct HistoryPage {
+    /// Where the channel's stream stands.
+    pub(crate) position: Position,
+    /// `(offset, data)` of each publication, oldest first.
+    pub(crate) publications: Vec<(u64, Option<String>)>,
+}
+
 /// Local delivery, channel history, and the engine that reaches other
 /// hosts.
 pub(crate) struct Broker {
@@ -150,6 +159,26 @@ impl Broker {
     /// Forget expired history (called every second).
     pub(crate) fn sweep_history(&self) {
         self.history.sweep(|channel| self.local.has(channel));
+    }
+
+    /// A page of `channel`'s kept publications (see
+    /// [`History::page`]), each as `(offset, data)`; `None` when the
+    /// channel keeps no history.
+    pub(crate) fn history_page(
+        &self,
+        channel: &str,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Option<HistoryPage> {
+        let (position, frames) = self.history.page(channel, before, limit)?;
+        let publications = frames
+            .into_iter()
+            .map(|(offset, frame)| (offset, protocol::publication_data(frame.as_str())))
+            .collect();
+        Some(HistoryPage {
+            position,
+            publications,
+        })
     }
 
     /// Bytes of history kept, and channels with a history stream.

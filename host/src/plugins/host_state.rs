@@ -7,6 +7,7 @@ use super::limits::InstanceLimits;
 use super::options::PluginLimits;
 use super::timers::{TimerError, WorkerTimers};
 use super::types::{ClientCallError, ErrorObject, HostError, Json, LogLevel};
+use crate::broker::HistoryPage;
 use crate::kv::{KvError, KvQuota, Op, OpResult, Operation, Outcome, Page};
 use crate::mailbox::{ClientAnswer, Control, Outbound};
 use crate::metrics::{self, PublicationSource};
@@ -287,6 +288,30 @@ impl HostState {
         list.await.map_err(kv_error)
     }
 
+    /// `channel-history` (0.2.0): a page of a channel's kept
+    /// publications.
+    pub(crate) fn channel_history(
+        &mut self,
+        channel: &str,
+        before: Option<u64>,
+        limit: u32,
+    ) -> Result<HistoryPage, HostError> {
+        if limit == 0 || limit > MAX_HISTORY_PAGE {
+            return Err(HostError::InvalidArgument(format!(
+                "a history page holds 1 to {MAX_HISTORY_PAGE} publications; asked for {limit}"
+            )));
+        }
+        let page = self
+            .services
+            .broker
+            .history_page(channel, before, limit as usize);
+        page.ok_or_else(|| {
+            HostError::InvalidArgument(format!(
+                "channel '{channel}' keeps no history (see [channels.\"PATTERN\"] in the config)"
+            ))
+        })
+    }
+
     /// `log`: a line in the host log, tagged with the plugin's name.
     pub fn log(&mut self, level: LogLevel, message: &str) {
         let plugin = &*self.plugin;
@@ -446,6 +471,9 @@ fn client_error(json: &str) -> ErrorObject {
         details: (!fields.is_empty()).then(|| serde_json::Value::Object(fields).to_string()),
     }
 }
+
+/// The most publications one `channel-history` page holds.
+const MAX_HISTORY_PAGE: u32 = 1000;
 
 /// A KV failure as the plugin sees it.
 fn kv_error(error: KvError) -> HostError {

@@ -124,6 +124,23 @@ pub fn publication_at(channel: &str, data: Option<&str>, offset: u64, epoch: &st
     out
 }
 
+/// The `data` of a `#publish` frame this host encoded, as JSON text
+/// (`None` when it has none).
+pub fn publication_data(frame: &str) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Packet<'a> {
+        #[serde(borrow)]
+        data: Inner<'a>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Inner<'a> {
+        #[serde(borrow)]
+        data: Option<&'a RawValue>,
+    }
+    let packet: Packet<'_> = serde_json::from_str(frame).ok()?;
+    packet.data.data.map(|data| data.get().to_owned())
+}
+
 /// The data of `#kickOut`: `{"channel":..,"message":..}` (no `message`
 /// key without a message). `message` must be valid JSON.
 pub fn kick_out(channel: &str, message: Option<&str>) -> String {
@@ -177,6 +194,17 @@ mod tests {
             error_response(raw("5"), &error),
             r#"{"rid":5,"error":{"message":"Custom failure","name":"CustomError","code":42,"details":{"input":"abc"}}}"#
         );
+    }
+
+    #[test]
+    fn a_numbered_publication_carries_its_position_and_gives_its_data_back() {
+        let frame = publication_at("room:1", Some(r#"{"a":[1]}"#), 7, "00ff");
+        assert_eq!(
+            frame,
+            r##"{"event":"#publish","data":{"channel":"room:1","data":{"a":[1]},"offset":7,"epoch":"00ff"}}"##
+        );
+        assert_eq!(publication_data(&frame).as_deref(), Some(r#"{"a":[1]}"#));
+        assert_eq!(publication_data(&publication_at("c", None, 1, "e")), None);
     }
 
     #[test]

@@ -15,7 +15,7 @@ mod parse;
 
 pub use encode::{
     auth_status, error_response, event, handshake_reply, invoke, kick_out, ok_response,
-    publication, publication_at, validate_json,
+    publication, publication_at, publication_data, validate_json,
 };
 pub use error::{ErrorObject, MAX_NAME_BYTES, quoted};
 pub use parse::{

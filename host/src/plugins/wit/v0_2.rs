@@ -1,11 +1,14 @@
 //! `wasmcluster:plugin@0.2.0` (`wit/v0.2.0`): its generated bindings, and
 //! its host functions served by [`HostState`]: those of 0.1.0, plus
 //! `cancel-timer`, `invoke-client` and the KV operations
-//! `kv-compare-and-set`, `kv-expire`, `kv-batch` and `kv-list`.
+//! `kv-compare-and-set`, `kv-expire`, `kv-batch` and `kv-list`, and
+//! `channel-history`.
 
 use super::HostState;
 use crate::kv::Op;
-use bindings::wasmcluster::plugin::host::{KvBatchOutcome, KvOp, KvPage};
+use bindings::wasmcluster::plugin::host::{
+    HistoryPage, KeptPublication, KvBatchOutcome, KvOp, KvPage,
+};
 use types::{ClientCallError, HostError, Json, LogLevel};
 use wasmtime::component::{HasSelf, Linker};
 
@@ -57,6 +60,24 @@ impl bindings::wasmcluster::plugin::host::Host for HostState {
         timeout_ms: u32,
     ) -> Result<Option<Json>, ClientCallError> {
         HostState::invoke_client(self, socket_id, event, data, timeout_ms).await
+    }
+
+    fn channel_history(
+        &mut self,
+        channel: String,
+        before: Option<u64>,
+        limit: u32,
+    ) -> Result<HistoryPage, HostError> {
+        let page = HostState::channel_history(self, &channel, before, limit)?;
+        Ok(HistoryPage {
+            epoch: page.position.epoch,
+            offset: page.position.offset,
+            publications: page
+                .publications
+                .into_iter()
+                .map(|(offset, data)| KeptPublication { offset, data })
+                .collect(),
+        })
     }
 
     async fn kv_compare_and_set(
