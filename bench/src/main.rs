@@ -91,6 +91,14 @@ enum Command {
         #[command(flatten)]
         connection: Connection,
     },
+    /// A subscriber that comes back: time to get `--missed` publications
+    /// from the channel history (wasmcluster only).
+    Recovery {
+        #[command(flatten)]
+        connection: Connection,
+        #[command(flatten)]
+        args: scenarios::recovery::RecoveryArgs,
+    },
     /// One-shot timers pending at once (RPC `later`), and how late they fire.
     Timers {
         #[command(flatten)]
@@ -154,6 +162,7 @@ fn main() -> Result<()> {
         Command::Kv { connection, .. } => ("kv", connection),
         Command::Fanout { connection, .. } => ("fanout", connection),
         Command::Timers { connection, .. } => ("timers", connection),
+        Command::Recovery { connection, .. } => ("recovery", connection),
         Command::Fetch { connection } => ("fetch", connection),
         Command::HotSwap { connection, .. } => ("hot-swap", connection),
         Command::Idle { connection, .. } => ("idle", connection),
@@ -190,6 +199,7 @@ fn main() -> Result<()> {
             } => scenarios::requests::run(&common, Kind::Kv(*operation), args).await,
             Command::Fanout { args, .. } => scenarios::fanout::run(&common, args).await,
             Command::Timers { args, .. } => scenarios::timers::run(&common, args).await,
+            Command::Recovery { args, .. } => scenarios::recovery::run(&common, args).await,
             Command::Fetch { .. } => scenarios::fetch::run(&common).await,
             Command::HotSwap { args, .. } => scenarios::hot_swap::run(&common, args).await,
             Command::Idle { args, .. } => scenarios::idle::run(&common, args).await,

@@ -352,6 +352,7 @@ pub fn run(input: &Path, preamble: Option<&Path>) -> Result<()> {
     out.push_str("\nEach cell: median of the runs (min–max).\n");
     scale_out_table(&mut out, &get);
     kv_table(&mut out, &get);
+    history_table(&mut out, &get);
     std::io::stdout().write_all(out.as_bytes())?;
     Ok(())
 }
@@ -507,6 +508,61 @@ fn kv_table(out: &mut String, get: &impl Fn(&str, &str, &str) -> Option<Summary>
             })
             .collect();
         let _ = writeln!(out, "| {title} | {} |", cells.join(" | "));
+    }
+}
+
+/// The channel history table, when the results have a recovery run:
+/// recovery time, and fan-out with history against without.
+fn history_table(out: &mut String, get: &impl Fn(&str, &str, &str) -> Option<Summary>) {
+    if get("recovery", "wasmcluster", "p50_ms").is_none() {
+        return;
+    }
+    out.push_str(
+        "\n## Channel history\n\n\
+         recovery: a subscriber that missed 10,000 publications (each about 100 bytes) \
+         subscribes again with its position; the time from its `#subscribe` to the \
+         `wasmcluster:history` report that follows the last of them (target: p99 under \
+         50 ms). fanout: the full-speed fan-out above, against the same with history kept \
+         for its channel (`history-size = 1000`).\n\n\
+         | figure | wasmcluster |\n|---|---|\n",
+    );
+    for (case, field, title) in [
+        (
+            "recovery",
+            "p50_ms",
+            "recovery of 10,000 missed publications: p50 (ms)",
+        ),
+        (
+            "recovery",
+            "p99_ms",
+            "recovery of 10,000 missed publications: p99 (ms)",
+        ),
+        (
+            "fanout",
+            "deliveries_per_s",
+            "fanout without history: deliveries/s",
+        ),
+        (
+            "fanout-history",
+            "deliveries_per_s",
+            "fanout with history: deliveries/s",
+        ),
+        (
+            "fanout",
+            "p99_ms",
+            "fanout without history: end-to-end p99 (ms)",
+        ),
+        (
+            "fanout-history",
+            "p99_ms",
+            "fanout with history: end-to-end p99 (ms)",
+        ),
+    ] {
+        let _ = writeln!(
+            out,
+            "| {title} | {} |",
+            cell(get(case, "wasmcluster", field).as_ref())
+        );
     }
 }
 

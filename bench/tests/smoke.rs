@@ -55,7 +55,8 @@ fn start_server() -> Server {
     let config = plugins.path().join("wasmcluster.toml");
     std::fs::write(
         &config,
-        "[plugin.fetch]\nallowed-outbound-hosts = [\"http://127.0.0.1:*\"]\n",
+        "[plugin.fetch]\nallowed-outbound-hosts = [\"http://127.0.0.1:*\"]\n\n\
+         [channels.\"history:*\"]\nhistory-size = 10000\nhistory-ttl-secs = 600\n",
     )
     .unwrap();
     let cache = Path::new(env!("CARGO_BIN_EXE_loadgen")).with_file_name("wasm-cache-tests");
@@ -179,6 +180,13 @@ fn every_scenario_runs_against_the_server() {
         assert_eq!(kv["errors"], 0, "{kv}");
     }
 
+    let recovery = loadgen(
+        &server,
+        &["recovery", "--missed", "300", "--max-rounds", "3"],
+    );
+    assert_eq!(recovery["rounds"], 3, "{recovery}");
+    assert!(recovery["p50_ms"].as_f64().unwrap() > 0.0, "{recovery}");
+
     let fetch = loadgen(&server, &["fetch"]);
     assert!(fetch["fetch_requests"].as_u64().unwrap() > 0, "{fetch}");
     assert!(fetch["direct_requests"].as_u64().unwrap() > 0, "{fetch}");
@@ -260,6 +268,26 @@ fn report_turns_results_into_a_table() {
     );
     assert!(
         table.contains("| get: p50 one at a time (ms) | — | — | 0.200 |"),
+        "{table}"
+    );
+
+    let history = [
+        r#"{"case":"recovery","target":"wasmcluster","p50_ms":12.5}"#,
+        r#"{"case":"fanout-history","target":"wasmcluster","deliveries_per_s":300000.0}"#,
+    ];
+    std::fs::write(&input, history.join("\n")).unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_loadgen"))
+        .args(["report", "--input"])
+        .arg(&input)
+        .output()
+        .unwrap();
+    let table = String::from_utf8(output.stdout).unwrap();
+    assert!(
+        table.contains("| recovery of 10,000 missed publications: p50 (ms) | 12.50 |"),
+        "{table}"
+    );
+    assert!(
+        table.contains("| fanout with history: deliveries/s | 300000 |"),
         "{table}"
     );
 }

@@ -7,6 +7,7 @@ pub mod fetch;
 pub mod hostile;
 pub mod hot_swap;
 pub mod idle;
+pub mod recovery;
 pub mod requests;
 pub mod timers;
 
