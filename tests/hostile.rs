@@ -273,8 +273,7 @@ async fn a_fractional_exp_expires_mid_session() {
 #[tokio::test]
 async fn subscriptions_are_revoked_with_the_right_to_them() {
     let dir = plugins_dir(&["echo", "auth"]);
-    let config = repo_root().join("examples/wasmcluster.toml");
-    let server = TestServer::start(dir.path(), &["--config", config.to_str().unwrap()]);
+    let server = start_with_example_config(dir.path());
     let login = json!({"username": "demo", "password": "demo-password"});
     let mut publisher = server.client().await;
     publisher.call("login", login.clone()).await;
@@ -316,8 +315,7 @@ async fn subscriptions_are_revoked_with_the_right_to_them() {
 #[tokio::test]
 async fn data_larger_than_a_plugin_takes_is_refused_before_the_call() {
     let dir = plugins_dir(&["echo", "auth"]);
-    let config = repo_root().join("examples/wasmcluster.toml");
-    let server = TestServer::start(dir.path(), &["--config", config.to_str().unwrap()]);
+    let server = start_with_example_config(dir.path());
     let mut client = server.client().await;
     // Three of them fit in one frame (4 MiB), each over what a call takes.
     let password = "p".repeat(1200 * 1024);
@@ -487,4 +485,16 @@ async fn a_subprotocol_that_is_not_a_token_is_refused() {
         answer.contains("Invalid Sec-WebSocket-Protocol header"),
         "{answer}"
     );
+}
+
+/// A server with `examples/wasmcluster.toml` (what `make run` uses), its
+/// data directory in `plugins` rather than the example's `data/`, which
+/// another test may hold open.
+fn start_with_example_config(plugins: &std::path::Path) -> TestServer {
+    let config = repo_root().join("examples/wasmcluster.toml");
+    let data = plugins.join("data");
+    TestServer::start(
+        plugins,
+        &["--config", config.to_str().unwrap(), "--data-dir", data.to_str().unwrap()],
+    )
 }

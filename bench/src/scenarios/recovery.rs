@@ -91,20 +91,14 @@ async fn subscribe(
             continue;
         }
         let packet: Value = serde_json::from_str(&text)?;
-        match packet["event"].as_str() {
-            Some("wasmcluster:history") => {
-                let data = &packet["data"];
-                let position = json!({"epoch": data["epoch"], "offset": data["offset"]});
-                return Ok((
-                    if since.is_null() {
-                        position
-                    } else {
-                        data.clone()
-                    },
-                    offsets,
-                ));
-            }
-            _ => {}
+        if packet["event"] == "wasmcluster:history" {
+            let data = &packet["data"];
+            let report = if since.is_null() {
+                json!({"epoch": data["epoch"], "offset": data["offset"]})
+            } else {
+                data.clone()
+            };
+            return Ok((report, offsets));
         }
     }
 }
