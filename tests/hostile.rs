@@ -495,6 +495,11 @@ fn start_with_example_config(plugins: &std::path::Path) -> TestServer {
     let data = plugins.join("data");
     TestServer::start(
         plugins,
-        &["--config", config.to_str().unwrap(), "--data-dir", data.to_str().unwrap()],
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--data-dir",
+            data.to_str().unwrap(),
+        ],
     )
 }
