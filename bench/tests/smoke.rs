@@ -232,14 +232,7 @@ fn report_turns_results_into_a_table() {
         r#"{"case":"idle","target":"socketcluster","bytes_per_connection":20000.0}"#,
         r#"{"case":"idle","target":"wasmcluster","bytes_per_connection":10000.0}"#,
     ];
-    std::fs::write(&input, lines.join("\n")).unwrap();
-    let output = Command::new(env!("CARGO_BIN_EXE_loadgen"))
-        .args(["report", "--input"])
-        .arg(&input)
-        .output()
-        .unwrap();
-    assert!(output.status.success());
-    let table = String::from_utf8(output.stdout).unwrap();
+    let table = report(&input, &lines);
     assert!(
         table.contains("| rpc: ops/s | 100 (80.00–120) | 1500 | 15.00x more | ≥ 10x | yes |"),
         "{table}"
@@ -255,13 +248,7 @@ fn report_turns_results_into_a_table() {
         r#"{"case":"kv-set-embedded","target":"wasmcluster","ops_per_s":9000.0}"#,
         r#"{"case":"kv-get-redis-single","target":"wasmcluster","p50_ms":0.2}"#,
     ];
-    std::fs::write(&input, kv.join("\n")).unwrap();
-    let output = Command::new(env!("CARGO_BIN_EXE_loadgen"))
-        .args(["report", "--input"])
-        .arg(&input)
-        .output()
-        .unwrap();
-    let table = String::from_utf8(output.stdout).unwrap();
+    let table = report(&input, &kv);
     assert!(
         table.contains("| set: ops/s, 50 connections × 4 in flight | 50000 | 9000 | — |"),
         "{table}"
@@ -275,13 +262,7 @@ fn report_turns_results_into_a_table() {
         r#"{"case":"recovery","target":"wasmcluster","p50_ms":12.5}"#,
         r#"{"case":"fanout-history","target":"wasmcluster","deliveries_per_s":300000.0}"#,
     ];
-    std::fs::write(&input, history.join("\n")).unwrap();
-    let output = Command::new(env!("CARGO_BIN_EXE_loadgen"))
-        .args(["report", "--input"])
-        .arg(&input)
-        .output()
-        .unwrap();
-    let table = String::from_utf8(output.stdout).unwrap();
+    let table = report(&input, &history);
     assert!(
         table.contains("| recovery of 10,000 missed publications: p50 (ms) | 12.50 |"),
         "{table}"
@@ -290,4 +271,16 @@ fn report_turns_results_into_a_table() {
         table.contains("| fanout with history: deliveries/s | 300000 |"),
         "{table}"
     );
+}
+
+/// `loadgen report` of result `lines` written to `input`.
+fn report(input: &Path, lines: &[&str]) -> String {
+    std::fs::write(input, lines.join("\n")).unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_loadgen"))
+        .args(["report", "--input"])
+        .arg(input)
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    String::from_utf8(output.stdout).unwrap()
 }

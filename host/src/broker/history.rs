@@ -204,6 +204,19 @@ struct State {
     bytes: usize,
 }
 
+impl State {
+    /// `channel`'s stream (a new one if it has none), trimmed to its rule
+    /// at `now`.
+    fn stream(&mut self, channel: &str, rule: HistoryRule, now: Instant) -> &mut Stream {
+        let stream = self
+            .streams
+            .entry(Arc::from(channel))
+            .or_insert_with(|| Stream::new(rule, now));
+        self.bytes -= stream.trim(now);
+        stream
+    }
+}
+
 /// The history of every channel with a rule, on this host.
 #[derive(Debug)]
 pub(crate) struct History {
@@ -293,13 +306,8 @@ impl History {
         };
         let now = Instant::now();
         let mut state = self.lock();
-        let state = &mut *state;
-        let stream = state
-            .streams
-            .entry(Arc::from(channel))
-            .or_insert_with(|| Stream::new(rule, now));
+        let stream = state.stream(channel, rule, now);
         stream.touched = now;
-        state.bytes -= stream.trim(now);
         subscribe();
         let mut catchup = Catchup {
             position: Some(stream.position()),
@@ -330,14 +338,8 @@ impl History {
         limit: usize,
     ) -> Option<(Position, Vec<(u64, Utf8Bytes)>)> {
         let rule = self.rule_for(channel)?;
-        let now = Instant::now();
         let mut state = self.lock();
-        let state = &mut *state;
-        let stream = state
-            .streams
-            .entry(Arc::from(channel))
-            .or_insert_with(|| Stream::new(rule, now));
-        state.bytes -= stream.trim(now);
+        let stream = state.stream(channel, rule, Instant::now());
         let below = before.unwrap_or(u64::MAX);
         let mut page: Vec<(u64, Utf8Bytes)> = stream
             .kept
