@@ -579,3 +579,51 @@ async fn values_written_to_redis_by_earlier_builds_join_the_index_when_written()
     );
     assert!(metrics.contains("wasmcluster_kv_stored_bytes{plugin=\"store\"} 4"));
 }
+
+/// The embedded engine counts its commits and the writes they carried, so
+/// that an operator sees how many writes share an fsync; other engines
+/// have no such series.
+#[tokio::test]
+async fn the_embedded_engine_counts_its_commits_and_the_writes_they_carried() {
+    let engine = Engine::embedded();
+    let plugins = store_plugins();
+    let server = host(&engine, &plugins, &[]).await;
+    let mut writers = Vec::new();
+    for writer in 0..4 {
+        let mut client = server.client().await;
+        writers.push(tokio::spawn(async move {
+            let sets =
+                (0..25).map(|index| json!({ "key": format!("w{writer}:{index}"), "value": "v" }));
+            let cids: Vec<u64> = {
+                let mut cids = Vec::new();
+                for set in sets {
+                    cids.push(client.send_invoke("kv.set", set).await);
+                }
+                cids
+            };
+            for cid in cids {
+                assert!(client.reply(cid).await.get("error").is_none());
+            }
+        }));
+    }
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    let metrics = server.http_get("/metrics", "").await.1;
+    let value = |name: &str| -> u64 {
+        metrics
+            .lines()
+            .find_map(|line| line.strip_prefix(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("no {name} in:\n{metrics}"))
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    assert_eq!(value("wasmcluster_kv_committed_batches_total"), 100);
+    let commits = value("wasmcluster_kv_commits_total");
+    assert!((1..=100).contains(&commits), "{commits} commits");
+
+    let memory = host(&Engine::memory(), &plugins, &[]).await;
+    let metrics = memory.http_get("/metrics", "").await.1;
+    assert!(!metrics.contains("kv_commits"), "{metrics}");
+}

@@ -16,6 +16,7 @@
 //! bytes)`.
 
 use super::KvError;
+use super::metrics::CommitCounters;
 use super::ops::{self, Entries, Entry, KvQuota, Op, Outcome, Page, SWEEP_BATCH, Usage, Write};
 use redb::{Database, ReadableDatabase, ReadableTable, Table, TableDefinition, WriteTransaction};
 use std::collections::HashSet;
@@ -79,8 +80,9 @@ fn storage(error: impl Into<redb::Error>) -> KvError {
 }
 
 impl EmbeddedKv {
-    /// Open (or create) the store in `dir`, and start its writer thread.
-    pub(crate) fn open(dir: &Path) -> Result<Self, KvOpenError> {
+    /// Open (or create) the store in `dir`, and start its writer thread,
+    /// which counts its commits in `commits`.
+    pub(crate) fn open(dir: &Path, commits: CommitCounters) -> Result<Self, KvOpenError> {
         let path = dir.join(FILE_NAME);
         let fail = |reason: String| KvOpenError {
             path: path.clone(),
@@ -99,7 +101,7 @@ impl EmbeddedKv {
         let writer_db = Arc::clone(&db);
         std::thread::Builder::new()
             .name("kv-writer".to_owned())
-            .spawn(move || run_writer(&writer_db, &requests))
+            .spawn(move || run_writer(&writer_db, &requests, &commits))
             .map_err(|error| fail(error.to_string()))?;
         Ok(EmbeddedKv { db, writer, path })
     }
@@ -202,7 +204,7 @@ fn decode((value, expires_at): (&str, u64)) -> Entry {
 
 /// The writer thread: commit what waits, answer, repeat; ends when the
 /// store is dropped.
-fn run_writer(db: &Database, requests: &mpsc::Receiver<WriteRequest>) {
+fn run_writer(db: &Database, requests: &mpsc::Receiver<WriteRequest>, counters: &CommitCounters) {
     while let Ok(first) = requests.recv() {
         let mut group = vec![first];
         while group.len() < MAX_GROUP {
@@ -214,6 +216,8 @@ fn run_writer(db: &Database, requests: &mpsc::Receiver<WriteRequest>) {
         let now = super::now_ms();
         match commit_group(db, &group, now) {
             Ok(results) => {
+                counters.commits.inc();
+                counters.batches.inc_by(group.len() as u64);
                 for (request, result) in group.into_iter().zip(results) {
                     let _ = request.reply.send(result);
                 }
@@ -386,7 +390,7 @@ mod tests {
     async fn writes_survive_reopening_and_namespaces_stay_apart() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let kv = EmbeddedKv::open(dir.path()).unwrap();
+            let kv = EmbeddedKv::open(dir.path(), CommitCounters::default()).unwrap();
             let quota = KvQuota::default();
             kv.apply("a", vec![set("k1", "1"), set("k2", "2")], quota)
                 .await
@@ -394,17 +398,17 @@ mod tests {
             kv.apply("b", vec![set("k1", "other")], quota)
                 .await
                 .unwrap();
-            let error = EmbeddedKv::open(dir.path()).unwrap_err();
+            let error = EmbeddedKv::open(dir.path(), CommitCounters::default()).unwrap_err();
             assert!(error.reason.contains("another process"), "{error}");
         }
         // The writer thread lets go of the file once the store is dropped.
-        let mut reopened = EmbeddedKv::open(dir.path());
+        let mut reopened = EmbeddedKv::open(dir.path(), CommitCounters::default());
         for _ in 0..500 {
             if reopened.is_ok() {
                 break;
             }
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-            reopened = EmbeddedKv::open(dir.path());
+            reopened = EmbeddedKv::open(dir.path(), CommitCounters::default());
         }
         let kv = reopened.unwrap();
         assert_eq!(kv.get("a", "k1", 0).unwrap().as_deref(), Some("1"));

@@ -89,6 +89,15 @@ struct PluginLabels {
     plugin: String,
 }
 
+/// The commits of the embedded engine, counted by its writer thread.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct CommitCounters {
+    /// Commits made, each one fsync.
+    pub(crate) commits: Counter,
+    /// Write batches those commits carried.
+    pub(crate) batches: Counter,
+}
+
 /// The KV families, shared by every worker.
 #[derive(Debug, Clone)]
 pub(crate) struct KvMetrics {
@@ -96,6 +105,8 @@ pub(crate) struct KvMetrics {
     latency: Family<LatencyLabels, Histogram>,
     keys: Family<PluginLabels, Gauge>,
     bytes: Family<PluginLabels, Gauge>,
+    /// With the embedded engine: its commits.
+    commits: Option<CommitCounters>,
 }
 
 impl Default for KvMetrics {
@@ -110,11 +121,20 @@ impl Default for KvMetrics {
             }),
             keys: Family::default(),
             bytes: Family::default(),
+            commits: None,
         }
     }
 }
 
 impl KvMetrics {
+    /// The families, with the commits of an embedded engine.
+    pub(crate) fn with_commits(commits: CommitCounters) -> Self {
+        KvMetrics {
+            commits: Some(commits),
+            ..KvMetrics::default()
+        }
+    }
+
     /// Count and time one operation of `plugin`.
     pub(crate) fn observe(
         &self,
@@ -172,5 +192,17 @@ impl KvMetrics {
             Unit::Bytes,
             self.bytes.clone(),
         );
+        if let Some(commits) = &self.commits {
+            registry.register(
+                "kv_commits",
+                "Commits of the embedded key-value store, one fsync each",
+                commits.commits.clone(),
+            );
+            registry.register(
+                "kv_committed_batches",
+                "Write batches the embedded store's commits carried (over kv_commits_total: writes per fsync)",
+                commits.batches.clone(),
+            );
+        }
     }
 }

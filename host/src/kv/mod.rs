@@ -21,6 +21,7 @@ mod ops;
 mod redis;
 
 pub(crate) use embedded::KvOpenError;
+use metrics::CommitCounters;
 pub(crate) use metrics::{KvMetrics, Operation};
 pub use ops::KvQuota;
 pub(crate) use ops::{Op, OpResult, Outcome, Page};
@@ -122,7 +123,12 @@ impl KvStore {
 
     /// The embedded engine on the file in `data_dir`.
     pub(crate) fn embedded(data_dir: &Path) -> Result<Self, KvOpenError> {
-        EmbeddedKv::open(data_dir).map(|kv| KvStore::with(Engine::Embedded(kv)))
+        let commits = CommitCounters::default();
+        let kv = EmbeddedKv::open(data_dir, commits.clone())?;
+        Ok(KvStore {
+            engine: Engine::Embedded(kv),
+            metrics: KvMetrics::with_commits(commits),
+        })
     }
 
     /// The Redis engine under `prefix`.
