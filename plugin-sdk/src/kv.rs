@@ -82,11 +82,20 @@ pub fn update(
     key: &str,
     mut change: impl FnMut(Option<&str>) -> Option<String>,
 ) -> Result<Option<String>, HostError> {
+    compare_and_set_loop(key, |current| Ok(change(current)))
+}
+
+/// Read `key`, compute its next value with `next`, and compare-and-set it,
+/// until no concurrent change came between; the value stored.
+fn compare_and_set_loop<E: From<HostError>>(
+    key: &str,
+    mut next: impl FnMut(Option<&str>) -> Result<Option<String>, E>,
+) -> Result<Option<String>, E> {
     loop {
         let current = get(key)?;
-        let next = change(current.as_deref());
-        if compare_and_set(key, current.as_deref(), next.as_deref())? {
-            return Ok(next);
+        let value = next(current.as_deref())?;
+        if compare_and_set(key, current.as_deref(), value.as_deref())? {
+            return Ok(value);
         }
     }
 }
@@ -110,18 +119,16 @@ pub fn update_json<T: Serialize + DeserializeOwned>(
     key: &str,
     mut change: impl FnMut(Option<T>) -> Result<Option<T>, Error>,
 ) -> Result<Option<T>, Error> {
-    loop {
-        let current = get(key)?;
-        let decoded = match &current {
-            Some(text) => Some(Payload::from_json_text(text.clone()).parse()?),
+    let mut stored = None;
+    compare_and_set_loop(key, |current| {
+        let decoded = match current {
+            Some(text) => Some(Payload::from_json_text(text.to_owned()).parse()?),
             None => None,
         };
-        let next = change(decoded)?;
-        let text = next.as_ref().map(json_text);
-        if compare_and_set(key, current.as_deref(), text.as_deref())? {
-            return Ok(next);
-        }
-    }
+        stored = change(decoded)?;
+        Ok::<_, Error>(stored.as_ref().map(json_text))
+    })?;
+    Ok(stored)
 }
 
 fn json_text(value: &impl Serialize) -> String {

@@ -206,14 +206,23 @@ struct State {
 
 impl State {
     /// `channel`'s stream (a new one if it has none), trimmed to its rule
-    /// at `now`.
-    fn stream(&mut self, channel: &str, rule: HistoryRule, now: Instant) -> &mut Stream {
+    /// at `now`, with the channel's shared name.
+    fn stream(
+        &mut self,
+        channel: &str,
+        rule: HistoryRule,
+        now: Instant,
+    ) -> (Arc<str>, &mut Stream) {
+        let name: Arc<str> = match self.streams.get_key_value(channel) {
+            Some((name, _)) => name.clone(),
+            None => Arc::from(channel),
+        };
         let stream = self
             .streams
-            .entry(Arc::from(channel))
+            .entry(name.clone())
             .or_insert_with(|| Stream::new(rule, now));
         self.bytes -= stream.trim(now);
-        stream
+        (name, stream)
     }
 }
 
@@ -243,9 +252,6 @@ impl History {
 
     /// The rule of `channel`, if it has history.
     pub(crate) fn rule_for(&self, channel: &str) -> Option<HistoryRule> {
-        if self.rules.is_empty() {
-            return None;
-        }
         self.rules.rule_for(channel)
     }
 
@@ -261,29 +267,22 @@ impl History {
     ) -> R {
         let now = Instant::now();
         let mut state = self.lock();
-        let state = &mut *state;
-        let name: Arc<str> = match state.streams.get_key_value(channel) {
-            Some((name, _)) => name.clone(),
-            None => Arc::from(channel),
-        };
-        let stream = state
-            .streams
-            .entry(name.clone())
-            .or_insert_with(|| Stream::new(rule, now));
-        stream.rule = rule;
+        let (name, stream) = state.stream(channel, rule, now);
         stream.touched = now;
         stream.last += 1;
+        let offset = stream.last;
         let frame = Utf8Bytes::from(encode(&stream.position()));
         let delivered = deliver(&frame);
-        state.bytes += frame.len();
-        state.order.push_back((name, stream.last));
+        let added = frame.len();
         stream.kept.push_back(Kept {
-            offset: stream.last,
+            offset,
             at: now,
             frame,
         });
-        state.bytes -= stream.trim(now);
-        self.enforce_cap(state);
+        let freed = stream.trim(now);
+        state.bytes = state.bytes + added - freed;
+        state.order.push_back((name, offset));
+        self.enforce_cap(&mut state);
         delivered
     }
 
@@ -306,7 +305,7 @@ impl History {
         };
         let now = Instant::now();
         let mut state = self.lock();
-        let stream = state.stream(channel, rule, now);
+        let (_, stream) = state.stream(channel, rule, now);
         stream.touched = now;
         subscribe();
         let mut catchup = Catchup {
@@ -339,7 +338,7 @@ impl History {
     ) -> Option<(Position, Vec<(u64, Utf8Bytes)>)> {
         let rule = self.rule_for(channel)?;
         let mut state = self.lock();
-        let stream = state.stream(channel, rule, Instant::now());
+        let (_, stream) = state.stream(channel, rule, Instant::now());
         let below = before.unwrap_or(u64::MAX);
         let mut page: Vec<(u64, Utf8Bytes)> = stream
             .kept

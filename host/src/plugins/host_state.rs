@@ -15,7 +15,7 @@ use crate::outbound::{OutboundClient, OutboundError, OutboundPolicy, Reply};
 use crate::protocol;
 use crate::services::HostServices;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 use tokio::sync::oneshot;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
@@ -324,11 +324,10 @@ impl HostState {
         }
     }
 
-    /// `now-ms`: milliseconds since the Unix epoch.
+    /// `now-ms`: milliseconds since the Unix epoch, on the clock KV expiries
+    /// are measured on.
     pub fn now_ms() -> u64 {
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |since| since.as_millis() as u64)
+        crate::kv::now_ms()
     }
 
     /// `set-timer`: call this plugin's `on-timer(id)` on this worker after
