@@ -3,13 +3,16 @@
 //! says where it stopped gets exactly what it missed then a report, a
 //! restart changes the epoch, expired history cannot be recovered, the
 //! memory cap holds, and bad `[channels."..."]` sections stop the start.
-//! (`tests/js/history.test.js` does the same with the official client.)
+//! With `--broker`, the history is in Redis: shared by hosts, kept across
+//! a host's restart, new epoch after a flush, and what pub/sub loses is
+//! fetched from it. (`tests/js/history.test.js` does the same with the
+//! official client, and cuts connections at random across two hosts.)
 
 mod support;
 
 use serde_json::{Value, json};
 use std::time::Duration;
-use support::{TestServer, plugins_dir};
+use support::{RedisServer, TestServer, plugins_dir};
 use testkit::Client;
 
 const CONFIG: &str = "[channels.\"room:*\"]\nhistory-size = 100\nhistory-ttl-secs = 60\n\n\
@@ -173,7 +176,7 @@ async fn the_memory_cap_holds_across_channels() {
 }
 
 #[test]
-fn bad_channel_sections_and_history_with_a_broker_stop_the_start() {
+fn bad_channel_sections_stop_the_start() {
     let dir = plugins_dir(&["echo"]);
     let file = dir.path().join("wasmcluster.toml");
     let start = |config: &str, extra: &[&str]| {
@@ -200,11 +203,6 @@ fn bad_channel_sections_and_history_with_a_broker_stop_the_start() {
         &[],
     );
     assert!(log.contains("unknown field `size`"), "{log}");
-    let log = start(
-        "[channels.\"room:*\"]\nhistory-size = 5\nhistory-ttl-secs = 5\n",
-        &["--broker", "redis://127.0.0.1:1/0"],
-    );
-    assert!(log.contains("cannot be used with --broker"), "{log}");
 }
 
 /// `chat`'s RPC `history` reads its room's channel history through the
@@ -247,4 +245,230 @@ async fn chat_answers_a_rooms_last_messages_from_the_channel_history() {
     let mut client = plain.client().await;
     let reply = client.invoke("history", json!({ "room": "lobby" })).await;
     assert_eq!(reply["error"]["name"], "NoHistoryError", "{reply}");
+}
+
+/// A host with history under `CONFIG`, on `redis`.
+fn redis_host(redis: &RedisServer, dir: &tempfile::TempDir) -> TestServer {
+    let file = dir.path().join("wasmcluster.toml");
+    std::fs::write(&file, CONFIG).unwrap();
+    let config = file.to_str().unwrap();
+    TestServer::start(dir.path(), &["--config", config, "--broker", &redis.url()])
+}
+
+/// The next `count` publications' `(offset, data)`, checking their channel
+/// and epoch.
+async fn offsets_and_data(
+    client: &mut Client,
+    channel: &str,
+    epoch: &Value,
+    count: usize,
+) -> Vec<(u64, Value)> {
+    let mut seen = Vec::new();
+    for _ in 0..count {
+        let packet = client.next_packet().await;
+        assert_eq!(packet["event"], "#publish", "{packet}");
+        assert_eq!(packet["data"]["channel"], channel, "{packet}");
+        assert_eq!(&packet["data"]["epoch"], epoch, "{packet}");
+        let offset = packet["data"]["offset"].as_u64().unwrap();
+        seen.push((offset, packet["data"]["data"].clone()));
+    }
+    seen
+}
+
+/// With Redis, every host numbers a channel's publications in one stream:
+/// subscribers on either host (the publisher's included) get each once, in
+/// order, with the same position; a subscriber recovers on another host,
+/// and on a host that was restarted.
+#[tokio::test]
+async fn history_in_redis_is_shared_by_hosts_and_outlives_a_host() {
+    let redis = RedisServer::start();
+    let dir = plugins_dir(&["echo"]);
+    let a = redis_host(&redis, &dir);
+    let b = redis_host(&redis, &dir);
+    let mut on_a = a.client().await;
+    let report = subscribe_since(&mut on_a, "room:r", Value::Null).await;
+    let epoch = report[0]["data"]["epoch"].clone();
+    assert_eq!(report[0]["data"]["offset"], 0);
+    let mut on_b = b.client().await;
+    let report = subscribe_since(&mut on_b, "room:r", Value::Null).await;
+    assert_eq!(
+        report[0]["data"]["epoch"], epoch,
+        "one stream for both hosts"
+    );
+
+    let mut publisher = b.client().await;
+    for n in 1..=3 {
+        publish(&mut publisher, "room:r", json!(n)).await;
+    }
+    let expected: Vec<(u64, Value)> = (1..=3).map(|n| (n, json!(n))).collect();
+    assert_eq!(
+        offsets_and_data(&mut on_a, "room:r", &epoch, 3).await,
+        expected
+    );
+    assert_eq!(
+        offsets_and_data(&mut on_b, "room:r", &epoch, 3).await,
+        expected
+    );
+    on_b.expect_silence(Duration::from_millis(200)).await;
+
+    // Stopped at 1 on host B, comes back on host A.
+    let mut moved = a.client().await;
+    let since = json!({ "epoch": epoch, "offset": 1 });
+    let packets = subscribe_since(&mut moved, "room:r", since).await;
+    let offsets: Vec<&Value> = packets.iter().map(|p| &p["data"]["offset"]).collect();
+    assert_eq!(offsets, [&json!(2), &json!(3), &json!(3)]);
+    assert_eq!(packets[2]["data"]["recovered"], true);
+
+    // Host A restarts; publications go on meanwhile on B.
+    drop((a, on_a, moved));
+    publish(&mut publisher, "room:r", json!(4)).await;
+    let a = redis_host(&redis, &dir);
+    let mut back = a.client().await;
+    let since = json!({ "epoch": epoch, "offset": 0 });
+    let packets = subscribe_since(&mut back, "room:r", since).await;
+    assert_eq!(packets.len(), 5, "{packets:?}");
+    assert_eq!(packets[3]["data"]["data"], 4);
+    assert_eq!(packets[4]["data"]["missed"], 4);
+    publish(&mut publisher, "room:r", json!(5)).await;
+    assert_eq!(
+        offsets_and_data(&mut back, "room:r", &epoch, 1).await,
+        [(5, json!(5))]
+    );
+}
+
+/// Flushing Redis loses the history: the next publication starts a new
+/// epoch and a client that stopped in the old one is told.
+#[tokio::test]
+async fn a_flushed_redis_starts_a_new_epoch() {
+    let redis = RedisServer::start();
+    let dir = plugins_dir(&["echo"]);
+    let host = redis_host(&redis, &dir);
+    let mut publisher = host.client().await;
+    publish(&mut publisher, "room:f", json!("before")).await;
+    let mut client = host.client().await;
+    let report = subscribe_since(&mut client, "room:f", Value::Null).await;
+    let old = report[0]["data"].clone();
+    assert_eq!(old["offset"], 1);
+    redis.cli(&["FLUSHALL"]);
+    publish(&mut publisher, "room:f", json!("after")).await;
+    let live = client.next_packet().await;
+    assert_ne!(live["data"]["epoch"], old["epoch"]);
+    assert_eq!(live["data"]["offset"], 1);
+
+    let mut late = host.client().await;
+    let since = json!({ "epoch": old["epoch"], "offset": 1 });
+    let report = subscribe_since(&mut late, "room:f", since).await;
+    let data = &report[0]["data"];
+    assert_eq!(
+        (&data["recovered"], &data["reason"]),
+        (&json!(false), &json!("epoch-changed"))
+    );
+    assert_eq!(
+        (&data["epoch"], &data["offset"]),
+        (&live["data"]["epoch"], &json!(1))
+    );
+}
+
+/// Publications Redis pub/sub drops while a host's subscriber connection
+/// is down are fetched from the history when it is back: the subscribers
+/// there still see every offset once, in order.
+#[tokio::test]
+async fn what_pub_sub_loses_is_fetched_from_the_history() {
+    let redis = RedisServer::start();
+    let dir = plugins_dir(&["echo"]);
+    let a = redis_host(&redis, &dir);
+    let b = redis_host(&redis, &dir);
+    let mut subscriber = b.client().await;
+    let report = subscribe_since(&mut subscriber, "room:p", Value::Null).await;
+    let epoch = report[0]["data"]["epoch"].clone();
+    let mut publisher = a.client().await;
+    const COUNT: u64 = 300;
+    for n in 1..=COUNT {
+        publish(&mut publisher, "room:p", json!(n)).await;
+        if n == 100 {
+            // Both hosts' pub/sub connections drop; they reconnect after
+            // 100 ms, while publications go on.
+            redis.cli(&["CLIENT", "KILL", "TYPE", "pubsub"]);
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let seen = offsets_and_data(&mut subscriber, "room:p", &epoch, COUNT as usize).await;
+    let expected: Vec<(u64, Value)> = (1..=COUNT).map(|n| (n, json!(n))).collect();
+    assert_eq!(seen, expected);
+    subscriber.expect_silence(Duration::from_millis(200)).await;
+    let broker = &b.health().await["broker"];
+    assert_eq!(broker["reconnects"], 1, "{broker}");
+    assert!(
+        broker["history_refetched"].as_u64().unwrap() > 0,
+        "{broker}"
+    );
+}
+
+/// Last-value channels and the plugin host function work the same with
+/// history in Redis; while Redis is away, a recovering subscriber is told
+/// the history is unavailable rather than left waiting.
+#[tokio::test]
+async fn last_value_plugins_and_outages_with_history_in_redis() {
+    let mut redis = RedisServer::start();
+    let dir = plugins_dir(&["chat"]);
+    let file = dir.path().join("wasmcluster.toml");
+    let config = "[channels.\"room:*\"]\nhistory-size = 3\nhistory-ttl-secs = 60\n\n\
+                  [channels.\"price:*\"]\nhistory-size = 1\nhistory-ttl-secs = 60\nlast-value = true\n";
+    std::fs::write(&file, config).unwrap();
+    let flags = ["--config", file.to_str().unwrap(), "--broker", &redis.url()];
+    let a = TestServer::start(dir.path(), &flags);
+    let b = TestServer::start(dir.path(), &flags);
+
+    let mut client = a.client().await;
+    client
+        .call("join", json!({ "room": "lobby", "nick": "ann" }))
+        .await;
+    for text in ["one", "two", "three"] {
+        client
+            .call("say", json!({ "room": "lobby", "text": text }))
+            .await;
+    }
+    let mut other = b.client().await;
+    let history = other
+        .call("history", json!({ "room": "lobby", "limit": 2 }))
+        .await;
+    assert_eq!(
+        history,
+        json!([
+            {"type": "say", "nick": "ann", "text": "two"},
+            {"type": "say", "nick": "ann", "text": "three"},
+        ])
+    );
+
+    for price in [10, 11] {
+        publish(&mut client, "price:x", json!(price)).await;
+    }
+    let mut newcomer = b.client().await;
+    newcomer.subscribe("price:x").await;
+    let latest = newcomer.next_packet().await;
+    assert_eq!(
+        (&latest["data"]["data"], &latest["data"]["offset"]),
+        (&json!(11), &json!(2))
+    );
+    newcomer.expect_silence(Duration::from_millis(200)).await;
+
+    redis.kill();
+    let mut late = a.client().await;
+    let since = json!({ "epoch": latest["data"]["epoch"], "offset": 1 });
+    let report = subscribe_since(&mut late, "price:x", since).await;
+    let data = &report[0]["data"];
+    assert_eq!(
+        (&data["recovered"], &data["reason"]),
+        (&json!(false), &json!("unavailable")),
+        "{data}"
+    );
+    let reply = other.invoke("history", json!({ "room": "lobby" })).await;
+    assert_eq!(reply["error"]["name"], "HistoryUnavailableError", "{reply}");
+    assert!(
+        reply["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("cannot be read now"),
+        "{reply}"
+    );
 }

@@ -542,17 +542,7 @@ async fn values_written_to_redis_by_earlier_builds_join_the_index_when_written()
     let Engine::Redis(redis) = &engine else {
         unreachable!()
     };
-    let written = std::process::Command::new("redis-cli")
-        .args([
-            "-p",
-            &redis.port.to_string(),
-            "SET",
-            "wasmcluster:kv:store:old",
-            "5",
-        ])
-        .output()
-        .expect("redis-cli is installed with redis-server");
-    assert!(written.status.success());
+    redis.cli(&["SET", "wasmcluster:kv:store:old", "5"]);
     let plugins = store_plugins();
     let server = host(&engine, &plugins, &[]).await;
     let mut client = server.client().await;

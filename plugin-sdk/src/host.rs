@@ -98,7 +98,8 @@ pub fn invoke_client(
 /// ones below offset `before` (all when `None`), at most `limit` (1 to
 /// 1000), oldest first. Only channels the operator gave history
 /// (`[channels."PATTERN"]`) keep publications; for others this fails with
-/// [`HostError::InvalidArgument`].
+/// [`HostError::InvalidArgument`]. With the history in Redis (`--broker`),
+/// it fails with [`HostError::Unavailable`] while Redis is unreachable.
 pub fn channel_history(
     channel: &str,
     before: Option<u64>,

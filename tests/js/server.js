@@ -102,4 +102,37 @@ function tokenEngine(token) {
   };
 }
 
-module.exports = { startServer, next, tokenEngine };
+/** A real `redis-server` on a free loopback port, without persistence. */
+async function startRedis() {
+  const net = require('node:net');
+  const port = await new Promise((resolve) => {
+    const probe = net.createServer().listen(0, '127.0.0.1', () => {
+      const { port: free } = probe.address();
+      probe.close(() => resolve(free));
+    });
+  });
+  const child = spawn('redis-server',
+    ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'],
+    { stdio: 'ignore' });
+  const deadline = Date.now() + 10000;
+  for (;;) {
+    const up = await new Promise((resolve) => {
+      const socket = net.connect(port, '127.0.0.1', () => { socket.destroy(); resolve(true); });
+      socket.on('error', () => resolve(false));
+    });
+    if (up) break;
+    if (Date.now() > deadline) throw new Error('redis-server did not start');
+    await new Promise((resolve) => setTimeout(resolve, 20));
+  }
+  return {
+    url: `redis://127.0.0.1:${port}/0`,
+    /** Run `redis-cli` against it; its output. */
+    cli(...args) {
+      return require('node:child_process')
+        .execFileSync('redis-cli', ['-p', String(port), ...args], { encoding: 'utf8' });
+    },
+    stop() { child.kill('SIGKILL'); },
+  };
+}
+
+module.exports = { startServer, startRedis, next, tokenEngine };

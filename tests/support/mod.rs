@@ -365,6 +365,17 @@ impl RedisServer {
         format!("redis://127.0.0.1:{}/0", self.port)
     }
 
+    /// Run `redis-cli` against it with `args`; its output.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let output = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .expect("redis-cli is installed with redis-server (scripts/install-test-deps)");
+        assert!(output.status.success(), "redis-cli {args:?} failed");
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
     /// Kill it (no clean shutdown: an outage).
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {

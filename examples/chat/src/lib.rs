@@ -12,7 +12,8 @@
 //! - RPC `history` `{room, limit?}` answers the room's last messages (the
 //!   events published on `room:<room>`, oldest first, at most `limit`,
 //!   default 50), when the server keeps history for `room:*` (`make run`
-//!   does); `NoHistoryError` otherwise.
+//!   does); `NoHistoryError` otherwise, and `HistoryUnavailableError` while
+//!   the history cannot be read (it is in Redis, and Redis is away).
 //! - When the socket disconnects, `{"type":"leave","nick":..}` is published
 //!   to every room it joined.
 //! - RPC `members` `{room}` answers the nicks that joined the room through
@@ -29,7 +30,9 @@
 
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
-use wasmcluster_sdk::{Error, Hook, Manifest, Payload, Plugin, Socket, export, host, kv};
+use wasmcluster_sdk::{
+    Error, Hook, HostError, Manifest, Payload, Plugin, Socket, export, host, kv,
+};
 
 /// Rooms answered per page of `rooms`.
 const ROOMS_PER_PAGE: u32 = 50;
@@ -129,10 +132,13 @@ fn create_room(room: &str) -> Result<(), Error> {
 fn history(History { room, limit }: History) -> Result<Payload, Error> {
     let page =
         host::channel_history(&channel(&room), None, limit.clamp(1, 1000)).map_err(|error| {
-            Error::new(
-                "NoHistoryError",
-                format!("room '{room}' keeps no history: {error:?}"),
-            )
+            match error {
+                HostError::Unavailable(reason) => Error::new("HistoryUnavailableError", reason),
+                other => Error::new(
+                    "NoHistoryError",
+                    format!("room '{room}' keeps no history: {other:?}"),
+                ),
+            }
         })?;
     let mut events = Vec::with_capacity(page.publications.len());
     for publication in page.publications {

@@ -14,6 +14,7 @@ pub(crate) use queue::{Inbox, Outbox, OverflowSignal, outbox};
 pub(crate) use registry::SocketRegistry;
 pub(crate) use subscriptions::Subscriptions;
 
+use std::sync::Arc;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 /// Identifies a session inside the process (the broker's subscriber key).
@@ -25,9 +26,27 @@ pub(crate) type SessionKey = u64;
 pub(crate) enum Outbound {
     /// A frame to write as it is (publications are shared, not copied).
     Frame(Utf8Bytes),
+    /// A publication of a channel whose history is kept in Redis, with its
+    /// position, so that a session that just caught up from the history
+    /// can drop the live copies of what it already wrote. Shared by every
+    /// subscriber of the channel on this host.
+    Numbered(Arc<NumberedFrame>),
     /// A change to the socket; boxed, being rare, so that the queue's
     /// blocks stay small for idle connections.
     Control(Box<Control>),
+}
+
+/// A `#publish` frame and where it stands in its channel's history.
+#[derive(Debug)]
+pub(crate) struct NumberedFrame {
+    /// The channel.
+    pub(crate) channel: String,
+    /// The identity of the channel's history stream.
+    pub(crate) epoch: String,
+    /// The publication's offset in it.
+    pub(crate) offset: u64,
+    /// The frame as subscribers get it.
+    pub(crate) frame: Utf8Bytes,
 }
 
 /// A change a plugin makes to a socket.
@@ -104,6 +123,7 @@ impl Outbound {
     pub(crate) fn size(&self) -> usize {
         match self {
             Outbound::Frame(frame) => frame.len(),
+            Outbound::Numbered(numbered) => numbered.frame.len(),
             Outbound::Control(_) => size_of::<Control>(),
         }
     }

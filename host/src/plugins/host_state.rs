@@ -7,7 +7,7 @@ use super::limits::InstanceLimits;
 use super::options::PluginLimits;
 use super::timers::{TimerError, WorkerTimers};
 use super::types::{ClientCallError, ErrorObject, HostError, Json, LogLevel};
-use crate::broker::HistoryPage;
+use crate::broker::{HistoryError, HistoryPage};
 use crate::kv::{KvError, KvQuota, Op, OpResult, Operation, Outcome, Page};
 use crate::mailbox::{ClientAnswer, Control, Outbound};
 use crate::metrics::{self, PublicationSource};
@@ -290,7 +290,7 @@ impl HostState {
 
     /// `channel-history` (0.2.0): a page of a channel's kept
     /// publications.
-    pub(crate) fn channel_history(
+    pub(crate) async fn channel_history(
         &mut self,
         channel: &str,
         before: Option<u64>,
@@ -301,14 +301,15 @@ impl HostState {
                 "a history page holds 1 to {MAX_HISTORY_PAGE} publications; asked for {limit}"
             )));
         }
-        let page = self
-            .services
-            .broker
-            .history_page(channel, before, limit as usize);
-        page.ok_or_else(|| {
-            HostError::InvalidArgument(format!(
+        let broker = &self.services.broker;
+        let page = broker.history_page(channel, before, limit as usize).await;
+        page.map_err(|error| match error {
+            HistoryError::NoHistory => HostError::InvalidArgument(format!(
                 "channel '{channel}' keeps no history (see [channels.\"PATTERN\"] in the config)"
-            ))
+            )),
+            HistoryError::Unavailable(reason) => HostError::Unavailable(format!(
+                "the history of channel '{channel}' cannot be read now: {reason}"
+            )),
         })
     }
 

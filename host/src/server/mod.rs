@@ -15,7 +15,7 @@ mod tls;
 mod worker;
 
 use crate::auth::AuthEngine;
-use crate::broker::{Broker, History, LocalEngine, RedisEngine, RedisError};
+use crate::broker::{Broker, Engine, History, RedisEngine, RedisError};
 use crate::config::ServerConfig;
 use crate::kv::{KvOpenError, KvStore};
 use crate::log_limit;
@@ -69,12 +69,6 @@ pub enum ServerError {
     /// The Redis broker cannot be used.
     #[error(transparent)]
     Broker(#[from] RedisError),
-    /// Channel history is configured together with a Redis broker.
-    #[error(
-        "[channels.\"...\"] history is kept on one host for now: it cannot be used with --broker \
-         (every host would number the channel's publications on its own)"
-    )]
-    HistoryAcrossHosts,
     /// The data directory's key-value store cannot be opened.
     #[error(transparent)]
     Kv(#[from] KvOpenError),
@@ -183,16 +177,16 @@ impl Server {
         let services = shared.services.clone();
         shared.metrics.gauge_fn(
             "history_stored_bytes",
-            "Bytes of publications channel history keeps in memory (--history-max-bytes)",
+            "Bytes of publications channel history keeps in memory (--history-max-bytes; 0 when history is in Redis)",
             move || services.broker.history_usage().0 as i64,
         );
         let services = shared.services.clone();
         shared.metrics.gauge_fn(
             "history_channels",
-            "Channels with a history stream on this host",
+            "Channels with a history stream in memory on this host (0 when history is in Redis)",
             move || services.broker.history_usage().1 as i64,
         );
-        if !shared.config.history_rules.is_empty() {
+        if !shared.config.history_rules.is_empty() && shared.config.broker_url.is_none() {
             let services = shared.services.clone();
             tokio::spawn(async move {
                 let mut every_second = tokio::time::interval(Duration::from_secs(1));
@@ -405,28 +399,31 @@ async fn host_services(
     config: &ServerConfig,
     auth: Arc<AuthEngine>,
 ) -> Result<HostServices, ServerError> {
-    let history = History::new(config.history_rules.clone(), config.history_max_bytes);
+    let rules = config.history_rules.clone();
     let Some(url) = &config.broker_url else {
         let kv = match &config.data_dir {
             Some(dir) => KvStore::embedded(dir)?,
             None => KvStore::default(),
         };
         tracing::info!(kv = %kv.status(), "key-value store");
-        let broker = Broker::new(Arc::default(), Box::new(LocalEngine), history);
+        let history = History::new(config.history_max_bytes);
+        let broker = Broker::new(Arc::default(), rules, Engine::Local(history));
         return Ok(HostServices::with(auth, broker, kv));
     };
-    if !config.history_rules.is_empty() {
-        return Err(ServerError::HistoryAcrossHosts);
-    }
     if config.data_dir.is_some() {
         tracing::info!(
             "--data-dir is not used for the key-value store: with --broker it is in Redis"
         );
     }
     let local = Arc::default();
-    let (engine, connection) =
-        RedisEngine::connect(url, &config.broker_prefix, Arc::clone(&local)).await?;
-    let broker = Broker::new(local, Box::new(engine), history);
+    let (engine, connection) = RedisEngine::connect(
+        url,
+        &config.broker_prefix,
+        Arc::clone(&local),
+        rules.clone(),
+    )
+    .await?;
+    let broker = Broker::new(local, rules, Engine::Redis(engine));
     let kv = KvStore::redis(connection, config.broker_prefix.clone());
     Ok(HostServices::with(auth, broker, kv))
 }

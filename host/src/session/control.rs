@@ -14,6 +14,8 @@ impl<S: Transport> Session<S> {
     pub(super) async fn apply(&mut self, queued: Outbound) -> Result<(), Ending> {
         let control = match queued {
             Outbound::Frame(frame) => return self.feed(frame).await,
+            Outbound::Numbered(numbered) if self.caught_up.covers(&numbered) => return Ok(()),
+            Outbound::Numbered(numbered) => return self.feed(numbered.frame.clone()).await,
             Outbound::Control(control) => *control,
         };
         match control {
@@ -39,9 +41,7 @@ impl<S: Transport> Session<S> {
                 self.feed_revocations().await
             }
             Control::KickOut { channel, message } => {
-                if self.subscriptions.remove(&channel) {
-                    self.ctx.services.broker.unsubscribe(&channel, self.key);
-                }
+                self.leave(&channel);
                 let data = protocol::kick_out(&channel, message.as_deref());
                 self.feed(Utf8Bytes::from(protocol::event("#kickOut", Some(&data))))
                     .await

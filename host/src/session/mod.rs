@@ -238,6 +238,8 @@ struct Session<S> {
     pong_deadline: Instant,
     /// Channels this socket is subscribed to.
     subscriptions: Subscriptions,
+    /// Live publications already written by a catch-up from Redis.
+    caught_up: pubsub::CaughtUp,
     /// When the socket's auth token expires (seconds since the epoch).
     token_expiry: Option<u64>,
     /// A sender to this session's own queue, handed to the broker.
@@ -292,6 +294,7 @@ pub(crate) async fn run<S: Transport>(
         ping_protocol,
         pings_sent: 0,
         subscriptions: Subscriptions::default(),
+        caught_up: pubsub::CaughtUp::default(),
         token_expiry: None,
         outbox,
         inbox,

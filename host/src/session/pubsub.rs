@@ -4,11 +4,11 @@
 
 use super::{Ending, Session, Transport};
 use crate::broker::{Catchup, Position, Since};
+use crate::mailbox::NumberedFrame;
 use crate::metrics::{self, PublicationSource};
 use crate::protocol::{self, ChannelRequest, ErrorObject, MAX_NAME_BYTES};
 use serde::Deserialize;
 use serde_json::value::RawValue;
-use std::time::Duration;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 /// The key of a subscription's data where a client says where it stopped
@@ -18,10 +18,6 @@ const RECOVER_KEY: &str = "#recover";
 /// The event that tells a client subscribing with [`RECOVER_KEY`] where
 /// the channel's history stands, and whether it got what it missed.
 const HISTORY_EVENT: &str = "wasmcluster:history";
-
-/// The longest a first subscription waits for the broker to confirm it
-/// (see [`crate::broker::Broker::subscribe`]) before it is answered anyway.
-const BROKER_CONFIRM_TIMEOUT: Duration = Duration::from_secs(2);
 
 impl<S: Transport> Session<S> {
     pub(super) async fn on_subscribe(
@@ -69,17 +65,13 @@ impl<S: Transport> Session<S> {
             return self.send(protocol::ok_response(cid, None)).await;
         }
         let since = since_of(request.data);
-        let (confirmation, catchup) =
-            self.ctx
-                .services
-                .broker
-                .subscribe(&request.channel, self.key, &self.outbox, &since);
-        if let Some(confirmation) = confirmation {
-            // The first subscriber of a channel on this host is answered
-            // once the broker listens to it on other hosts too, so that a
-            // publication made elsewhere after the answer reaches it.
-            // Bounded: while Redis is away, local delivery still works.
-            let _ = tokio::time::timeout(BROKER_CONFIRM_TIMEOUT, confirmation).await;
+        let broker = &self.ctx.services.broker;
+        let subscribed = broker.subscribe(&request.channel, self.key, &self.outbox, &since);
+        let catchup = subscribed.await;
+        if catchup.overlaps_live
+            && let Some(position) = &catchup.position
+        {
+            self.caught_up.set(&request.channel, position.clone());
         }
         // Written before anything queued meanwhile, which is newer: the
         // answer, what the client missed, then where the history stands.
@@ -104,7 +96,7 @@ impl<S: Transport> Session<S> {
             None => Some(ErrorObject::invalid_action(
                 "Unsubscribe channel name was malformatted",
             )),
-            Some(channel) if !self.subscriptions.remove(&channel) => Some(ErrorObject::new(
+            Some(channel) if !self.leave(&channel) => Some(ErrorObject::new(
                 "BrokerError",
                 format!(
                     "Failed to unsubscribe socket from the {} channel - InvalidActionError: \
@@ -113,10 +105,7 @@ impl<S: Transport> Session<S> {
                     self.socket.id
                 ),
             )),
-            Some(channel) => {
-                self.ctx.services.broker.unsubscribe(&channel, self.key);
-                None
-            }
+            Some(_) => None,
         };
         self.answer(cid, error).await
     }
@@ -160,6 +149,17 @@ impl<S: Transport> Session<S> {
             .publish(&request.channel, rewritten.as_deref().or(data));
         metrics::bump(&self.ctx.stats.publications[PublicationSource::Client as usize]);
         Ok(())
+    }
+
+    /// Unsubscribe from `channel`; `false` if the socket was not
+    /// subscribed to it.
+    pub(super) fn leave(&mut self, channel: &str) -> bool {
+        if !self.subscriptions.remove(channel) {
+            return false;
+        }
+        self.ctx.services.broker.unsubscribe(channel, self.key);
+        self.caught_up.forget(channel);
+        true
     }
 
     /// Answer a reserved event when it was an RPC: `{"rid"}` or the error.
@@ -208,8 +208,7 @@ impl<S: Transport> Session<S> {
             let Some(error) = refusal else {
                 continue;
             };
-            self.subscriptions.remove(&channel);
-            self.ctx.services.broker.unsubscribe(&channel, self.key);
+            self.leave(&channel);
             tracing::debug!(
                 socket = self.socket.id,
                 channel,
@@ -230,6 +229,42 @@ impl<S: Transport> Session<S> {
             self.send(kick).await?;
         }
         Ok(())
+    }
+}
+
+/// The channels whose history a session just caught up on from Redis,
+/// and where: live copies of those publications may still be queued for
+/// it, and must not be written twice. Usually empty.
+#[derive(Debug, Default)]
+pub(super) struct CaughtUp(Vec<(String, Position)>);
+
+impl CaughtUp {
+    fn set(&mut self, channel: &str, position: Position) {
+        self.forget(channel);
+        self.0.push((channel.to_owned(), position));
+    }
+
+    fn forget(&mut self, channel: &str) {
+        self.0.retain(|(name, _)| name != channel);
+    }
+
+    /// Whether `numbered` was written already. The first newer one of a
+    /// channel ends its mark: pub/sub brings a channel's publications in
+    /// order, so nothing older follows it.
+    pub(super) fn covers(&mut self, numbered: &NumberedFrame) -> bool {
+        let Some(index) = self
+            .0
+            .iter()
+            .position(|(name, _)| *name == numbered.channel)
+        else {
+            return false;
+        };
+        let position = &self.0[index].1;
+        if position.epoch == numbered.epoch && numbered.offset <= position.offset {
+            return true;
+        }
+        self.0.swap_remove(index);
+        false
     }
 }
 

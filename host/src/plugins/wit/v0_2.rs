@@ -33,6 +33,7 @@ mod bindings {
             "wasmcluster:plugin/host.kv-batch": async,
             "wasmcluster:plugin/host.kv-list": async,
             "wasmcluster:plugin/host.invoke-client": async,
+            "wasmcluster:plugin/host.channel-history": async,
         },
         with: { "wasmcluster:plugin/types": super::types },
     });
@@ -62,13 +63,13 @@ impl bindings::wasmcluster::plugin::host::Host for HostState {
         HostState::invoke_client(self, socket_id, event, data, timeout_ms).await
     }
 
-    fn channel_history(
+    async fn channel_history(
         &mut self,
         channel: String,
         before: Option<u64>,
         limit: u32,
     ) -> Result<HistoryPage, HostError> {
-        let page = HostState::channel_history(self, &channel, before, limit)?;
+        let page = HostState::channel_history(self, &channel, before, limit).await?;
         Ok(HistoryPage {
             epoch: page.position.epoch,
             offset: page.position.offset,

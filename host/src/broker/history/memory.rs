@@ -1,94 +1,17 @@
-//! Channel history on one host: the last publications of the channels the
-//! operator opted in (`[channels."PATTERN"]`), each with its position, so
-//! that a client that reconnects gets what it missed, in order, once.
-//!
-//! A channel's history is a stream: an *epoch* (random, new whenever the
-//! stream starts again and what came before is gone) and *offsets* (1, 2,
-//! ...; one per publication). A subscriber that says where it stopped
-//! (`epoch`, `offset`) gets every later publication still kept, or is told
-//! that it cannot (the epoch changed, or the history no longer reaches
-//! back that far). Publications of a channel with history are numbered and
-//! delivered under one lock, and a subscription with history registers
-//! under it too, so a subscriber sees the kept ones and then the live ones
-//! with no gap and no duplicate.
+//! Channel history on one host, in memory: publications of a channel with
+//! history are numbered and delivered under one lock, and a subscription
+//! with history registers under it too, so a subscriber sees the kept ones
+//! and then the live ones with no gap and no duplicate.
 //!
 //! Memory is bounded per channel (`history-size`, `history-ttl-secs`) and
 //! in all (`--history-max-bytes`: past it the oldest publications of any
 //! channel go first). Channels without a rule cost nothing.
 
+use super::{Catchup, HistoryRule, Position, Since, Unrecoverable, new_epoch};
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
-
-/// What the operator asked for the channels matching one pattern.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct HistoryRule {
-    /// Publications kept per channel.
-    pub size: usize,
-    /// How long each is kept.
-    pub ttl: Duration,
-    /// Whether a new subscriber gets the latest publication at once.
-    pub last_value: bool,
-}
-
-/// The rules by channel pattern (`*` matches any run of characters). The
-/// longest matching pattern wins.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct HistoryRules {
-    rules: Vec<(String, HistoryRule)>,
-}
-
-impl HistoryRules {
-    /// Rules from `(pattern, rule)` pairs.
-    pub fn new(mut rules: Vec<(String, HistoryRule)>) -> Self {
-        rules.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then(a.0.cmp(&b.0)));
-        HistoryRules { rules }
-    }
-
-    /// Whether no channel has history.
-    pub fn is_empty(&self) -> bool {
-        self.rules.is_empty()
-    }
-
-    /// The rule of `channel`, if any.
-    pub(crate) fn rule_for(&self, channel: &str) -> Option<HistoryRule> {
-        self.rules
-            .iter()
-            .find(|(pattern, _)| glob_matches(pattern, channel))
-            .map(|(_, rule)| *rule)
-    }
-}
-
-/// Whether `text` matches `pattern`, where `*` matches any run of
-/// characters (none included) and everything else itself.
-fn glob_matches(pattern: &str, text: &str) -> bool {
-    let mut parts = pattern.split('*');
-    let first = parts.next().unwrap_or_default();
-    let Some(mut rest) = text.strip_prefix(first) else {
-        return false;
-    };
-    let parts: Vec<&str> = parts.collect();
-    let Some((last, middle)) = parts.split_last() else {
-        return rest.is_empty();
-    };
-    for part in middle {
-        match rest.find(part) {
-            Some(at) => rest = &rest[at + part.len()..],
-            None => return false,
-        }
-    }
-    rest.len() >= last.len() && rest.ends_with(last)
-}
-
-/// Where a subscriber stopped, or where a stream is.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Position {
-    /// The stream's identity.
-    pub(crate) epoch: String,
-    /// The offset of the last publication seen (0: none yet).
-    pub(crate) offset: u64,
-}
 
 /// One kept publication.
 #[derive(Debug)]
@@ -144,56 +67,6 @@ impl Stream {
         freed
     }
 }
-
-/// A random epoch: 16 hex digits.
-fn new_epoch() -> String {
-    format!("{:016x}", rand::random::<u64>())
-}
-
-/// Why a subscriber cannot get what it missed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Unrecoverable {
-    /// The channel keeps no history.
-    NoHistory,
-    /// The stream started again: what came before is gone.
-    EpochChanged,
-    /// Publications after the subscriber's offset are no longer kept.
-    TooOld,
-}
-
-impl Unrecoverable {
-    /// As the client reads it.
-    pub(crate) fn reason(self) -> &'static str {
-        match self {
-            Unrecoverable::NoHistory => "no-history",
-            Unrecoverable::EpochChanged => "epoch-changed",
-            Unrecoverable::TooOld => "too-old",
-        }
-    }
-}
-
-/// What a subscription with history gets beside the live publications.
-#[derive(Debug, Default)]
-pub(crate) struct Catchup {
-    /// `#publish` frames to send first, in order.
-    pub(crate) frames: Vec<Utf8Bytes>,
-    /// Where the channel's stream is now (for a channel with history).
-    pub(crate) position: Option<Position>,
-    /// Why the publications asked for could not be given.
-    pub(crate) failure: Option<Unrecoverable>,
-}
-
-/// What a subscriber asked for.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Since {
-    /// Nothing about history (a plain subscription).
-    Nothing,
-    /// Its position from now on, nothing missed (a first subscription).
-    Now,
-    /// Every publication after this position.
-    Position(Position),
-}
-
 /// Every stream, and the order their publications were kept in.
 #[derive(Debug, Default)]
 struct State {
@@ -229,30 +102,23 @@ impl State {
 /// The history of every channel with a rule, on this host.
 #[derive(Debug)]
 pub(crate) struct History {
-    rules: HistoryRules,
     max_bytes: usize,
     state: Mutex<State>,
 }
 
 impl Default for History {
     fn default() -> Self {
-        History::new(HistoryRules::default(), 64 << 20)
+        History::new(64 << 20)
     }
 }
 
 impl History {
-    /// History under `rules`, keeping at most `max_bytes` of publications.
-    pub(crate) fn new(rules: HistoryRules, max_bytes: usize) -> Self {
+    /// History keeping at most `max_bytes` of publications.
+    pub(crate) fn new(max_bytes: usize) -> Self {
         History {
-            rules,
             max_bytes,
             state: Mutex::default(),
         }
-    }
-
-    /// The rule of `channel`, if it has history.
-    pub(crate) fn rule_for(&self, channel: &str) -> Option<HistoryRule> {
-        self.rules.rule_for(channel)
     }
 
     /// Number and keep a publication of `channel` (which has `rule`), and
@@ -287,22 +153,15 @@ impl History {
     }
 
     /// Run `subscribe` (which registers the subscriber for live
-    /// publications) where no publication of `channel` can come between,
-    /// and give what the subscriber asked for.
+    /// publications) where no publication of `channel` (which has `rule`)
+    /// can come between, and give what the subscriber asked for.
     pub(crate) fn subscribe(
         &self,
         channel: &str,
+        rule: HistoryRule,
         since: &Since,
         subscribe: impl FnOnce(),
     ) -> Catchup {
-        let Some(rule) = self.rule_for(channel) else {
-            subscribe();
-            let failure = matches!(since, Since::Position(_)).then_some(Unrecoverable::NoHistory);
-            return Catchup {
-                failure,
-                ..Catchup::default()
-            };
-        };
         let now = Instant::now();
         let mut state = self.lock();
         let (_, stream) = state.stream(channel, rule, now);
@@ -327,16 +186,16 @@ impl History {
         catchup
     }
 
-    /// The newest kept publications of `channel` below offset `before`
-    /// (all when `None`), at most `limit`, oldest first, with the stream's
-    /// position; `None` when the channel keeps no history.
+    /// The newest kept publications of `channel` (which has `rule`) below
+    /// offset `before` (all when `None`), at most `limit`, oldest first,
+    /// with the stream's position.
     pub(crate) fn page(
         &self,
         channel: &str,
+        rule: HistoryRule,
         before: Option<u64>,
         limit: usize,
-    ) -> Option<(Position, Vec<(u64, Utf8Bytes)>)> {
-        let rule = self.rule_for(channel)?;
+    ) -> (Position, Vec<(u64, Utf8Bytes)>) {
         let mut state = self.lock();
         let (_, stream) = state.stream(channel, rule, Instant::now());
         let below = before.unwrap_or(u64::MAX);
@@ -349,7 +208,7 @@ impl History {
             .map(|kept| (kept.offset, kept.frame.clone()))
             .collect();
         page.reverse();
-        Some((stream.position(), page))
+        (stream.position(), page)
     }
 
     /// Drop expired publications, and the streams that have none left, no
@@ -434,6 +293,7 @@ fn missed(stream: &Stream, position: &Position) -> Result<Vec<Utf8Bytes>, Unreco
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     const RULE: HistoryRule = HistoryRule {
         size: 3,
@@ -442,7 +302,7 @@ mod tests {
     };
 
     fn history() -> History {
-        History::new(HistoryRules::new(vec![("room:*".into(), RULE)]), 1 << 20)
+        History::new(1 << 20)
     }
 
     fn publish(history: &History, channel: &str, n: u64) -> Position {
@@ -460,33 +320,17 @@ mod tests {
     }
 
     #[test]
-    fn patterns_match_with_stars_and_the_longest_wins() {
-        assert!(glob_matches("room:*", "room:1"));
-        assert!(glob_matches("room:*", "room:"));
-        assert!(!glob_matches("room:*", "rooms"));
-        assert!(glob_matches("*:log:*", "a:log:b"));
-        assert!(glob_matches("a*a", "aa"));
-        assert!(!glob_matches("a*a", "a"));
-        assert!(glob_matches("exact", "exact"));
-        assert!(!glob_matches("exact", "exactly"));
-        let longer = HistoryRule { size: 9, ..RULE };
-        let rules = HistoryRules::new(vec![("*".into(), RULE), ("room:vip*".into(), longer)]);
-        assert_eq!(rules.rule_for("room:vip1"), Some(longer));
-        assert_eq!(rules.rule_for("other"), Some(RULE));
-    }
-
-    #[test]
     fn a_subscriber_gets_what_it_missed_or_is_told_why_not() {
         let history = history();
         let start = history
-            .subscribe("room:1", &Since::Now, || ())
+            .subscribe("room:1", RULE, &Since::Now, || ())
             .position
             .unwrap();
         assert_eq!(start.offset, 0);
         for n in 1..=2 {
             publish(&history, "room:1", n);
         }
-        let catchup = history.subscribe("room:1", &Since::Position(start.clone()), || ());
+        let catchup = history.subscribe("room:1", RULE, &Since::Position(start.clone()), || ());
         let frames: Vec<&str> = catchup.frames.iter().map(Utf8Bytes::as_str).collect();
         assert_eq!(frames, ["1@1", "2@2"]);
         for n in 3..=5 {
@@ -497,40 +341,37 @@ mod tests {
             offset: 1,
             ..start.clone()
         };
-        let catchup = history.subscribe("room:1", &Since::Position(one), || ());
+        let catchup = history.subscribe("room:1", RULE, &Since::Position(one), || ());
         assert_eq!(catchup.failure, Some(Unrecoverable::TooOld));
         let two = Position { offset: 2, ..start };
-        let catchup = history.subscribe("room:1", &Since::Position(two), || ());
+        let catchup = history.subscribe("room:1", RULE, &Since::Position(two), || ());
         assert_eq!(catchup.frames.len(), 3);
         let other = Position {
             epoch: "other".into(),
             offset: 2,
         };
-        let catchup = history.subscribe("room:1", &Since::Position(other), || ());
+        let catchup = history.subscribe("room:1", RULE, &Since::Position(other), || ());
         assert_eq!(catchup.failure, Some(Unrecoverable::EpochChanged));
-        let plain = history.subscribe("plain", &Since::Position(catchup.position.unwrap()), || ());
-        assert_eq!(plain.failure, Some(Unrecoverable::NoHistory));
     }
 
     #[test]
     fn pages_go_back_from_the_newest() {
         let history = history();
-        assert!(history.page("plain", None, 10).is_none());
         for n in 1..=3 {
             publish(&history, "room:1", n);
         }
-        let (position, page) = history.page("room:1", None, 2).unwrap();
+        let (position, page) = history.page("room:1", RULE, None, 2);
         assert_eq!(position.offset, 3);
         let offsets: Vec<u64> = page.iter().map(|(offset, _)| *offset).collect();
         assert_eq!(offsets, [2, 3]);
-        let (_, page) = history.page("room:1", Some(2), 10).unwrap();
+        let (_, page) = history.page("room:1", RULE, Some(2), 10);
         assert_eq!(page.len(), 1);
         assert_eq!(page[0].1.as_str(), "1@1");
     }
 
     #[test]
     fn the_memory_cap_drops_the_oldest_publications_of_any_channel() {
-        let history = History::new(HistoryRules::new(vec![("*".into(), RULE)]), 10);
+        let history = History::new(10);
         publish(&history, "a", 1); // "1@1": 3 bytes
         publish(&history, "b", 2);
         publish(&history, "a", 3);

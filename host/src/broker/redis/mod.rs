@@ -3,18 +3,30 @@
 //! local subscriber, so a publication crosses the network once per host
 //! that needs it, not once per subscriber.
 //!
-//! A publication is delivered to local subscribers at once and published in
-//! Redis with this host's id; every other host delivers it to its own
-//! subscribers, and this host ignores its own copy, so each subscriber
-//! receives it exactly once. While Redis is unreachable, local delivery
-//! goes on; publications for other hosts are dropped (at most once, as
-//! SocketCluster with SCC), counted, and the engine reconnects with a
-//! back-off and subscribes again to every channel with local subscribers.
+//! A publication of a channel without history is delivered to local
+//! subscribers at once and published in Redis with this host's id; every
+//! other host delivers it to its own subscribers, and this host ignores its
+//! own copy, so each subscriber receives it exactly once. A publication of
+//! a channel with history is numbered in Redis instead ([`history`]) and
+//! delivered from there to every host, this one included, in offset order.
+//!
+//! While Redis is unreachable, local delivery of channels without history
+//! goes on; publications for other hosts (and every publication of a
+//! channel with history) are dropped (at most once, as SocketCluster with
+//! SCC), counted, and the engine reconnects with a back-off and subscribes
+//! again to every channel with local subscribers, then fetches from the
+//! history what its channels with history missed meanwhile
+//! ([`subscriber`]).
 
-use super::{BrokerEngine, Confirmation, LocalChannels};
-use crate::protocol;
-use futures_util::StreamExt;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSubSink, PubSubStream};
+mod history;
+mod subscriber;
+
+pub(crate) use history::Read;
+
+use super::history::{HistoryRule, HistoryRules};
+use super::{Confirmation, LocalChannels};
+use history::{Found, StreamKeys};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -57,8 +69,10 @@ pub enum RedisError {
 
 /// Subscription changes for the subscriber task.
 enum Change {
-    /// Subscribe, and tell the sender once Redis confirmed it.
+    /// Listen to the channel if it has local subscribers and is not
+    /// listened to yet, and tell the sender once Redis confirmed that it is.
     Opened(String, oneshot::Sender<()>),
+    /// Stop listening if the channel has no local subscriber left.
     Closed(String),
 }
 
@@ -71,6 +85,11 @@ struct State {
     received: AtomicU64,
     dropped: AtomicU64,
     reconnects: AtomicU64,
+    /// Publications of channels with history that pub/sub did not bring
+    /// (a lost connection) and that were fetched from the history.
+    refetched: AtomicU64,
+    /// Those that could not be fetched (no longer kept, or Redis away).
+    lost: AtomicU64,
 }
 
 /// Names in Redis: channels and keys live under a prefix, so that several
@@ -78,9 +97,17 @@ struct State {
 #[derive(Debug, Clone)]
 struct Names {
     prefix: String,
+    streams: StreamKeys,
 }
 
 impl Names {
+    fn new(prefix: &str) -> Self {
+        Names {
+            prefix: prefix.to_owned(),
+            streams: StreamKeys::new(prefix),
+        }
+    }
+
     fn channel(&self, channel: &str) -> String {
         format!("{}ch:{channel}", self.prefix)
     }
@@ -92,24 +119,42 @@ impl Names {
     }
 }
 
-/// The engine: sends publications and subscription changes to its tasks.
+/// What the publisher task sends to Redis.
+enum Outgoing {
+    /// A publication already delivered here, for the other hosts:
+    /// `PUBLISH <channel> <host id>\n<data>`.
+    Plain { channel: String, payload: Vec<u8> },
+    /// A publication of a channel with history: numbered and kept in
+    /// Redis, and delivered from there to every host.
+    Numbered {
+        channel: String,
+        data: Option<String>,
+        rule: HistoryRule,
+    },
+}
+
+/// The engine: sends publications and subscription changes to its tasks,
+/// and reads channel history.
 pub(crate) struct RedisEngine {
     changes: mpsc::UnboundedSender<Change>,
-    publications: mpsc::Sender<(String, Vec<u8>)>,
+    publications: mpsc::Sender<Outgoing>,
     state: Arc<State>,
     host_id: String,
     names: Names,
+    connection: ConnectionManager,
 }
 
 impl RedisEngine {
     /// Connect to Redis at `url` and start the engine's tasks on the current
-    /// tokio runtime. Also returns a connection for the plugins' KV store.
-    /// Redis unreachable now is an error: a host that starts without its
-    /// broker would serve a split cluster without saying so.
+    /// tokio runtime, keeping history in Redis under `rules`. Also returns a
+    /// connection for the plugins' KV store. Redis unreachable now is an
+    /// error: a host that starts without its broker would serve a split
+    /// cluster without saying so.
     pub(crate) async fn connect(
         url: &str,
         prefix: &str,
         local: Arc<LocalChannels>,
+        rules: HistoryRules,
     ) -> Result<(Self, ConnectionManager), RedisError> {
         let shown = redacted(url);
         let client = redis::Client::open(url).map_err(|source| RedisError::Url {
@@ -139,23 +184,28 @@ impl RedisEngine {
 
         let state = Arc::new(State::default());
         state.publisher_up.store(true, Ordering::Release);
-        let names = Names {
-            prefix: prefix.to_owned(),
-        };
+        let names = Names::new(prefix);
         let host_id = format!("{:016x}", rand::random::<u64>());
         let (changes, change_rx) = mpsc::unbounded_channel();
         let (publications, publication_rx) = mpsc::channel(PUBLISH_QUEUE);
         tokio::spawn(
-            Subscriber {
+            subscriber::Subscriber {
                 client,
+                connection: manager.clone(),
                 names: names.clone(),
                 host_id: host_id.clone(),
                 local,
+                rules,
                 state: state.clone(),
             }
             .run(change_rx),
         );
-        tokio::spawn(publish(manager.clone(), publication_rx, state.clone()));
+        tokio::spawn(publish(
+            manager.clone(),
+            names.clone(),
+            publication_rx,
+            state.clone(),
+        ));
         tracing::info!(url = shown, host_id, "broker: connected to Redis");
         Ok((
             RedisEngine {
@@ -164,46 +214,78 @@ impl RedisEngine {
                 state,
                 host_id,
                 names,
+                connection: manager.clone(),
             },
             manager,
         ))
     }
-}
 
-impl BrokerEngine for RedisEngine {
-    fn channel_opened(&self, channel: &str) -> Option<Confirmation> {
+    /// Listen to `channel` from other hosts, if it has local subscribers
+    /// (it may be listened to already). The receiver resolves once Redis
+    /// confirmed it: a publication made anywhere after that reaches this
+    /// host.
+    pub(crate) fn listen(&self, channel: &str) -> Confirmation {
         let (confirm, confirmation) = oneshot::channel();
         let _ = self
             .changes
             .send(Change::Opened(channel.to_owned(), confirm));
-        Some(confirmation)
+        confirmation
     }
 
-    fn channel_closed(&self, channel: &str) {
+    /// The last local subscriber of `channel` left.
+    pub(crate) fn channel_closed(&self, channel: &str) {
         let _ = self.changes.send(Change::Closed(channel.to_owned()));
     }
 
-    fn published(&self, channel: &str, data: Option<&str>) {
+    /// `data` was published on `channel` (which has no history) here, and
+    /// delivered locally already: pass it on to the other hosts.
+    pub(crate) fn published(&self, channel: &str, data: Option<&str>) {
         let data = data.unwrap_or_default();
         let mut payload = Vec::with_capacity(self.host_id.len() + 1 + data.len());
         payload.extend_from_slice(self.host_id.as_bytes());
         payload.push(b'\n');
         payload.extend_from_slice(data.as_bytes());
-        if self
-            .publications
-            .try_send((self.names.channel(channel), payload))
-            .is_err()
-        {
+        self.send(Outgoing::Plain {
+            channel: self.names.channel(channel),
+            payload,
+        });
+    }
+
+    /// Publish `data` on `channel`, which has history under `rule`: Redis
+    /// numbers and keeps it, and every host with subscribers delivers it,
+    /// this one included.
+    pub(crate) fn publish_numbered(&self, channel: &str, data: Option<&str>, rule: HistoryRule) {
+        self.send(Outgoing::Numbered {
+            channel: channel.to_owned(),
+            data: data.map(str::to_owned),
+            rule,
+        });
+    }
+
+    fn send(&self, outgoing: Outgoing) {
+        if self.publications.try_send(outgoing).is_err() {
             self.state.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
 
-    fn is_connected(&self) -> bool {
+    /// Read `channel`'s history (under `rule`) from Redis.
+    pub(crate) async fn read_history(
+        &self,
+        channel: &str,
+        rule: HistoryRule,
+        what: &Read,
+    ) -> redis::RedisResult<Found> {
+        history::read(&self.connection, &self.names.streams, channel, rule, what).await
+    }
+
+    /// Whether publications currently reach the other hosts.
+    pub(crate) fn is_connected(&self) -> bool {
         self.state.subscriber_up.load(Ordering::Acquire)
             && self.state.publisher_up.load(Ordering::Acquire)
     }
 
-    fn status(&self) -> serde_json::Value {
+    /// What the engine is, for `/healthz`: its state and counters.
+    pub(crate) fn status(&self) -> serde_json::Value {
         let state = &self.state;
         serde_json::json!({
             "engine": "redis",
@@ -212,6 +294,8 @@ impl BrokerEngine for RedisEngine {
             "received": state.received.load(Ordering::Relaxed),
             "dropped": state.dropped.load(Ordering::Relaxed),
             "reconnects": state.reconnects.load(Ordering::Relaxed),
+            "history_refetched": state.refetched.load(Ordering::Relaxed),
+            "history_lost": state.lost.load(Ordering::Relaxed),
         })
     }
 }
@@ -221,7 +305,8 @@ impl BrokerEngine for RedisEngine {
 /// publications during an outage would grow memory without bound.
 async fn publish(
     mut connection: ConnectionManager,
-    mut queue: mpsc::Receiver<(String, Vec<u8>)>,
+    names: Names,
+    mut queue: mpsc::Receiver<Outgoing>,
     state: Arc<State>,
 ) {
     let mut batch = Vec::with_capacity(PUBLISH_BATCH);
@@ -243,10 +328,7 @@ async fn publish(
             return;
         }
         let count = batch.len() as u64;
-        let mut pipe = redis::pipe();
-        for (channel, payload) in batch.drain(..) {
-            pipe.cmd("PUBLISH").arg(channel).arg(payload).ignore();
-        }
+        let pipe = pipeline(&names, batch.drain(..));
         let mut sent = pipe.query_async::<()>(&mut connection).await;
         if sent
             .as_ref()
@@ -265,168 +347,56 @@ async fn publish(
                     tracing::info!("broker: publishing to Redis again");
                 }
             }
-            Err(error) => {
+            Err(error) if error.is_connection_dropped() || error.is_io_error() => {
                 state.dropped.fetch_add(count, Ordering::Relaxed);
                 if state.publisher_up.swap(false, Ordering::AcqRel) {
                     tracing::warn!(
                         "broker: cannot publish to Redis ({error}); publications reach this \
-                         host's subscribers only until it is back"
+                         host's subscribers only until it is back (none of channels with history)"
                     );
                 }
             }
-        }
-    }
-}
-
-/// The task that listens to Redis for the channels with local subscribers.
-struct Subscriber {
-    client: redis::Client,
-    names: Names,
-    host_id: String,
-    local: Arc<LocalChannels>,
-    state: Arc<State>,
-}
-
-/// Why a subscriber connection ended.
-enum Ended {
-    /// The connection to Redis was lost: reconnect.
-    Lost(String),
-    /// The broker is gone: stop.
-    Stopped,
-}
-
-impl Subscriber {
-    /// Connect, subscribe to every channel with local subscribers, serve
-    /// until the connection is lost, and start again after a back-off.
-    async fn run(self, mut changes: mpsc::UnboundedReceiver<Change>) {
-        let mut delay = MIN_RECONNECT_DELAY;
-        let mut connected_before = false;
-        loop {
-            let ended = match self.connect().await {
-                Ok((sink, stream)) => {
-                    self.state.subscriber_up.store(true, Ordering::Release);
-                    if connected_before {
-                        self.state.reconnects.fetch_add(1, Ordering::Relaxed);
-                        tracing::info!(
-                            channels = self.local.names().len(),
-                            "broker: reconnected to Redis and subscribed again"
-                        );
-                    }
-                    connected_before = true;
-                    delay = MIN_RECONNECT_DELAY;
-                    self.serve(sink, stream, &mut changes).await
-                }
-                Err(reason) => Ended::Lost(reason),
-            };
-            self.state.subscriber_up.store(false, Ordering::Release);
-            match ended {
-                Ended::Stopped => return,
-                Ended::Lost(reason) => tracing::warn!(
-                    retry_in_ms = delay.as_millis() as u64,
-                    "broker: Redis connection lost ({reason}); local delivery goes on"
-                ),
-            }
-            tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(MAX_RECONNECT_DELAY);
-        }
-    }
-
-    /// A pub/sub connection subscribed to every channel with local
-    /// subscribers now.
-    async fn connect(&self) -> Result<(PubSubSink, PubSubStream), String> {
-        let pubsub = tokio::time::timeout(CONNECT_TIMEOUT, self.client.get_async_pubsub())
-            .await
-            .map_err(|_| "no answer within 3 s".to_owned())?
-            .map_err(|error| error.to_string())?;
-        let (mut sink, stream) = pubsub.split();
-        let channels: Vec<String> = self
-            .local
-            .names()
-            .iter()
-            .map(|name| self.names.channel(name))
-            .collect();
-        if !channels.is_empty() {
-            sink.subscribe(channels)
-                .await
-                .map_err(|error| error.to_string())?;
-        }
-        Ok((sink, stream))
-    }
-
-    /// Deliver messages and apply subscription changes until the connection
-    /// is lost or the broker goes away. A change is checked against the
-    /// local subscribers when it is applied, so changes queued while
-    /// disconnected cannot leave a stale subscription behind.
-    async fn serve(
-        &self,
-        mut sink: PubSubSink,
-        mut stream: PubSubStream,
-        changes: &mut mpsc::UnboundedReceiver<Change>,
-    ) -> Ended {
-        loop {
-            tokio::select! {
-                message = stream.next() => match message {
-                    Some(message) => self.deliver(message.get_channel_name(), message.get_payload_bytes()),
-                    None => return Ended::Lost("the connection closed".into()),
-                },
-                change = changes.recv() => {
-                    let result = match change {
-                        None => return Ended::Stopped,
-                        Some(Change::Opened(channel, confirm)) => {
-                            // Subscribed again after a reconnect, if it was
-                            // opened while Redis was away: confirm it either way.
-                            let subscribed = if self.local.has(&channel) {
-                                sink.subscribe(self.names.channel(&channel)).await
-                            } else {
-                                Ok(())
-                            };
-                            if subscribed.is_ok() {
-                                let _ = confirm.send(());
-                            }
-                            subscribed
-                        }
-                        Some(Change::Closed(channel)) if !self.local.has(&channel) => {
-                            sink.unsubscribe(self.names.channel(&channel)).await
-                        }
-                        Some(_) => Ok(()),
-                    };
-                    if let Err(error) = result {
-                        return Ended::Lost(error.to_string());
-                    }
-                }
+            Err(error) => {
+                // Redis answered, and refused a command (a key of another
+                // type in the way, say): the connection is fine.
+                state.dropped.fetch_add(count, Ordering::Relaxed);
+                tracing::warn!("broker: Redis refused {count} publications: {error}");
             }
         }
     }
+}
 
-    /// Deliver a publication from another host to the local subscribers.
-    fn deliver(&self, redis_channel: &str, payload: &[u8]) {
-        let Some(channel) = self.names.local_channel(redis_channel) else {
-            return;
-        };
-        let Some((origin, data)) = split_payload(payload) else {
-            tracing::warn!(
+/// One pipeline for a batch of publications, in their order.
+fn pipeline(names: &Names, batch: impl Iterator<Item = Outgoing>) -> redis::Pipeline {
+    let mut pipe = redis::pipe();
+    let mut script_loaded = false;
+    for outgoing in batch {
+        match outgoing {
+            Outgoing::Plain { channel, payload } => {
+                pipe.cmd("PUBLISH").arg(channel).arg(payload).ignore();
+            }
+            Outgoing::Numbered {
                 channel,
-                "broker: ignored a Redis message that is not a wasmcluster publication"
-            );
-            return;
-        };
-        if origin == self.host_id.as_bytes() {
-            return;
-        }
-        let data = match std::str::from_utf8(data) {
-            Ok("") => None,
-            Ok(text) if protocol::validate_json(text).is_ok() => Some(text),
-            _ => {
-                tracing::warn!(
-                    channel,
-                    "broker: ignored a Redis publication whose data is not JSON"
+                data,
+                rule,
+            } => {
+                if !script_loaded {
+                    history::queue_script_load(&mut pipe);
+                    script_loaded = true;
+                }
+                let redis_channel = names.channel(&channel);
+                history::queue_publish(
+                    &mut pipe,
+                    &names.streams,
+                    &redis_channel,
+                    &channel,
+                    data.as_deref(),
+                    rule,
                 );
-                return;
             }
-        };
-        self.state.received.fetch_add(1, Ordering::Relaxed);
-        self.local.deliver(channel, data);
+        }
     }
+    pipe
 }
 
 /// A Redis URL fit for logs: its password replaced by `***`.
@@ -441,21 +411,13 @@ fn redacted(url: &str) -> String {
     }
 }
 
-/// `<host id>\n<data>` into its parts.
-fn split_payload(payload: &[u8]) -> Option<(&[u8], &[u8])> {
-    let newline = payload.iter().position(|&byte| byte == b'\n')?;
-    Some((&payload[..newline], &payload[newline + 1..]))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn channel_names_are_prefixed_and_read_back() {
-        let names = Names {
-            prefix: "app:".into(),
-        };
+        let names = Names::new("app:");
         assert_eq!(names.channel("room:1"), "app:ch:room:1");
         assert_eq!(names.local_channel("app:ch:room:1"), Some("room:1"));
         assert_eq!(names.local_channel("other:ch:room:1"), None);
@@ -468,15 +430,5 @@ mod tests {
             "redis://:***@redis:6379/0"
         );
         assert_eq!(redacted("redis://redis:6379"), "redis://redis:6379");
-    }
-
-    #[test]
-    fn payloads_carry_their_origin() {
-        assert_eq!(
-            split_payload(b"abc\n{\"a\":1}"),
-            Some((&b"abc"[..], &b"{\"a\":1}"[..]))
-        );
-        assert_eq!(split_payload(b"abc\n"), Some((&b"abc"[..], &b""[..])));
-        assert_eq!(split_payload(b"no newline"), None);
     }
 }

@@ -1,0 +1,29 @@
+-- Number a publication of a channel with history, keep it in the channel's
+-- stream and publish it to every host, atomically (so that every host
+-- receives a channel's publications in offset order).
+--
+-- KEYS[1]  the stream: entries "<offset>-0" with fields t (ms) and d (data)
+-- KEYS[2]  the stream's meta hash: epoch, offset (the last one given)
+-- ARGV[1]  the pub/sub channel
+-- ARGV[2]  the data (JSON text, or "" for none)
+-- ARGV[3]  entries kept (history-size)
+-- ARGV[4]  how long the stream outlives its last publication (ms)
+-- ARGV[5]  how long the meta hash does (ms)
+-- ARGV[6]  the epoch to start with if the channel has none (or lost it)
+--
+-- Publishes "#<offset>:<epoch>\n<data>" and returns the offset.
+local epoch = redis.call('HGET', KEYS[2], 'epoch')
+if not epoch then
+  epoch = ARGV[6]
+  redis.call('HSET', KEYS[2], 'epoch', epoch, 'offset', 0)
+  -- Entries of a lost epoch must not be served under the new one.
+  redis.call('DEL', KEYS[1])
+end
+local offset = redis.call('HINCRBY', KEYS[2], 'offset', 1)
+local now = redis.call('TIME')
+local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[3], offset .. '-0', 't', ms, 'd', ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+redis.call('PEXPIRE', KEYS[2], ARGV[5])
+redis.call('PUBLISH', ARGV[1], '#' .. offset .. ':' .. epoch .. '\n' .. ARGV[2])
+return offset

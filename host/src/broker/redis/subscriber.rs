@@ -1,0 +1,362 @@
+//! The task that listens to Redis for the channels with local subscribers
+//! and delivers what other hosts (and, for channels with history, every
+//! host) publish there.
+//!
+//! For a channel with history it remembers the last offset delivered here.
+//! A publication that skips offsets (messages lost with a broken pub/sub
+//! connection) is preceded by the skipped ones, read from the history; one
+//! already delivered (read that way before pub/sub brought it) is dropped.
+//! After a reconnect, every such channel is brought up to date the same
+//! way before anything newer is delivered.
+
+use super::history::{self, Read};
+use super::{CONNECT_TIMEOUT, Change, MAX_RECONNECT_DELAY, MIN_RECONNECT_DELAY, Names, State};
+use crate::broker::LocalChannels;
+use crate::broker::history::{HistoryRules, Position};
+use crate::mailbox::NumberedFrame;
+use crate::protocol;
+use futures_util::StreamExt;
+use redis::aio::{ConnectionManager, PubSubSink, PubSubStream};
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+/// The subscriber task's parts.
+pub(super) struct Subscriber {
+    pub(super) client: redis::Client,
+    /// For reading history.
+    pub(super) connection: ConnectionManager,
+    pub(super) names: Names,
+    pub(super) host_id: String,
+    pub(super) local: Arc<LocalChannels>,
+    pub(super) rules: HistoryRules,
+    pub(super) state: Arc<State>,
+}
+
+/// Why a subscriber connection ended.
+enum Ended {
+    /// The connection to Redis was lost: reconnect.
+    Lost(String),
+    /// The broker is gone: stop.
+    Stopped,
+}
+
+/// What the task keeps between messages and across reconnections.
+#[derive(Default)]
+struct Listening {
+    /// Channels subscribed to on the current connection.
+    channels: HashSet<String>,
+    /// The last position delivered here, per channel with history.
+    delivered: HashMap<String, Position>,
+}
+
+impl Subscriber {
+    /// Connect, subscribe to every channel with local subscribers, serve
+    /// until the connection is lost, and start again after a back-off.
+    pub(super) async fn run(self, mut changes: mpsc::UnboundedReceiver<Change>) {
+        let mut delay = MIN_RECONNECT_DELAY;
+        let mut connected_before = false;
+        let mut listening = Listening::default();
+        loop {
+            let ended = match self.connect(&mut listening).await {
+                Ok((sink, stream)) => {
+                    self.state.subscriber_up.store(true, Ordering::Release);
+                    if connected_before {
+                        self.state.reconnects.fetch_add(1, Ordering::Relaxed);
+                        tracing::info!(
+                            channels = listening.channels.len(),
+                            "broker: reconnected to Redis and subscribed again"
+                        );
+                        self.catch_up_all(&mut listening.delivered).await;
+                    }
+                    connected_before = true;
+                    delay = MIN_RECONNECT_DELAY;
+                    self.serve(sink, stream, &mut changes, &mut listening).await
+                }
+                Err(reason) => Ended::Lost(reason),
+            };
+            self.state.subscriber_up.store(false, Ordering::Release);
+            match ended {
+                Ended::Stopped => return,
+                Ended::Lost(reason) => tracing::warn!(
+                    retry_in_ms = delay.as_millis() as u64,
+                    "broker: Redis connection lost ({reason}); local delivery goes on"
+                ),
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(MAX_RECONNECT_DELAY);
+        }
+    }
+
+    /// A pub/sub connection subscribed to every channel with local
+    /// subscribers now.
+    async fn connect(
+        &self,
+        listening: &mut Listening,
+    ) -> Result<(PubSubSink, PubSubStream), String> {
+        let pubsub = tokio::time::timeout(CONNECT_TIMEOUT, self.client.get_async_pubsub())
+            .await
+            .map_err(|_| "no answer within 3 s".to_owned())?
+            .map_err(|error| error.to_string())?;
+        let (mut sink, stream) = pubsub.split();
+        let channels = self.local.names();
+        if !channels.is_empty() {
+            let redis_channels: Vec<String> = channels
+                .iter()
+                .map(|name| self.names.channel(name))
+                .collect();
+            sink.subscribe(redis_channels)
+                .await
+                .map_err(|error| error.to_string())?;
+        }
+        listening
+            .delivered
+            .retain(|channel, _| channels.contains(channel));
+        listening.channels = channels.into_iter().collect();
+        Ok((sink, stream))
+    }
+
+    /// Deliver messages and apply subscription changes until the connection
+    /// is lost or the broker goes away. A change is checked against the
+    /// local subscribers when it is applied, so changes queued while
+    /// disconnected cannot leave a stale subscription behind.
+    async fn serve(
+        &self,
+        mut sink: PubSubSink,
+        mut stream: PubSubStream,
+        changes: &mut mpsc::UnboundedReceiver<Change>,
+        listening: &mut Listening,
+    ) -> Ended {
+        loop {
+            tokio::select! {
+                message = stream.next() => match message {
+                    Some(message) => {
+                        let (channel, payload) = (message.get_channel_name(), message.get_payload_bytes());
+                        self.deliver(channel, payload, &mut listening.delivered).await;
+                    }
+                    None => return Ended::Lost("the connection closed".into()),
+                },
+                change = changes.recv() => {
+                    let Some(change) = change else {
+                        return Ended::Stopped;
+                    };
+                    if let Err(error) = self.apply(change, &mut sink, listening).await {
+                        return Ended::Lost(error.to_string());
+                    }
+                }
+            }
+        }
+    }
+
+    /// Subscribe to or unsubscribe from a channel as its local subscribers
+    /// now require.
+    async fn apply(
+        &self,
+        change: Change,
+        sink: &mut PubSubSink,
+        listening: &mut Listening,
+    ) -> redis::RedisResult<()> {
+        match change {
+            Change::Opened(channel, confirm) => {
+                if self.local.has(&channel) && !listening.channels.contains(&channel) {
+                    sink.subscribe(self.names.channel(&channel)).await?;
+                    listening.channels.insert(channel);
+                }
+                let _ = confirm.send(());
+            }
+            Change::Closed(channel) => {
+                if !self.local.has(&channel) && listening.channels.remove(&channel) {
+                    listening.delivered.remove(&channel);
+                    sink.unsubscribe(self.names.channel(&channel)).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Deliver a message from Redis to the local subscribers.
+    async fn deliver(
+        &self,
+        redis_channel: &str,
+        payload: &[u8],
+        delivered: &mut HashMap<String, Position>,
+    ) {
+        let Some(channel) = self.names.local_channel(redis_channel) else {
+            return;
+        };
+        if let Some((offset, epoch, data)) = history::parse_numbered(payload) {
+            let Some(data) = checked_data(channel, data) else {
+                return;
+            };
+            let at = Position {
+                epoch: epoch.to_owned(),
+                offset,
+            };
+            return self.deliver_numbered(channel, at, data, delivered).await;
+        }
+        let Some((origin, data)) = split_payload(payload) else {
+            tracing::warn!(
+                channel,
+                "broker: ignored a Redis message that is not a wasmcluster publication"
+            );
+            return;
+        };
+        if origin == self.host_id.as_bytes() {
+            return;
+        }
+        if let Some(data) = checked_data(channel, data) {
+            self.state.received.fetch_add(1, Ordering::Relaxed);
+            self.local.deliver(channel, data);
+        }
+    }
+
+    /// Deliver a publication of a channel with history at `at`, after the
+    /// ones between the last delivered and it, unless it was delivered.
+    async fn deliver_numbered(
+        &self,
+        channel: &str,
+        at: Position,
+        data: Option<&str>,
+        delivered: &mut HashMap<String, Position>,
+    ) {
+        if let Some(last) = delivered.get(channel).cloned()
+            && last.epoch == at.epoch
+            && at.offset > last.offset + 1
+        {
+            self.catch_up(channel, last, delivered).await;
+        }
+        if delivered
+            .get(channel)
+            .is_some_and(|last| last.epoch == at.epoch && at.offset <= last.offset)
+        {
+            return;
+        }
+        self.state.received.fetch_add(1, Ordering::Relaxed);
+        self.local.deliver_numbered(numbered(channel, &at, data));
+        delivered.insert(channel.to_owned(), at);
+    }
+
+    /// After a reconnect: deliver what every channel with history here
+    /// missed while pub/sub was away.
+    async fn catch_up_all(&self, delivered: &mut HashMap<String, Position>) {
+        let missed: Vec<(String, Position)> = delivered
+            .iter()
+            .map(|(channel, last)| (channel.clone(), last.clone()))
+            .collect();
+        for (channel, last) in missed {
+            self.catch_up(&channel, last, delivered).await;
+        }
+    }
+
+    /// Deliver the publications of `channel` after `last` from its
+    /// history, and remember the newest.
+    async fn catch_up(
+        &self,
+        channel: &str,
+        last: Position,
+        delivered: &mut HashMap<String, Position>,
+    ) {
+        let Some(rule) = self.rules.rule_for(channel) else {
+            return;
+        };
+        let read = Read::Since(last.clone());
+        let found =
+            history::read(&self.connection, &self.names.streams, channel, rule, &read).await;
+        let found = match found {
+            Ok(found) if found.failure.is_none() => found,
+            outcome => {
+                let reason = match outcome {
+                    Ok(found) => found
+                        .failure
+                        .map_or("", |failure| failure.reason())
+                        .to_owned(),
+                    Err(error) => error.to_string(),
+                };
+                self.state.lost.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    channel,
+                    after = last.offset,
+                    "broker: publications pub/sub did not bring cannot be read from the \
+                     history ({reason}); subscribers here miss them"
+                );
+                return;
+            }
+        };
+        let epoch = found.position.epoch;
+        for (offset, data) in found.publications {
+            let at = Position {
+                epoch: epoch.clone(),
+                offset,
+            };
+            let data = match data
+                .as_deref()
+                .map(|data| checked_data(channel, data.as_bytes()))
+            {
+                None => None,
+                Some(Some(data)) => data,
+                Some(None) => continue,
+            };
+            self.state.refetched.fetch_add(1, Ordering::Relaxed);
+            self.local.deliver_numbered(numbered(channel, &at, data));
+            delivered.insert(channel.to_owned(), at);
+        }
+    }
+}
+
+/// The frame of a numbered publication, shared by its local subscribers.
+fn numbered(channel: &str, at: &Position, data: Option<&str>) -> Arc<NumberedFrame> {
+    let frame = protocol::publication_at(channel, data, at.offset, &at.epoch);
+    Arc::new(NumberedFrame {
+        channel: channel.to_owned(),
+        epoch: at.epoch.clone(),
+        offset: at.offset,
+        frame: Utf8Bytes::from(frame),
+    })
+}
+
+/// A publication's data from Redis: `Some(None)` for none, `Some(text)`
+/// for JSON text, and `None` (logged) for anything else, which is not
+/// delivered: Redis is shared, and a frame must stay valid.
+fn checked_data<'a>(channel: &str, data: &'a [u8]) -> Option<Option<&'a str>> {
+    match std::str::from_utf8(data) {
+        Ok("") => Some(None),
+        Ok(text) if protocol::validate_json(text).is_ok() => Some(Some(text)),
+        _ => {
+            tracing::warn!(
+                channel,
+                "broker: ignored a Redis publication whose data is not JSON"
+            );
+            None
+        }
+    }
+}
+
+/// `<host id>\n<data>` into its parts.
+fn split_payload(payload: &[u8]) -> Option<(&[u8], &[u8])> {
+    let newline = payload.iter().position(|&byte| byte == b'\n')?;
+    Some((&payload[..newline], &payload[newline + 1..]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payloads_carry_their_origin() {
+        assert_eq!(
+            split_payload(b"abc\n{\"a\":1}"),
+            Some((&b"abc"[..], &b"{\"a\":1}"[..]))
+        );
+        assert_eq!(split_payload(b"abc\n"), Some((&b"abc"[..], &b""[..])));
+        assert_eq!(split_payload(b"no newline"), None);
+    }
+
+    #[test]
+    fn only_json_data_is_delivered() {
+        assert_eq!(checked_data("c", b""), Some(None));
+        assert_eq!(checked_data("c", b"{\"a\":1}"), Some(Some("{\"a\":1}")));
+        assert_eq!(checked_data("c", b"{oops"), None);
+    }
+}
