@@ -141,6 +141,21 @@ fn errors_name_the_file_the_line_and_the_key() {
     let file = config_file(dir.path(), "port = [0\n");
     assert!(refused(&file).contains("TOML parse error at line 1"));
 
+    // A static directory that is not there stops the start, naming it.
+    let web = dir.path().join("no-such-web");
+    let file = config_file(
+        dir.path(),
+        &format!("port = 0\nstatic-dir = {:?}\n", web.to_str().unwrap()),
+    );
+    let stderr = refused(&file);
+    assert!(
+        stderr.contains(&format!(
+            "{file}:2: key 'static-dir': cannot serve files from '{}': No such file or directory",
+            web.display()
+        )),
+        "{stderr}"
+    );
+
     let missing = dir.path().join("missing.toml");
     let stderr = refused(missing.to_str().unwrap());
     assert!(stderr.contains("cannot read the config file"), "{stderr}");

@@ -489,10 +489,13 @@ async fn a_subprotocol_that_is_not_a_token_is_refused() {
 
 /// A server with `examples/wasmcluster.toml` (what `make run` uses), its
 /// data directory in `plugins` rather than the example's `data/`, which
-/// another test may hold open.
+/// another test may hold open, and its static directory found from here
+/// (the file's paths are relative to the top of the repository, where
+/// `make run` starts the server).
 fn start_with_example_config(plugins: &std::path::Path) -> TestServer {
     let config = repo_root().join("examples/wasmcluster.toml");
     let data = plugins.join("data");
+    let web = repo_root().join("examples/web");
     TestServer::start(
         plugins,
         &[
@@ -500,6 +503,8 @@ fn start_with_example_config(plugins: &std::path::Path) -> TestServer {
             config.to_str().unwrap(),
             "--data-dir",
             data.to_str().unwrap(),
+            "--static-dir",
+            web.to_str().unwrap(),
         ],
     )
 }

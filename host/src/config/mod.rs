@@ -317,6 +317,13 @@ pub struct ServeArgs {
     )]
     pub status_page: bool,
 
+    /// Serve the files of this directory over HTTP on the same port, for
+    /// GET and HEAD requests to paths the server does not route otherwise
+    /// (a directory's path serves its `index.html`). Hidden files and files
+    /// outside the directory are never served.
+    #[arg(long, env = "WASMCLUSTER_STATIC_DIR", value_name = "DIR")]
+    pub static_dir: Option<PathBuf>,
+
     /// Refuse to start when a plugin file fails to load or a `[plugin.NAME]`
     /// section of the config file names no loaded plugin (without it, the
     /// server starts and reports them in /healthz, with /readyz at 503).
@@ -369,6 +376,8 @@ pub struct ServerConfig {
     pub(crate) origins: OriginPolicy,
     /// Whether `/` serves the status page.
     pub(crate) status_page: bool,
+    /// The directory whose files are served (canonical), if any.
+    pub(crate) static_dir: Option<PathBuf>,
     /// Certificate and key files, when the server terminates TLS.
     pub(crate) tls: Option<TlsFiles>,
     /// The Redis URL, when hosts share a broker.
@@ -493,6 +502,12 @@ impl ServeArgs {
                 ),
             ));
         }
+        let static_dir = self
+            .static_dir
+            .as_deref()
+            .map(checked_static_dir)
+            .transpose()
+            .map_err(|reason| invalid("static-dir", reason))?;
         let ping_mode = match self.ping_protocol {
             PingProtocolArg::Auto => PingMode::Auto,
             PingProtocolArg::V1 => PingMode::Fixed(PingProtocol::V1),
@@ -519,6 +534,7 @@ impl ServeArgs {
                 }),
             },
             status_page: self.status_page,
+            static_dir,
             broker_url: self.broker,
             broker_prefix: self.broker_prefix,
             data_dir: self.data_dir,
@@ -557,6 +573,21 @@ impl ServeArgs {
             auth_default_expiry_secs: self.auth_default_expiry_secs,
         })
     }
+}
+
+/// The static files directory, canonical (the server checks that every
+/// file it serves lies inside it), once it is known to be a readable
+/// directory: a mistyped path stops the start rather than answer 404s.
+fn checked_static_dir(dir: &Path) -> Result<PathBuf, String> {
+    let cannot = |why: String| format!("cannot serve files from '{}': {why}", dir.display());
+    let canonical = dir
+        .canonicalize()
+        .map_err(|error| cannot(error.to_string()))?;
+    if !canonical.is_dir() {
+        return Err(cannot("not a directory".to_owned()));
+    }
+    std::fs::read_dir(&canonical).map_err(|error| cannot(error.to_string()))?;
+    Ok(canonical)
 }
 
 #[cfg(test)]
@@ -598,6 +629,30 @@ mod tests {
                 .to_string()
                 .starts_with("invalid --ping-interval-ms: 5000 must be less")
         );
+    }
+
+    #[test]
+    fn the_static_dir_must_be_a_readable_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let web = dir.path().join("web");
+        std::fs::create_dir(&web).unwrap();
+        let served = config(&["--static-dir", web.to_str().unwrap()]).unwrap();
+        assert_eq!(served.static_dir, Some(web.canonicalize().unwrap()));
+
+        let missing = dir.path().join("missing");
+        let error = config(&["--static-dir", missing.to_str().unwrap()]).unwrap_err();
+        assert_eq!(error.flag, "static-dir");
+        assert!(
+            error.reason.starts_with(&format!(
+                "cannot serve files from '{}': ",
+                missing.display()
+            )),
+            "{error}"
+        );
+        let file = dir.path().join("file.txt");
+        std::fs::write(&file, "").unwrap();
+        let error = config(&["--static-dir", file.to_str().unwrap()]).unwrap_err();
+        assert!(error.reason.ends_with("not a directory"), "{error}");
     }
 
     #[test]

@@ -4,6 +4,7 @@
 use super::http::{self, ReadError, Response};
 use super::pending::TooMany;
 use super::shared::Shared;
+use super::static_files;
 use super::tls::Tls;
 use crate::log_limit;
 use crate::metrics::{self, Format};
@@ -40,6 +41,8 @@ enum Action {
     },
     /// Answer and close.
     Respond(Response),
+    /// Answer from the static files directory, and close.
+    Static(http::Request),
 }
 
 /// Serve one connection to the end, through TLS when the server has a
@@ -143,6 +146,14 @@ async fn upgrade<'a, S: Transport>(
             let _ = response.send(&mut stream).await;
             return None;
         }
+        Action::Static(request) => {
+            // Routed only when there is a directory.
+            let root = config.static_dir.as_deref()?;
+            let response = static_files::serve(root, &request).await;
+            let sent = response.send(&mut stream);
+            let _ = tokio::time::timeout(static_files::SEND_TIMEOUT, sent).await;
+            return None;
+        }
     };
     let handshake_timeout = config.session.handshake_timeout;
     let (pending, handshake_timeout) = match shared.pending.take(peer.ip(), handshake_timeout) {
@@ -227,7 +238,9 @@ impl Drop for WebSocketSlot<'_> {
     }
 }
 
-/// Decide what a request gets.
+/// Decide what a request gets: the WebSocket path, the status page, the
+/// probes and the recovery helper come first; any other path is a static
+/// file when the server has a static directory.
 fn route(request: http::Request, shared: &Shared) -> Action {
     let path = &shared.config.path;
     if request.path == *path {
@@ -279,6 +292,10 @@ fn route(request: http::Request, shared: &Shared) -> Action {
         Action::Respond(Response::html(STATUS_PAGE).with_header("Cache-Control", "no-cache"))
     } else if let Some(response) = probe(&request, shared) {
         Action::Respond(response)
+    } else if request.path == static_files::RECOVERY_JS_PATH {
+        Action::Respond(static_files::recovery_helper(&request.method))
+    } else if shared.config.static_dir.is_some() {
+        Action::Static(request)
     } else {
         Action::Respond(Response::text(404, "Not Found", "Not found\n"))
     }

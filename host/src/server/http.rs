@@ -1,6 +1,6 @@
 //! The HTTP side of a connection: read the request head, then either upgrade
 //! to a WebSocket on the SocketCluster path or answer a plain request
-//! (`/healthz`).
+//! (`/healthz`, a static file).
 
 use bytes::BytesMut;
 use std::time::Duration;
@@ -129,7 +129,11 @@ pub(super) struct Response {
     reason: &'static str,
     content_type: &'static str,
     headers: Vec<(&'static str, String)>,
-    body: String,
+    /// Bytes, not text: a static file may be an image.
+    body: Vec<u8>,
+    /// An answer to `HEAD`: the head says the body's length, the body is
+    /// not sent.
+    head_only: bool,
 }
 
 impl Response {
@@ -140,7 +144,8 @@ impl Response {
             reason,
             content_type: "text/plain; charset=utf-8",
             headers: Vec::new(),
-            body: body.to_owned(),
+            body: body.as_bytes().to_vec(),
+            head_only: false,
         }
     }
 
@@ -151,7 +156,8 @@ impl Response {
             reason: "OK",
             content_type: "text/html; charset=utf-8",
             headers: Vec::new(),
-            body: body.to_owned(),
+            body: body.as_bytes().to_vec(),
+            head_only: false,
         }
     }
 
@@ -162,7 +168,8 @@ impl Response {
             reason,
             content_type: "application/json",
             headers: Vec::new(),
-            body,
+            body: body.into(),
+            head_only: false,
         }
     }
 
@@ -171,14 +178,15 @@ impl Response {
         status: u16,
         reason: &'static str,
         content_type: &'static str,
-        body: String,
+        body: impl Into<Vec<u8>>,
     ) -> Self {
         Response {
             status,
             reason,
             content_type,
             headers: Vec::new(),
-            body,
+            body: body.into(),
+            head_only: false,
         }
     }
 
@@ -188,10 +196,35 @@ impl Response {
         self
     }
 
+    /// The same response as the answer to a `HEAD` request: its head only.
+    pub(super) fn head_only(mut self) -> Self {
+        self.head_only = true;
+        self
+    }
+
     /// The status code.
     #[cfg(test)]
-    fn status(&self) -> u16 {
+    pub(super) fn status(&self) -> u16 {
         self.status
+    }
+
+    /// The value of header `name` (as written), if the response has it.
+    #[cfg(test)]
+    pub(super) fn header(&self, name: &str) -> Option<&str> {
+        match name {
+            "Content-Type" => Some(self.content_type),
+            _ => self
+                .headers
+                .iter()
+                .find(|(key, _)| *key == name)
+                .map(|(_, value)| value.as_str()),
+        }
+    }
+
+    /// The body.
+    #[cfg(test)]
+    pub(super) fn body(&self) -> &[u8] {
+        &self.body
     }
 
     /// The bytes on the wire; the connection closes after it.
@@ -208,7 +241,9 @@ impl Response {
         }
         head.push_str("\r\n");
         let mut bytes = head.into_bytes();
-        bytes.extend_from_slice(self.body.as_bytes());
+        if !self.head_only {
+            bytes.extend_from_slice(&self.body);
+        }
         bytes
     }
 

@@ -11,6 +11,7 @@ mod pending;
 mod plugin_watch;
 mod problems;
 mod shared;
+mod static_files;
 mod tls;
 mod worker;
 
