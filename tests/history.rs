@@ -336,6 +336,31 @@ async fn history_in_redis_is_shared_by_hosts_and_outlives_a_host() {
     );
 }
 
+/// In Redis too, a publication past its TTL is never served: a client
+/// that stopped before it is told `too-old`.
+#[tokio::test]
+async fn expired_history_in_redis_cannot_be_recovered() {
+    let redis = RedisServer::start();
+    let dir = plugins_dir(&["echo"]);
+    let host = redis_host(&redis, &dir);
+    let mut publisher = host.client().await;
+    let mut client = host.client().await;
+    let report = subscribe_since(&mut client, "brief:c", Value::Null).await;
+    let epoch = report[0]["data"]["epoch"].clone();
+    publish(&mut publisher, "brief:c", json!(1)).await;
+    publish(&mut publisher, "brief:c", json!(2)).await;
+    let mut fresh = host.client().await;
+    let since = json!({ "epoch": epoch, "offset": 0 });
+    let report = subscribe_since(&mut fresh, "brief:c", since.clone()).await;
+    assert_eq!(report.len(), 3, "kept while young: {report:?}");
+    // history-ttl-secs = 1.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut late = host.client().await;
+    let report = subscribe_since(&mut late, "brief:c", since).await;
+    assert_eq!(report[0]["data"]["reason"], "too-old", "{report:?}");
+    assert_eq!(report[0]["data"]["offset"], 2);
+}
+
 /// Flushing Redis loses the history: the next publication starts a new
 /// epoch and a client that stopped in the old one is told.
 #[tokio::test]
