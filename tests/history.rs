@@ -255,6 +255,15 @@ fn redis_host(redis: &RedisServer, dir: &tempfile::TempDir) -> TestServer {
     TestServer::start(dir.path(), &["--config", config, "--broker", &redis.url()])
 }
 
+/// Two hosts with history under `CONFIG`, on one Redis.
+fn two_redis_hosts() -> (RedisServer, tempfile::TempDir, TestServer, TestServer) {
+    let redis = RedisServer::start();
+    let dir = plugins_dir(&["echo"]);
+    let a = redis_host(&redis, &dir);
+    let b = redis_host(&redis, &dir);
+    (redis, dir, a, b)
+}
+
 /// The next `count` publications' `(offset, data)`, checking their channel
 /// and epoch.
 async fn offsets_and_data(
@@ -281,10 +290,7 @@ async fn offsets_and_data(
 /// and on a host that was restarted.
 #[tokio::test]
 async fn history_in_redis_is_shared_by_hosts_and_outlives_a_host() {
-    let redis = RedisServer::start();
-    let dir = plugins_dir(&["echo"]);
-    let a = redis_host(&redis, &dir);
-    let b = redis_host(&redis, &dir);
+    let (redis, dir, a, b) = two_redis_hosts();
     let mut on_a = a.client().await;
     let report = subscribe_since(&mut on_a, "room:r", Value::Null).await;
     let epoch = report[0]["data"]["epoch"].clone();
@@ -399,10 +405,7 @@ async fn a_flushed_redis_starts_a_new_epoch() {
 /// there still see every offset once, in order.
 #[tokio::test]
 async fn what_pub_sub_loses_is_fetched_from_the_history() {
-    let redis = RedisServer::start();
-    let dir = plugins_dir(&["echo"]);
-    let a = redis_host(&redis, &dir);
-    let b = redis_host(&redis, &dir);
+    let (redis, _dir, a, b) = two_redis_hosts();
     let mut subscriber = b.client().await;
     let report = subscribe_since(&mut subscriber, "room:p", Value::Null).await;
     let epoch = report[0]["data"]["epoch"].clone();

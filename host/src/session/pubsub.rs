@@ -308,3 +308,39 @@ fn history_report(channel: &str, catchup: &Catchup) -> String {
     }
     protocol::event(HISTORY_EVENT, Some(&report.to_string()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn numbered(channel: &str, epoch: &str, offset: u64) -> NumberedFrame {
+        NumberedFrame {
+            channel: channel.into(),
+            epoch: epoch.into(),
+            offset,
+            frame: Utf8Bytes::from_static("{}"),
+        }
+    }
+
+    #[test]
+    fn a_catch_up_covers_live_copies_up_to_its_position_only() {
+        let mut caught_up = CaughtUp::default();
+        let at = |offset| Position {
+            epoch: "e".into(),
+            offset,
+        };
+        caught_up.set("a", at(5));
+        caught_up.set("b", at(2));
+        assert!(caught_up.covers(&numbered("a", "e", 4)));
+        assert!(caught_up.covers(&numbered("a", "e", 5)));
+        assert!(!caught_up.covers(&numbered("c", "e", 1)));
+        // Another epoch is news, and the first newer one ends the mark.
+        assert!(!caught_up.covers(&numbered("b", "f", 1)));
+        assert!(!caught_up.covers(&numbered("b", "e", 2)));
+        assert!(!caught_up.covers(&numbered("a", "e", 6)));
+        assert!(!caught_up.covers(&numbered("a", "e", 5)));
+        caught_up.set("a", at(9));
+        caught_up.forget("a");
+        assert!(!caught_up.covers(&numbered("a", "e", 1)));
+    }
+}

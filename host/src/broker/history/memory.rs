@@ -292,14 +292,8 @@ fn missed(stream: &Stream, position: &Position) -> Result<Vec<Utf8Bytes>, Unreco
 
 #[cfg(test)]
 mod tests {
+    use super::super::tests::RULE;
     use super::*;
-    use std::time::Duration;
-
-    const RULE: HistoryRule = HistoryRule {
-        size: 3,
-        ttl: Duration::from_secs(60),
-        last_value: false,
-    };
 
     fn history() -> History {
         History::new(1 << 20)

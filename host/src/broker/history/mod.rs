@@ -162,7 +162,8 @@ pub(crate) enum Since {
 mod tests {
     use super::*;
 
-    const RULE: HistoryRule = HistoryRule {
+    /// A rule for tests: 3 publications for a minute.
+    pub(super) const RULE: HistoryRule = HistoryRule {
         size: 3,
         ttl: Duration::from_secs(60),
         last_value: false,

@@ -9,7 +9,8 @@
 //! Redis Cluster slot.
 //!
 //! A publication is numbered, kept and published by one script
-//! (`publish.lua`), so every host receives a channel's publications in
+//! (`publish.lua`; `epoch.lua` is what it shares with `read.lua`), so
+//! every host receives a channel's publications in
 //! offset order, its own included: with history, local subscribers are
 //! served from Redis too. The epoch is the script's to choose; when the
 //! hash is gone (flushed, evicted, or idle past its time) the next
@@ -22,8 +23,17 @@ use redis::aio::ConnectionManager;
 use std::sync::LazyLock;
 use std::time::Duration;
 
-static PUBLISH: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("publish.lua")));
-static READ: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("read.lua")));
+/// The publish script's source (with the epoch function it shares).
+const PUBLISH_SOURCE: &str = concat!(include_str!("epoch.lua"), "\n", include_str!("publish.lua"));
+
+static PUBLISH: LazyLock<Script> = LazyLock::new(|| Script::new(PUBLISH_SOURCE));
+static READ: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(concat!(
+        include_str!("epoch.lua"),
+        "\n",
+        include_str!("read.lua")
+    ))
+});
 
 /// The least time a channel's epoch and last offset are kept after its
 /// last publication or read (longer for a longer TTL).
@@ -114,10 +124,7 @@ pub(crate) fn queue_publish(
 
 /// Add to `pipe` the command that loads the publish script.
 pub(crate) fn queue_script_load(pipe: &mut redis::Pipeline) {
-    pipe.cmd("SCRIPT")
-        .arg("LOAD")
-        .arg(include_str!("publish.lua"))
-        .ignore();
+    pipe.cmd("SCRIPT").arg("LOAD").arg(PUBLISH_SOURCE).ignore();
 }
 
 /// Read `channel`'s history (under `rule`).

@@ -12,13 +12,7 @@
 -- ARGV[6]  the epoch to start with if the channel has none (or lost it)
 --
 -- Publishes "#<offset>:<epoch>\n<data>" and returns the offset.
-local epoch = redis.call('HGET', KEYS[2], 'epoch')
-if not epoch then
-  epoch = ARGV[6]
-  redis.call('HSET', KEYS[2], 'epoch', epoch, 'offset', 0)
-  -- Entries of a lost epoch must not be served under the new one.
-  redis.call('DEL', KEYS[1])
-end
+local epoch = current_epoch(ARGV[6])
 local offset = redis.call('HINCRBY', KEYS[2], 'offset', 1)
 local now = redis.call('TIME')
 local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)

@@ -15,12 +15,7 @@
 --
 -- Returns {epoch, last offset, status, offset, data, offset, data, ...};
 -- status is "ok", "too-old" or "epoch-changed" (for "since").
-local epoch = redis.call('HGET', KEYS[2], 'epoch')
-if not epoch then
-  epoch = ARGV[4]
-  redis.call('HSET', KEYS[2], 'epoch', epoch, 'offset', 0)
-  redis.call('DEL', KEYS[1])
-end
+local epoch = current_epoch(ARGV[4])
 redis.call('PEXPIRE', KEYS[2], ARGV[3])
 local last = tonumber(redis.call('HGET', KEYS[2], 'offset'))
 local now = redis.call('TIME')
