@@ -13,7 +13,7 @@ mod history;
 mod local;
 mod redis;
 
-pub(crate) use history::{Catchup, History, Position, Since, Unrecoverable};
+pub(crate) use history::{Catchup, History, Position, Since};
 pub use history::{HistoryRule, HistoryRules};
 pub(crate) use local::LocalChannels;
 pub(crate) use redis::{RedisEngine, RedisError};
@@ -24,7 +24,6 @@ use redis::Read;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::oneshot;
-use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 /// Resolves once an engine listens to a channel on other hosts (its sender
 /// is dropped if that fails).
@@ -126,7 +125,7 @@ impl Broker {
                 // listens (an earlier subscriber may still be waiting), then
                 // reads: what is published after the read arrives live.
                 let _ = tokio::time::timeout(LISTEN_TIMEOUT, redis.listen(channel)).await;
-                redis_catchup(redis, channel, rule, since).await
+                redis.catch_up(channel, rule, since).await
             }
         }
     }
@@ -237,52 +236,6 @@ impl Broker {
         match &self.engine {
             Engine::Local(_) => serde_json::json!({ "engine": "local", "connected": true }),
             Engine::Redis(redis) => redis.status(),
-        }
-    }
-}
-
-/// What a subscriber of a channel whose history is in Redis gets, read
-/// after it registered (so live publications up to the position read may
-/// be queued for it as well: `overlaps_live`).
-async fn redis_catchup(
-    redis: &RedisEngine,
-    channel: &str,
-    rule: HistoryRule,
-    since: &Since,
-) -> Catchup {
-    let read = match since {
-        Since::Position(position) => Read::Since(position.clone()),
-        Since::Nothing | Since::Now if rule.last_value => Read::Last,
-        Since::Now => Read::Now,
-        Since::Nothing => return Catchup::default(),
-    };
-    match redis.read_history(channel, rule, &read).await {
-        Ok(found) => {
-            let epoch = &found.position.epoch;
-            let frames = found
-                .publications
-                .iter()
-                .map(|(offset, data)| {
-                    let frame = protocol::publication_at(channel, data.as_deref(), *offset, epoch);
-                    Utf8Bytes::from(frame)
-                })
-                .collect();
-            Catchup {
-                frames,
-                position: Some(found.position),
-                failure: found.failure,
-                overlaps_live: true,
-            }
-        }
-        Err(error) => {
-            tracing::warn!(
-                channel,
-                "broker: cannot read the channel's history from Redis: {error}"
-            );
-            Catchup {
-                failure: Some(Unrecoverable::Unavailable),
-                ..Catchup::default()
-            }
         }
     }
 }

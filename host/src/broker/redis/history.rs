@@ -8,6 +8,8 @@
 //! names carry the channel as a hash tag, so one channel's keys share a
 //! Redis Cluster slot.
 //!
+//! A read is one transaction: `read.lua` (where the stream stands) and
+//! the `XRANGE` of the entries asked for, filtered by age here.
 //! A publication is numbered, kept and published by one script
 //! (`publish.lua`; `epoch.lua` is what it shares with `read.lua`), so
 //! every host receives a channel's publications in
@@ -27,13 +29,9 @@ use std::time::Duration;
 const PUBLISH_SOURCE: &str = concat!(include_str!("epoch.lua"), "\n", include_str!("publish.lua"));
 
 static PUBLISH: LazyLock<Script> = LazyLock::new(|| Script::new(PUBLISH_SOURCE));
-static READ: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(concat!(
-        include_str!("epoch.lua"),
-        "\n",
-        include_str!("read.lua")
-    ))
-});
+/// The read script's source (run with EVAL inside a transaction, where a
+/// missing cached script could not be loaded and retried).
+const READ_SOURCE: &str = concat!(include_str!("epoch.lua"), "\n", include_str!("read.lua"));
 
 /// The least time a channel's epoch and last offset are kept after its
 /// last publication or read (longer for a longer TTL).
@@ -135,65 +133,113 @@ pub(crate) async fn read(
     rule: HistoryRule,
     what: &Read,
 ) -> redis::RedisResult<Found> {
-    let mut invocation = READ.key(keys.stream(channel));
-    invocation.key(keys.meta(channel));
-    let mode = match what {
-        Read::Now => "now",
-        Read::Since(_) => "since",
-        Read::Last => "last",
-        Read::Page { .. } => "page",
-    };
-    invocation
-        .arg(mode)
-        .arg(rule.ttl.as_millis() as u64)
+    let stream = keys.stream(channel);
+    let mut pipe = redis::pipe();
+    pipe.atomic()
+        .cmd("EVAL")
+        .arg(READ_SOURCE)
+        .arg(2)
+        .arg(&stream)
+        .arg(keys.meta(channel))
         .arg(meta_ttl_ms(rule) as u64)
         .arg(new_epoch());
     match what {
+        Read::Now => {}
         Read::Since(position) => {
-            invocation.arg(&position.epoch).arg(position.offset);
+            let first = format!("{}-0", position.offset.saturating_add(1));
+            pipe.cmd("XRANGE").arg(&stream).arg(first).arg("+");
+        }
+        Read::Last => {
+            pipe.cmd("XREVRANGE")
+                .arg(&stream)
+                .arg("+")
+                .arg("-")
+                .arg("COUNT")
+                .arg(1);
         }
         Read::Page { before, limit } => {
-            let before = before.map(|offset| offset.to_string()).unwrap_or_default();
-            invocation.arg(before).arg(*limit);
+            let newest = before.map_or_else(|| "+".to_owned(), |offset| format!("({offset}-0"));
+            pipe.cmd("XREVRANGE")
+                .arg(&stream)
+                .arg(newest)
+                .arg("-")
+                .arg("COUNT")
+                .arg(*limit);
         }
-        Read::Now | Read::Last => {}
     }
-    let reply: Vec<redis::Value> = invocation.invoke_async(&mut connection.clone()).await?;
-    parse_found(reply)
+    let mut replies: Vec<redis::Value> = pipe.query_async(&mut connection.clone()).await?;
+    let entries: Entries = match replies.len() {
+        2 => redis::from_redis_value(replies.pop().expect("two replies"))?,
+        _ => Vec::new(),
+    };
+    let stands = redis::from_redis_value(replies.pop().ok_or_else(malformed)?)?;
+    found(stands, entries, rule, what)
 }
 
-/// The reply of `read.lua`.
-fn parse_found(reply: Vec<redis::Value>) -> redis::RedisResult<Found> {
-    let malformed = || {
-        redis::RedisError::from((
-            redis::ErrorKind::Parse,
-            "unexpected reply from the history script",
-        ))
-    };
-    let mut values = reply.into_iter();
-    let (Some(epoch), Some(last), Some(status)) = (values.next(), values.next(), values.next())
-    else {
-        return Err(malformed());
-    };
-    let epoch: String = redis::from_redis_value(epoch)?;
-    let offset: u64 = redis::from_redis_value(last)?;
-    let failure = match redis::from_redis_value::<String>(status)?.as_str() {
-        "ok" => None,
-        "too-old" => Some(Unrecoverable::TooOld),
-        "epoch-changed" => Some(Unrecoverable::EpochChanged),
-        _ => return Err(malformed()),
-    };
-    let mut publications = Vec::new();
-    while let Some(offset) = values.next() {
-        let data: String = redis::from_redis_value(values.next().ok_or_else(malformed)?)?;
-        let data = (!data.is_empty()).then_some(data);
-        publications.push((redis::from_redis_value(offset)?, data));
+/// Where a stream stands, as `read.lua` answers: epoch, last offset, and
+/// Redis's time (ms).
+type Stands = (String, u64, u64);
+
+/// Entries as XRANGE gives them: `<offset>-0` and `[t, ms, d, data]`.
+type Entries = Vec<(String, Vec<String>)>;
+
+/// The publications of `reply` young enough for `rule`, and for
+/// [`Read::Since`] whether they reach back to the position asked for.
+fn found(
+    (epoch, offset, now_ms): Stands,
+    entries: Entries,
+    rule: HistoryRule,
+    what: &Read,
+) -> redis::RedisResult<Found> {
+    if let Read::Since(position) = what
+        && (position.epoch != epoch || position.offset > offset)
+    {
+        return Ok(Found {
+            position: Position { epoch, offset },
+            publications: Vec::new(),
+            failure: Some(Unrecoverable::EpochChanged),
+        });
+    }
+    let mut failure = None;
+    let oldest = now_ms.saturating_sub(rule.ttl.as_millis() as u64);
+    let mut publications = Vec::with_capacity(entries.len());
+    for (id, fields) in entries {
+        let Some(at) = id.strip_suffix("-0").and_then(|at| at.parse().ok()) else {
+            return Err(malformed());
+        };
+        let (mut kept_at, mut data) = (0, None);
+        let mut fields = fields.into_iter();
+        while let (Some(name), Some(value)) = (fields.next(), fields.next()) {
+            match name.as_str() {
+                "t" => kept_at = value.parse().unwrap_or(0),
+                "d" if !value.is_empty() => data = Some(value),
+                _ => {}
+            }
+        }
+        if kept_at >= oldest {
+            publications.push((at, data));
+        }
+    }
+    if let Read::Since(position) = what
+        && failure.is_none()
+        && position.offset < offset
+        && publications.first().map(|(at, _)| *at) != Some(position.offset + 1)
+    {
+        failure = Some(Unrecoverable::TooOld);
+        publications.clear();
     }
     Ok(Found {
         position: Position { epoch, offset },
         publications,
         failure,
     })
+}
+
+fn malformed() -> redis::RedisError {
+    redis::RedisError::from((
+        redis::ErrorKind::Parse,
+        "unexpected reply from the history script",
+    ))
 }
 
 /// A numbered publication as Redis pub/sub carries it:
@@ -225,6 +271,54 @@ mod tests {
         assert_eq!(parse_numbered(b"#x:e\n1"), None);
         assert_eq!(parse_numbered(b"#1:e\"}\n1"), None);
         assert_eq!(parse_numbered(b"#1:\n1"), None);
+    }
+
+    #[test]
+    fn reads_drop_expired_entries_and_say_when_they_no_longer_reach_back() {
+        let rule = HistoryRule {
+            size: 10,
+            ttl: Duration::from_secs(1),
+            last_value: false,
+        };
+        let entry = |offset: u64, at: u64, data: &str| {
+            let fields = ["t", &at.to_string(), "d", data].map(str::to_owned);
+            (format!("{offset}-0"), fields.to_vec())
+        };
+        // Redis's clock at 10,000 ms: entries from before 9,000 are too old.
+        let stands = || ("e".to_owned(), 4, 10_000);
+        let since = |offset| {
+            Read::Since(Position {
+                epoch: "e".into(),
+                offset,
+            })
+        };
+        let young = vec![entry(3, 9_500, "3"), entry(4, 9_600, "")];
+        let found3 = found(stands(), young.clone(), rule, &since(2)).unwrap();
+        assert_eq!(found3.failure, None);
+        assert_eq!(found3.publications, [(3, Some("3".into())), (4, None)]);
+        // Offset 2 is gone: asked from 1, it cannot be given.
+        let found1 = found(stands(), young, rule, &since(1)).unwrap();
+        assert_eq!(
+            (found1.failure, found1.publications.len()),
+            (Some(Unrecoverable::TooOld), 0)
+        );
+        let aged = vec![entry(3, 8_000, "3"), entry(4, 9_600, "4")];
+        let found2 = found(stands(), aged.clone(), rule, &since(2)).unwrap();
+        assert_eq!(found2.failure, Some(Unrecoverable::TooOld));
+        let page = found(stands(), aged, rule, &Read::Last).unwrap();
+        assert_eq!(page.publications, [(4, Some("4".into()))]);
+        assert_eq!(
+            found(stands(), vec![], rule, &since(4)).unwrap().failure,
+            None
+        );
+        let other = Read::Since(Position {
+            epoch: "old".into(),
+            offset: 2,
+        });
+        let changed = found(stands(), vec![], rule, &other).unwrap();
+        assert_eq!(changed.failure, Some(Unrecoverable::EpochChanged));
+        let ahead = found(stands(), vec![], rule, &since(5)).unwrap();
+        assert_eq!(ahead.failure, Some(Unrecoverable::EpochChanged));
     }
 
     #[test]

@@ -23,8 +23,9 @@ mod subscriber;
 
 pub(crate) use history::Read;
 
-use super::history::{HistoryRule, HistoryRules};
+use super::history::{Catchup, HistoryRule, HistoryRules, Since, Unrecoverable};
 use super::{Confirmation, LocalChannels};
+use crate::protocol;
 use history::{Found, StreamKeys};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use std::sync::Arc;
@@ -32,6 +33,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 use thiserror::Error;
 use tokio::sync::{mpsc, oneshot};
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 /// Publications waiting for the publisher task; more are dropped (and
 /// counted) rather than held while Redis is slow or away.
@@ -268,6 +270,56 @@ impl RedisEngine {
         }
     }
 
+    /// What a subscriber of `channel` (which has history under `rule`)
+    /// asked for (`since`), read after it registered: live publications up
+    /// to the position read may be queued for it as well
+    /// (`overlaps_live`).
+    pub(crate) async fn catch_up(
+        &self,
+        channel: &str,
+        rule: HistoryRule,
+        since: &Since,
+    ) -> Catchup {
+        let read = match since {
+            Since::Position(position) => Read::Since(position.clone()),
+            Since::Nothing | Since::Now if rule.last_value => Read::Last,
+            Since::Now => Read::Now,
+            Since::Nothing => return Catchup::default(),
+        };
+        let found = match self.read_history(channel, rule, &read).await {
+            Ok(found) => found,
+            Err(error) => {
+                tracing::warn!(
+                    channel,
+                    "broker: cannot read the channel's history from Redis: {error}"
+                );
+                return Catchup {
+                    failure: Some(Unrecoverable::Unavailable),
+                    ..Catchup::default()
+                };
+            }
+        };
+        let epoch = &found.position.epoch;
+        let frames = found
+            .publications
+            .iter()
+            .filter_map(|(offset, data)| {
+                let data = match data {
+                    Some(data) => checked_data(channel, data.as_bytes())?,
+                    None => None,
+                };
+                let frame = protocol::publication_at(channel, data, *offset, epoch);
+                Some(Utf8Bytes::from(frame))
+            })
+            .collect();
+        Catchup {
+            frames,
+            position: Some(found.position),
+            failure: found.failure,
+            overlaps_live: true,
+        }
+    }
+
     /// Read `channel`'s history (under `rule`) from Redis.
     pub(crate) async fn read_history(
         &self,
@@ -399,6 +451,23 @@ fn pipeline(names: &Names, batch: impl Iterator<Item = Outgoing>) -> redis::Pipe
     pipe
 }
 
+/// A publication's data from Redis: `Some(None)` for none, `Some(text)`
+/// for JSON text, and `None` (logged) for anything else, which is not
+/// delivered: Redis is shared, and a frame must stay valid.
+fn checked_data<'a>(channel: &str, data: &'a [u8]) -> Option<Option<&'a str>> {
+    match std::str::from_utf8(data) {
+        Ok("") => Some(None),
+        Ok(text) if protocol::validate_json(text).is_ok() => Some(Some(text)),
+        _ => {
+            tracing::warn!(
+                channel,
+                "broker: ignored a Redis publication whose data is not JSON"
+            );
+            None
+        }
+    }
+}
+
 /// A Redis URL fit for logs: its password replaced by `***`.
 fn redacted(url: &str) -> String {
     match url::Url::parse(url) {
@@ -430,5 +499,12 @@ mod tests {
             "redis://:***@redis:6379/0"
         );
         assert_eq!(redacted("redis://redis:6379"), "redis://redis:6379");
+    }
+
+    #[test]
+    fn only_json_data_is_delivered() {
+        assert_eq!(checked_data("c", b""), Some(None));
+        assert_eq!(checked_data("c", b"{\"a\":1}"), Some(Some("{\"a\":1}")));
+        assert_eq!(checked_data("c", b"{oops"), None);
     }
 }

@@ -10,7 +10,9 @@
 //! way before anything newer is delivered.
 
 use super::history::{self, Read};
-use super::{CONNECT_TIMEOUT, Change, MAX_RECONNECT_DELAY, MIN_RECONNECT_DELAY, Names, State};
+use super::{
+    CONNECT_TIMEOUT, Change, MAX_RECONNECT_DELAY, MIN_RECONNECT_DELAY, Names, State, checked_data,
+};
 use crate::broker::LocalChannels;
 use crate::broker::history::{HistoryRules, Position};
 use crate::mailbox::NumberedFrame;
@@ -316,23 +318,6 @@ fn numbered(channel: &str, at: &Position, data: Option<&str>) -> Arc<NumberedFra
     })
 }
 
-/// A publication's data from Redis: `Some(None)` for none, `Some(text)`
-/// for JSON text, and `None` (logged) for anything else, which is not
-/// delivered: Redis is shared, and a frame must stay valid.
-fn checked_data<'a>(channel: &str, data: &'a [u8]) -> Option<Option<&'a str>> {
-    match std::str::from_utf8(data) {
-        Ok("") => Some(None),
-        Ok(text) if protocol::validate_json(text).is_ok() => Some(Some(text)),
-        _ => {
-            tracing::warn!(
-                channel,
-                "broker: ignored a Redis publication whose data is not JSON"
-            );
-            None
-        }
-    }
-}
-
 /// `<host id>\n<data>` into its parts.
 fn split_payload(payload: &[u8]) -> Option<(&[u8], &[u8])> {
     let newline = payload.iter().position(|&byte| byte == b'\n')?;
@@ -351,12 +336,5 @@ mod tests {
         );
         assert_eq!(split_payload(b"abc\n"), Some((&b"abc"[..], &b""[..])));
         assert_eq!(split_payload(b"no newline"), None);
-    }
-
-    #[test]
-    fn only_json_data_is_delivered() {
-        assert_eq!(checked_data("c", b""), Some(None));
-        assert_eq!(checked_data("c", b"{\"a\":1}"), Some(Some("{\"a\":1}")));
-        assert_eq!(checked_data("c", b"{oops"), None);
     }
 }
