@@ -328,6 +328,7 @@ async fn history_in_redis_is_shared_by_hosts_and_outlives_a_host() {
     // Host A restarts; publications go on meanwhile on B.
     drop((a, on_a, moved));
     publish(&mut publisher, "room:r", json!(4)).await;
+    offsets_and_data(&mut on_b, "room:r", &epoch, 1).await;
     let a = redis_host(&redis, &dir);
     let mut back = a.client().await;
     let since = json!({ "epoch": epoch, "offset": 0 });
@@ -355,6 +356,8 @@ async fn expired_history_in_redis_cannot_be_recovered() {
     let epoch = report[0]["data"]["epoch"].clone();
     publish(&mut publisher, "brief:c", json!(1)).await;
     publish(&mut publisher, "brief:c", json!(2)).await;
+    // Acknowledged publications are numbered in Redis a moment later.
+    offsets_and_data(&mut client, "brief:c", &epoch, 2).await;
     let mut fresh = host.client().await;
     let since = json!({ "epoch": epoch, "offset": 0 });
     let report = subscribe_since(&mut fresh, "brief:c", since.clone()).await;
@@ -375,10 +378,10 @@ async fn a_flushed_redis_starts_a_new_epoch() {
     let dir = plugins_dir(&["echo"]);
     let host = redis_host(&redis, &dir);
     let mut publisher = host.client().await;
-    publish(&mut publisher, "room:f", json!("before")).await;
     let mut client = host.client().await;
-    let report = subscribe_since(&mut client, "room:f", Value::Null).await;
-    let old = report[0]["data"].clone();
+    subscribe_since(&mut client, "room:f", Value::Null).await;
+    publish(&mut publisher, "room:f", json!("before")).await;
+    let old = client.next_packet().await["data"].clone();
     assert_eq!(old["offset"], 1);
     redis.cli(&["FLUSHALL"]);
     publish(&mut publisher, "room:f", json!("after")).await;
@@ -447,6 +450,11 @@ async fn last_value_plugins_and_outages_with_history_in_redis() {
     let a = TestServer::start(dir.path(), &flags);
     let b = TestServer::start(dir.path(), &flags);
 
+    // Publications are acknowledged before Redis numbers them: the
+    // watcher sees when they are all in the history.
+    let mut watcher = a.client().await;
+    watcher.subscribe("room:lobby").await;
+    watcher.subscribe("price:x").await;
     let mut client = a.client().await;
     client
         .call("join", json!({ "room": "lobby", "nick": "ann" }))
@@ -455,6 +463,9 @@ async fn last_value_plugins_and_outages_with_history_in_redis() {
         client
             .call("say", json!({ "room": "lobby", "text": text }))
             .await;
+    }
+    for _ in 0..4 {
+        watcher.publication().await;
     }
     let mut other = b.client().await;
     let history = other
@@ -470,6 +481,7 @@ async fn last_value_plugins_and_outages_with_history_in_redis() {
 
     for price in [10, 11] {
         publish(&mut client, "price:x", json!(price)).await;
+        watcher.publication().await;
     }
     let mut newcomer = b.client().await;
     newcomer.subscribe("price:x").await;

@@ -185,6 +185,14 @@ test('a client that comes back after Redis was flushed is told its history is go
   const b = await startServer({ plugins: ['echo'], config: CONFIG, args });
   try {
     const publisher = await a.connect();
+    // Publications are acknowledged before Redis numbers them: the
+    // publisher's own subscription shows when one is in the history.
+    const echoed = [];
+    const own = publisher.subscribe('room:flush');
+    (async () => {
+      for await (const data of own) echoed.push(data);
+    })();
+    await own.listener('subscribe').once(5000);
     const subscriber = await b.connect({ ...RECONNECT, autoReconnect: false });
     const failures = [];
     const recovery = withRecovery(subscriber, {
@@ -203,6 +211,7 @@ test('a client that comes back after Redis was flushed is told its history is go
     subscriber.disconnect();
     redis.cli('FLUSHALL');
     await publisher.invokePublish('room:flush', 'after');
+    await until(() => echoed.includes('after'), 'the publication after the flush');
     subscriber.connect();
     await until(() => failures.length === 1, 'the unrecoverable report');
     assert.equal(failures[0].reason, 'epoch-changed');

@@ -32,6 +32,11 @@ pub struct RecoveryArgs {
 /// Run the scenario and return its figures.
 pub async fn run(common: &Common, args: &RecoveryArgs) -> Result<Value> {
     let mut publisher = open(&common.target, None).await?;
+    // Sees each round's publications arrive: with history in Redis they
+    // are numbered after the publisher's acks, and a round measures the
+    // recovery of publications that are all in the history.
+    let mut witness = open(&common.target, None).await?;
+    subscribe(&mut witness, &args.channel, Value::Null).await?;
     let mut times = histogram();
     let end = Instant::now() + common.duration;
     let mut rounds = 0;
@@ -40,6 +45,8 @@ pub async fn run(common: &Common, args: &RecoveryArgs) -> Result<Value> {
         let (position, _) = subscribe(&mut leaving, &args.channel, Value::Null).await?;
         leaving.close(1000).await;
         publish(&mut publisher, &args.channel, args.missed).await?;
+        let last = position["offset"].as_u64().context("no offset")? + args.missed as u64;
+        arrived(&mut witness, last).await?;
 
         let mut back = open(&common.target, None).await?;
         let started = Instant::now();
@@ -56,6 +63,7 @@ pub async fn run(common: &Common, args: &RecoveryArgs) -> Result<Value> {
         rounds += 1;
     }
     publisher.close(1000).await;
+    witness.close(1000).await;
     let mut figures = json!({ "rounds": rounds, "missed": args.missed });
     if let Value::Object(object) = &mut figures {
         object.extend(latency_fields("", &times));
@@ -99,6 +107,21 @@ async fn subscribe(
                 data.clone()
             };
             return Ok((report, offsets));
+        }
+    }
+}
+
+/// Wait until the publication at offset `last` reaches `connection`.
+async fn arrived(connection: &mut Connection, last: u64) -> Result<()> {
+    loop {
+        match connection.next().await? {
+            Incoming::Packet(text) if text.starts_with("{\"event\":\"#publish\"") => {
+                if offset_of(&text).is_some_and(|offset| offset >= last) {
+                    return Ok(());
+                }
+            }
+            Incoming::Packet(_) => {}
+            Incoming::Closed(closed) => bail!("the witness closed: {closed:?}"),
         }
     }
 }
