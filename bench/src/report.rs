@@ -522,7 +522,8 @@ fn history_table(out: &mut String, get: &impl Fn(&str, &str, &str) -> Option<Sum
          recovery: a subscriber that missed 10,000 publications (each about 100 bytes) \
          subscribes again with its position; the time from its `#subscribe` to the \
          `wasmcluster:history` report that follows the last of them (target: p99 under \
-         50 ms). fanout: the full-speed fan-out above, against the same with history kept \
+         50 ms, on one host); with `--broker`, the same with the history in Redis \
+         Streams (a fresh `redis-server` on loopback). fanout: the full-speed fan-out above, against the same with history kept \
          for its channel (`history-size = 1000`).\n\n\
          | figure | wasmcluster |\n|---|---|\n",
     );
@@ -536,6 +537,16 @@ fn history_table(out: &mut String, get: &impl Fn(&str, &str, &str) -> Option<Sum
             "recovery",
             "p99_ms",
             "recovery of 10,000 missed publications: p99 (ms)",
+        ),
+        (
+            "recovery-redis",
+            "p50_ms",
+            "the same, history in Redis: p50 (ms)",
+        ),
+        (
+            "recovery-redis",
+            "p99_ms",
+            "the same, history in Redis: p99 (ms)",
         ),
         (
             "fanout",
