@@ -115,17 +115,17 @@ impl Broker {
             }),
             (Engine::Redis(redis), rule) => {
                 let first = self.local.subscribe(channel, session, outbox);
-                let Some(rule) = rule else {
-                    if first {
-                        let _ = tokio::time::timeout(LISTEN_TIMEOUT, redis.listen(channel)).await;
-                    }
-                    return Catchup::without_history(since);
-                };
-                // Every subscription with history waits until this host
-                // listens (an earlier subscriber may still be waiting), then
-                // reads: what is published after the read arrives live.
-                let _ = tokio::time::timeout(LISTEN_TIMEOUT, redis.listen(channel)).await;
-                redis.catch_up(channel, rule, since).await
+                // A subscription that reads the history waits until this
+                // host listens (an earlier subscriber may still be waiting),
+                // then reads: what is published after the read arrives live.
+                let reads = rule.is_some_and(|rule| *since != Since::Nothing || rule.last_value);
+                if first || reads {
+                    let _ = tokio::time::timeout(LISTEN_TIMEOUT, redis.listen(channel)).await;
+                }
+                match rule {
+                    Some(rule) => redis.catch_up(channel, rule, since).await,
+                    None => Catchup::without_history(since),
+                }
             }
         }
     }
