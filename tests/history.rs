@@ -205,6 +205,18 @@ fn bad_channel_sections_stop_the_start() {
     assert!(log.contains("unknown field `size`"), "{log}");
 }
 
+/// `ann` joins `chat`'s room `lobby` and says "one", "two", "three".
+async fn join_and_say_three(client: &mut Client) {
+    client
+        .call("join", json!({ "room": "lobby", "nick": "ann" }))
+        .await;
+    for text in ["one", "two", "three"] {
+        client
+            .call("say", json!({ "room": "lobby", "text": text }))
+            .await;
+    }
+}
+
 /// `chat`'s RPC `history` reads its room's channel history through the
 /// plugin host function `channel-history`; without history for the room's
 /// channel it says so.
@@ -219,14 +231,7 @@ async fn chat_answers_a_rooms_last_messages_from_the_channel_history() {
     .unwrap();
     let server = TestServer::start(dir.path(), &["--config", file.to_str().unwrap()]);
     let mut client = server.client().await;
-    client
-        .call("join", json!({ "room": "lobby", "nick": "ann" }))
-        .await;
-    for text in ["one", "two", "three"] {
-        client
-            .call("say", json!({ "room": "lobby", "text": text }))
-            .await;
-    }
+    join_and_say_three(&mut client).await;
     let history = client
         .call("history", json!({ "room": "lobby", "limit": 2 }))
         .await;
@@ -456,14 +461,7 @@ async fn last_value_plugins_and_outages_with_history_in_redis() {
     watcher.subscribe("room:lobby").await;
     watcher.subscribe("price:x").await;
     let mut client = a.client().await;
-    client
-        .call("join", json!({ "room": "lobby", "nick": "ann" }))
-        .await;
-    for text in ["one", "two", "three"] {
-        client
-            .call("say", json!({ "room": "lobby", "text": text }))
-            .await;
-    }
+    join_and_say_three(&mut client).await;
     for _ in 0..4 {
         watcher.publication().await;
     }
