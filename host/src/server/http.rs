@@ -139,38 +139,17 @@ pub(super) struct Response {
 impl Response {
     /// A `text/plain` response.
     pub(super) fn text(status: u16, reason: &'static str, body: &str) -> Self {
-        Response {
-            status,
-            reason,
-            content_type: "text/plain; charset=utf-8",
-            headers: Vec::new(),
-            body: body.as_bytes().to_vec(),
-            head_only: false,
-        }
+        Self::with_content_type(status, reason, "text/plain; charset=utf-8", body)
     }
 
     /// A `200 OK` HTML page.
     pub(super) fn html(body: &str) -> Self {
-        Response {
-            status: 200,
-            reason: "OK",
-            content_type: "text/html; charset=utf-8",
-            headers: Vec::new(),
-            body: body.as_bytes().to_vec(),
-            head_only: false,
-        }
+        Self::with_content_type(200, "OK", "text/html; charset=utf-8", body)
     }
 
     /// An `application/json` response.
     pub(super) fn json(status: u16, reason: &'static str, body: String) -> Self {
-        Response {
-            status,
-            reason,
-            content_type: "application/json",
-            headers: Vec::new(),
-            body: body.into(),
-            head_only: false,
-        }
+        Self::with_content_type(status, reason, "application/json", body)
     }
 
     /// A response with any content type.
