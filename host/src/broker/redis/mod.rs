@@ -300,16 +300,9 @@ impl RedisEngine {
             }
         };
         let epoch = &found.position.epoch;
-        let frames = found
-            .publications
-            .iter()
-            .filter_map(|(offset, data)| {
-                let data = match data {
-                    Some(data) => checked_data(channel, data.as_bytes())?,
-                    None => None,
-                };
-                let frame = protocol::publication_at(channel, data, *offset, epoch);
-                Some(Utf8Bytes::from(frame))
+        let frames = valid_publications(channel, &found.publications)
+            .map(|(offset, data)| {
+                Utf8Bytes::from(protocol::publication_at(channel, data, offset, epoch))
             })
             .collect();
         Catchup {
@@ -466,6 +459,21 @@ fn checked_data<'a>(channel: &str, data: &'a [u8]) -> Option<Option<&'a str>> {
             None
         }
     }
+}
+
+/// The kept publications of `channel` read from Redis whose data may go
+/// into a frame (see [`checked_data`]), as `(offset, data)`.
+fn valid_publications<'a>(
+    channel: &'a str,
+    publications: &'a [(u64, Option<String>)],
+) -> impl Iterator<Item = (u64, Option<&'a str>)> + 'a {
+    publications.iter().filter_map(move |(offset, data)| {
+        let data = match data {
+            Some(data) => checked_data(channel, data.as_bytes())?,
+            None => None,
+        };
+        Some((*offset, data))
+    })
 }
 
 /// A Redis URL fit for logs: its password replaced by `***`.

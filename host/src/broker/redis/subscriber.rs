@@ -12,6 +12,7 @@
 use super::history::{self, Read};
 use super::{
     CONNECT_TIMEOUT, Change, MAX_RECONNECT_DELAY, MIN_RECONNECT_DELAY, Names, State, checked_data,
+    valid_publications,
 };
 use crate::broker::LocalChannels;
 use crate::broker::history::{HistoryRules, Position};
@@ -287,18 +288,10 @@ impl Subscriber {
             }
         };
         let epoch = found.position.epoch;
-        for (offset, data) in found.publications {
+        for (offset, data) in valid_publications(channel, &found.publications) {
             let at = Position {
                 epoch: epoch.clone(),
                 offset,
-            };
-            let data = match data
-                .as_deref()
-                .map(|data| checked_data(channel, data.as_bytes()))
-            {
-                None => None,
-                Some(Some(data)) => data,
-                Some(None) => continue,
             };
             self.state.refetched.fetch_add(1, Ordering::Relaxed);
             self.local.deliver_numbered(numbered(channel, &at, data));
