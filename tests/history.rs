@@ -217,6 +217,21 @@ async fn join_and_say_three(client: &mut Client) {
     }
 }
 
+/// `chat`'s RPC `history` with limit 2 answers the last two of
+/// [`join_and_say_three`]'s events.
+async fn last_two_are_two_and_three(client: &mut Client) {
+    let history = client
+        .call("history", json!({ "room": "lobby", "limit": 2 }))
+        .await;
+    assert_eq!(
+        history,
+        json!([
+            {"type": "say", "nick": "ann", "text": "two"},
+            {"type": "say", "nick": "ann", "text": "three"},
+        ])
+    );
+}
+
 /// `chat`'s RPC `history` reads its room's channel history through the
 /// plugin host function `channel-history`; without history for the room's
 /// channel it says so.
@@ -232,16 +247,7 @@ async fn chat_answers_a_rooms_last_messages_from_the_channel_history() {
     let server = TestServer::start(dir.path(), &["--config", file.to_str().unwrap()]);
     let mut client = server.client().await;
     join_and_say_three(&mut client).await;
-    let history = client
-        .call("history", json!({ "room": "lobby", "limit": 2 }))
-        .await;
-    assert_eq!(
-        history,
-        json!([
-            {"type": "say", "nick": "ann", "text": "two"},
-            {"type": "say", "nick": "ann", "text": "three"},
-        ])
-    );
+    last_two_are_two_and_three(&mut client).await;
     // history-size = 3: the join event has gone, the three messages stay.
     let all = client.call("history", json!({ "room": "lobby" })).await;
     assert_eq!(all.as_array().unwrap().len(), 3);
@@ -466,16 +472,7 @@ async fn last_value_plugins_and_outages_with_history_in_redis() {
         watcher.publication().await;
     }
     let mut other = b.client().await;
-    let history = other
-        .call("history", json!({ "room": "lobby", "limit": 2 }))
-        .await;
-    assert_eq!(
-        history,
-        json!([
-            {"type": "say", "nick": "ann", "text": "two"},
-            {"type": "say", "nick": "ann", "text": "three"},
-        ])
-    );
+    last_two_are_two_and_three(&mut other).await;
 
     for price in [10, 11] {
         publish(&mut client, "price:x", json!(price)).await;
