@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 /// The floors, lowest first. A module may import from a lower floor only.
 const FLOORS: &[&[&str]] = &[
-    &["protocol", "log_limit"],
+    &["protocol", "log_limit", "redis_link"],
     &["mailbox", "metrics"],
     &["auth", "kv", "broker", "outbound"],
     &["services"],

@@ -13,6 +13,8 @@
 //!
 //! 1. [`protocol`]: SocketCluster frames, parsed and encoded; no I/O.
 //!    `log_limit`: at most a line a second of what clients can cause at will.
+//!    `redis_link`: the connection to the Redis primary, following it
+//!    through a Sentinel failover.
 //! 2. `mailbox`: what other tasks queue for a socket, and the registry
 //!    that finds a socket by id. `metrics`: the workers' counters, and
 //!    `GET /metrics` rendered from a snapshot.
@@ -40,6 +42,7 @@ mod metrics;
 mod outbound;
 pub mod plugins;
 pub mod protocol;
+mod redis_link;
 pub mod server;
 pub mod services;
 mod session;

@@ -344,18 +344,97 @@ impl Drop for TestServer {
 pub struct RedisServer {
     /// The port it listens on.
     pub port: u16,
+    /// Arguments after `redis-server` besides the port (a sentinel's
+    /// config file, a replica's primary, passwords).
+    args: Vec<String>,
+    /// The password clients give (`requirepass`), if any.
+    password: Option<String>,
+    /// A sentinel's config file (which it rewrites), in its directory.
+    config: Option<(PathBuf, tempfile::TempDir)>,
     child: Option<Child>,
+}
+
+/// A free loopback port.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 impl RedisServer {
     /// Start `redis-server` (installed by `.ci/run`) without persistence.
     pub fn start() -> RedisServer {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let mut server = RedisServer { port, child: None };
+        Self::start_with(&[], None)
+    }
+
+    /// Start `redis-server` without persistence, with `args` added and
+    /// clients giving `password`.
+    pub fn start_with(args: &[&str], password: Option<&str>) -> RedisServer {
+        let mut all: Vec<String> = ["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+            .into_iter()
+            .chain(args.iter().copied())
+            .map(str::to_owned)
+            .collect();
+        if let Some(password) = password {
+            all.extend(["--requirepass", password, "--masterauth", password].map(str::to_owned));
+        }
+        Self::spawn(all, password, None)
+    }
+
+    /// Start a replica of `primary` (which clients and the replica reach
+    /// with `password`).
+    pub fn start_replica(primary: &RedisServer, password: &str) -> RedisServer {
+        let port = primary.port.to_string();
+        Self::start_with(&["--replicaof", "127.0.0.1", &port], Some(password))
+    }
+
+    /// Start a sentinel (`redis-server --sentinel`) watching `primary` as
+    /// `master` (quorum 2, down after 1 s), reaching it with
+    /// `primary_password` and asking clients and other sentinels for
+    /// `password`.
+    pub fn start_sentinel(
+        primary: &RedisServer,
+        master: &str,
+        primary_password: &str,
+        password: &str,
+    ) -> RedisServer {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("sentinel.conf");
+        std::fs::write(
+            &config,
+            format!(
+                "bind 127.0.0.1\n\
+                 requirepass {password}\n\
+                 sentinel sentinel-pass {password}\n\
+                 sentinel monitor {master} 127.0.0.1 {port} 2\n\
+                 sentinel auth-pass {master} {primary_password}\n\
+                 sentinel down-after-milliseconds {master} 1000\n\
+                 sentinel failover-timeout {master} 10000\n",
+                port = primary.port,
+            ),
+        )
+        .unwrap();
+        Self::spawn(
+            vec!["--sentinel".to_owned()],
+            Some(password),
+            Some((config, dir)),
+        )
+    }
+
+    fn spawn(
+        args: Vec<String>,
+        password: Option<&str>,
+        config: Option<(PathBuf, tempfile::TempDir)>,
+    ) -> RedisServer {
+        let mut server = RedisServer {
+            port: free_port(),
+            args,
+            password: password.map(str::to_owned),
+            config,
+            child: None,
+        };
         server.restart();
         server
     }
@@ -367,8 +446,12 @@ impl RedisServer {
 
     /// Run `redis-cli` against it with `args`; its output.
     pub fn cli(&self, args: &[&str]) -> String {
-        let output = Command::new("redis-cli")
-            .args(["-p", &self.port.to_string()])
+        let mut command = Command::new("redis-cli");
+        command.args(["-p", &self.port.to_string()]);
+        if let Some(password) = &self.password {
+            command.args(["-a", password, "--no-auth-warning"]);
+        }
+        let output = command
             .args(args)
             .output()
             .expect("redis-cli is installed with redis-server (scripts/install-test-deps)");
@@ -387,16 +470,20 @@ impl RedisServer {
     /// Start it (again) on its port and wait until it answers.
     pub fn restart(&mut self) {
         self.kill();
-        let child = Command::new("redis-server")
+        let mut command = Command::new("redis-server");
+        if let Some((file, _)) = &self.config {
+            command.arg(file);
+        }
+        let child = command
             .args(["--port", &self.port.to_string()])
-            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(&self.args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("redis-server is missing: install it (`apt-get install redis-server`, as .ci/run does)");
         self.child = Some(child);
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while !self.answers_ping() {
+        while !self.answers() {
             assert!(
                 std::time::Instant::now() < deadline,
                 "redis-server did not start"
@@ -405,15 +492,17 @@ impl RedisServer {
         }
     }
 
-    fn answers_ping(&self) -> bool {
+    /// Whether it answers a `PING` (with `PONG`, or by asking for a
+    /// password).
+    fn answers(&self) -> bool {
         use std::io::{Read, Write};
         let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", self.port)) else {
             return false;
         };
-        let mut reply = [0u8; 7];
+        let mut reply = [0u8; 1];
         stream.write_all(b"PING\r\n").is_ok()
             && stream.read_exact(&mut reply).is_ok()
-            && &reply == b"+PONG\r\n"
+            && (reply[0] == b'+' || reply[0] == b'-')
     }
 }
 

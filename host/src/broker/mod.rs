@@ -16,7 +16,7 @@ mod redis;
 pub(crate) use history::{Catchup, History, Position, Since};
 pub use history::{HistoryRule, HistoryRules};
 pub(crate) use local::LocalChannels;
-pub(crate) use redis::{RedisEngine, RedisError};
+pub(crate) use redis::RedisEngine;
 
 use crate::mailbox::{Outbox, SessionKey};
 use crate::protocol;
@@ -228,6 +228,15 @@ impl Broker {
         match &self.engine {
             Engine::Local(_) => true,
             Engine::Redis(redis) => redis.is_connected(),
+        }
+    }
+
+    /// How many times the Redis primary moved (a Sentinel failover
+    /// followed); 0 with one host.
+    pub(crate) fn primary_moves(&self) -> u64 {
+        match &self.engine {
+            Engine::Local(_) => 0,
+            Engine::Redis(redis) => redis.primary_moves(),
         }
     }
 

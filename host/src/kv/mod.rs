@@ -132,7 +132,7 @@ impl KvStore {
     }
 
     /// The Redis engine under `prefix`.
-    pub(crate) fn redis(connection: ::redis::aio::ConnectionManager, prefix: String) -> Self {
+    pub(crate) fn redis(connection: crate::redis_link::RedisLink, prefix: String) -> Self {
         KvStore::with(Engine::Redis(RedisKv::new(connection, prefix)))
     }
 

@@ -12,11 +12,11 @@
 //! keys Redis has expired (`sweep.lua`).
 //!
 //! The scripts name keys they are not given in `KEYS`: fine on one Redis
-//! (or a primary with replicas), not on Redis Cluster.
+//! (or a primary with replicas, Sentinel included), not on Redis Cluster.
 
 use super::KvError;
 use super::ops::{KvQuota, Op, OpResult, Outcome, PAGE_MAX_BYTES, Page, Usage};
-use redis::aio::ConnectionManager;
+use crate::redis_link::RedisLink;
 use redis::{AsyncCommands, Script};
 use serde_json::{Value, json};
 use std::ops::Bound;
@@ -41,15 +41,16 @@ static LIST: LazyLock<Script> = LazyLock::new(|| {
 /// The store in Redis.
 #[derive(Clone)]
 pub(crate) struct RedisKv {
-    /// The connection (it reconnects by itself).
-    connection: ConnectionManager,
+    /// The connection to the primary (it reconnects, and follows a
+    /// failover, by itself).
+    connection: RedisLink,
     /// The deployment's key prefix.
     prefix: String,
 }
 
 impl RedisKv {
     /// The store under `prefix` through `connection`.
-    pub(crate) fn new(connection: ConnectionManager, prefix: String) -> Self {
+    pub(crate) fn new(connection: RedisLink, prefix: String) -> Self {
         RedisKv { connection, prefix }
     }
 

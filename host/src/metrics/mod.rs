@@ -51,7 +51,7 @@ pub(crate) use render::{Format, PluginSample, Snapshot, render};
 pub(crate) use rpc::{RpcStats, RpcTable, start};
 
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::DescriptorEncoder;
+use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 use std::cell::OnceCell;
@@ -184,36 +184,64 @@ impl Metrics {
         help: &str,
         read: impl Fn() -> i64 + Send + Sync + 'static,
     ) {
-        let gauge = GaugeFn {
+        self.register_fn(name, help, ReadFn::Gauge(Box::new(read)));
+    }
+
+    /// Export a counter `wasmcluster_<name>_total` kept elsewhere, whose
+    /// value `read` gives at each scrape.
+    pub(crate) fn counter_fn(
+        &self,
+        name: &str,
+        help: &str,
+        read: impl Fn() -> u64 + Send + Sync + 'static,
+    ) {
+        self.register_fn(name, help, ReadFn::Counter(Box::new(read)));
+    }
+
+    fn register_fn(&self, name: &str, help: &str, read: ReadFn) {
+        let metric = MetricFn {
             name: name.to_owned(),
             help: help.to_owned(),
-            read: Box::new(read),
+            read,
         };
         self.extra
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .register_collector(Box::new(gauge));
+            .register_collector(Box::new(metric));
     }
 }
 
-/// A gauge read from a function at each scrape.
-struct GaugeFn {
+/// A metric read from a function at each scrape.
+struct MetricFn {
     name: String,
     help: String,
-    read: Box<dyn Fn() -> i64 + Send + Sync>,
+    read: ReadFn,
 }
 
-impl fmt::Debug for GaugeFn {
+enum ReadFn {
+    Gauge(Box<dyn Fn() -> i64 + Send + Sync>),
+    Counter(Box<dyn Fn() -> u64 + Send + Sync>),
+}
+
+impl fmt::Debug for MetricFn {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("GaugeFn").field("name", &self.name).finish()
+        f.debug_struct("MetricFn")
+            .field("name", &self.name)
+            .finish()
     }
 }
 
-impl Collector for GaugeFn {
+impl Collector for MetricFn {
     fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
-        let mut metric =
-            encoder.encode_descriptor(&self.name, &self.help, None, MetricType::Gauge)?;
-        metric.encode_gauge(&(self.read)())
+        let kind = match self.read {
+            ReadFn::Gauge(_) => MetricType::Gauge,
+            ReadFn::Counter(_) => MetricType::Counter,
+        };
+        let mut metric = encoder.encode_descriptor(&self.name, &self.help, None, kind)?;
+        match &self.read {
+            ReadFn::Gauge(read) => metric.encode_gauge(&read()),
+            ReadFn::Counter(read) => metric.encode_counter::<NoLabelSet, _, u64>(&read(), None),
+        }
     }
 }
 
@@ -225,11 +253,16 @@ mod tests {
     fn metrics_added_from_outside_are_exported() {
         let metrics = Metrics::default();
         metrics.gauge_fn("answer", "Read at each scrape", || 42);
+        metrics.counter_fn("questions", "Counted elsewhere", || 7);
         let mut text = String::new();
         let extra = metrics.extra.lock().unwrap();
         prometheus_client::encoding::text::encode(&mut text, &extra).unwrap();
         assert!(
             text.contains("# TYPE wasmcluster_answer gauge\nwasmcluster_answer 42\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE wasmcluster_questions counter\nwasmcluster_questions_total 7\n"),
             "{text}"
         );
     }

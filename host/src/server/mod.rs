@@ -16,12 +16,13 @@ mod tls;
 mod worker;
 
 use crate::auth::AuthEngine;
-use crate::broker::{Broker, Engine, History, RedisEngine, RedisError};
+use crate::broker::{Broker, Engine, History, RedisEngine};
 use crate::config::ServerConfig;
 use crate::kv::{KvOpenError, KvStore};
 use crate::log_limit;
 use crate::metrics::Metrics;
 use crate::plugins::{EngineError, LoadError, PluginEngine, ReloadSummary, load_dir, reload_dir};
+use crate::redis_link::{RedisError, RedisLink};
 use crate::services::HostServices;
 use http::Response;
 use pending::PendingHandshakes;
@@ -168,6 +169,12 @@ impl Server {
             "broker_connected",
             "1 while publications reach the other hosts (always with one host), 0 while Redis is lost",
             move || i64::from(services.broker.is_connected()),
+        );
+        let services = shared.services.clone();
+        shared.metrics.counter_fn(
+            "broker_primary_moves",
+            "Times the Redis primary moved and the host followed it (a Sentinel failover)",
+            move || services.broker.primary_moves(),
         );
         shared
             .metrics
@@ -417,13 +424,13 @@ async fn host_services(
         );
     }
     let local = Arc::default();
-    let (engine, connection) = RedisEngine::connect(
-        url,
+    let connection = RedisLink::connect(url).await?;
+    let engine = RedisEngine::start(
+        connection.clone(),
         &config.broker_prefix,
         Arc::clone(&local),
         rules.clone(),
-    )
-    .await?;
+    );
     let broker = Broker::new(local, rules, Engine::Redis(engine));
     let kv = KvStore::redis(connection, config.broker_prefix.clone());
     Ok(HostServices::with(auth, broker, kv))

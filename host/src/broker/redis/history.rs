@@ -20,8 +20,8 @@
 //! old one are told that their history is gone.
 
 use super::super::history::{HistoryRule, Position, Unrecoverable, new_epoch};
+use crate::redis_link::RedisLink;
 use redis::Script;
-use redis::aio::ConnectionManager;
 use std::sync::LazyLock;
 use std::time::Duration;
 
@@ -127,7 +127,7 @@ pub(crate) fn queue_script_load(pipe: &mut redis::Pipeline) {
 
 /// Read `channel`'s history (under `rule`).
 pub(crate) async fn read(
-    connection: &ConnectionManager,
+    connection: &RedisLink,
     keys: &StreamKeys,
     channel: &str,
     rule: HistoryRule,

@@ -26,12 +26,11 @@ pub(crate) use history::Read;
 use super::history::{Catchup, HistoryRule, HistoryRules, Since, Unrecoverable};
 use super::{Confirmation, LocalChannels};
 use crate::protocol;
+use crate::redis_link::RedisLink;
 use history::{Found, StreamKeys};
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
-use thiserror::Error;
 use tokio::sync::{mpsc, oneshot};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
@@ -40,34 +39,11 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 const PUBLISH_QUEUE: usize = 65_536;
 /// Publications sent to Redis in one pipeline.
 const PUBLISH_BATCH: usize = 256;
-/// How long connecting (at start and on every retry) may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// How often a publisher that lost Redis checks whether it is back.
 const PUBLISHER_PROBE: Duration = Duration::from_secs(1);
 /// First and longest wait between two reconnection attempts.
 const MIN_RECONNECT_DELAY: Duration = Duration::from_millis(100);
-const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(5);
-
-/// Why the Redis engine cannot start.
-#[derive(Debug, Error)]
-pub enum RedisError {
-    /// The URL is not a Redis URL.
-    #[error("invalid --broker URL '{url}': {source}")]
-    Url {
-        /// The URL as given.
-        url: String,
-        /// What the Redis client said.
-        source: redis::RedisError,
-    },
-    /// Redis did not answer in time.
-    #[error("cannot reach the broker at {url}: {reason}")]
-    Unreachable {
-        /// The URL as given.
-        url: String,
-        /// What went wrong.
-        reason: String,
-    },
-}
+const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(1);
 
 /// Subscription changes for the subscriber task.
 enum Change {
@@ -143,47 +119,19 @@ pub(crate) struct RedisEngine {
     state: Arc<State>,
     host_id: String,
     names: Names,
-    connection: ConnectionManager,
+    connection: RedisLink,
 }
 
 impl RedisEngine {
-    /// Connect to Redis at `url` and start the engine's tasks on the current
-    /// tokio runtime, keeping history in Redis under `rules`. Also returns a
-    /// connection for the plugins' KV store. Redis unreachable now is an
-    /// error: a host that starts without its broker would serve a split
-    /// cluster without saying so.
-    pub(crate) async fn connect(
-        url: &str,
+    /// Start the engine's tasks on the current tokio runtime, sharing
+    /// publications through `connection`'s Redis and keeping history there
+    /// under `rules`.
+    pub(crate) fn start(
+        connection: RedisLink,
         prefix: &str,
         local: Arc<LocalChannels>,
         rules: HistoryRules,
-    ) -> Result<(Self, ConnectionManager), RedisError> {
-        let shown = redacted(url);
-        let client = redis::Client::open(url).map_err(|source| RedisError::Url {
-            url: shown.clone(),
-            source,
-        })?;
-        let unreachable = |reason: String| RedisError::Unreachable {
-            url: shown.clone(),
-            reason,
-        };
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(CONNECT_TIMEOUT))
-            .set_response_timeout(Some(CONNECT_TIMEOUT))
-            .set_number_of_retries(2)
-            .set_max_delay(MAX_RECONNECT_DELAY);
-        let mut manager = tokio::time::timeout(
-            CONNECT_TIMEOUT,
-            client.get_connection_manager_with_config(config),
-        )
-        .await
-        .map_err(|_| unreachable("no answer within 3 s".into()))?
-        .map_err(|error| unreachable(error.to_string()))?;
-        let _: String = redis::cmd("PING")
-            .query_async(&mut manager)
-            .await
-            .map_err(|error| unreachable(error.to_string()))?;
-
+    ) -> Self {
         let state = Arc::new(State::default());
         state.publisher_up.store(true, Ordering::Release);
         let names = Names::new(prefix);
@@ -192,8 +140,7 @@ impl RedisEngine {
         let (publications, publication_rx) = mpsc::channel(PUBLISH_QUEUE);
         tokio::spawn(
             subscriber::Subscriber {
-                client,
-                connection: manager.clone(),
+                connection: connection.clone(),
                 names: names.clone(),
                 host_id: host_id.clone(),
                 local,
@@ -203,23 +150,25 @@ impl RedisEngine {
             .run(change_rx),
         );
         tokio::spawn(publish(
-            manager.clone(),
+            connection.clone(),
             names.clone(),
             publication_rx,
             state.clone(),
         ));
-        tracing::info!(url = shown, host_id, "broker: connected to Redis");
-        Ok((
-            RedisEngine {
-                changes,
-                publications,
-                state,
-                host_id,
-                names,
-                connection: manager.clone(),
-            },
-            manager,
-        ))
+        tracing::info!(
+            url = connection.shown_url(),
+            host_id,
+            link = %connection.status(),
+            "broker: connected to Redis"
+        );
+        RedisEngine {
+            changes,
+            publications,
+            state,
+            host_id,
+            names,
+            connection,
+        }
     }
 
     /// Listen to `channel` from other hosts, if it has local subscribers
@@ -329,6 +278,11 @@ impl RedisEngine {
             && self.state.publisher_up.load(Ordering::Acquire)
     }
 
+    /// How many times the Redis primary moved since start.
+    pub(crate) fn primary_moves(&self) -> u64 {
+        self.connection.primary_moves()
+    }
+
     /// What the engine is, for `/healthz`: its state and counters.
     pub(crate) fn status(&self) -> serde_json::Value {
         let state = &self.state;
@@ -341,6 +295,7 @@ impl RedisEngine {
             "reconnects": state.reconnects.load(Ordering::Relaxed),
             "history_refetched": state.refetched.load(Ordering::Relaxed),
             "history_lost": state.lost.load(Ordering::Relaxed),
+            "redis": self.connection.status(),
         })
     }
 }
@@ -349,7 +304,7 @@ impl RedisEngine {
 /// dropped (counted): Redis pub/sub is at most once anyway, and holding
 /// publications during an outage would grow memory without bound.
 async fn publish(
-    mut connection: ConnectionManager,
+    mut connection: RedisLink,
     names: Names,
     mut queue: mpsc::Receiver<Outgoing>,
     state: Arc<State>,
@@ -476,18 +431,6 @@ fn valid_publications<'a>(
     })
 }
 
-/// A Redis URL fit for logs: its password replaced by `***`.
-fn redacted(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut parsed) if parsed.password().is_some() => {
-            let _ = parsed.set_password(Some("***"));
-            parsed.to_string()
-        }
-        Ok(_) => url.to_owned(),
-        Err(_) => "(unparsable URL)".to_owned(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -498,15 +441,6 @@ mod tests {
         assert_eq!(names.channel("room:1"), "app:ch:room:1");
         assert_eq!(names.local_channel("app:ch:room:1"), Some("room:1"));
         assert_eq!(names.local_channel("other:ch:room:1"), None);
-    }
-
-    #[test]
-    fn passwords_stay_out_of_logs() {
-        assert_eq!(
-            redacted("redis://:secret@redis:6379/0"),
-            "redis://:***@redis:6379/0"
-        );
-        assert_eq!(redacted("redis://redis:6379"), "redis://redis:6379");
     }
 
     #[test]

@@ -11,15 +11,16 @@
 
 use super::history::{self, Read};
 use super::{
-    CONNECT_TIMEOUT, Change, MAX_RECONNECT_DELAY, MIN_RECONNECT_DELAY, Names, State, checked_data,
+    Change, MAX_RECONNECT_DELAY, MIN_RECONNECT_DELAY, Names, State, checked_data,
     valid_publications,
 };
 use crate::broker::LocalChannels;
 use crate::broker::history::{HistoryRules, Position};
 use crate::mailbox::NumberedFrame;
 use crate::protocol;
+use crate::redis_link::RedisLink;
 use futures_util::StreamExt;
-use redis::aio::{ConnectionManager, PubSubSink, PubSubStream};
+use redis::aio::{PubSubSink, PubSubStream};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -28,9 +29,8 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 /// The subscriber task's parts.
 pub(super) struct Subscriber {
-    pub(super) client: redis::Client,
-    /// For reading history.
-    pub(super) connection: ConnectionManager,
+    /// For pub/sub connections and reading history.
+    pub(super) connection: RedisLink,
     pub(super) names: Names,
     pub(super) host_id: String,
     pub(super) local: Arc<LocalChannels>,
@@ -99,9 +99,10 @@ impl Subscriber {
         &self,
         listening: &mut Listening,
     ) -> Result<(PubSubSink, PubSubStream), String> {
-        let pubsub = tokio::time::timeout(CONNECT_TIMEOUT, self.client.get_async_pubsub())
+        let pubsub = self
+            .connection
+            .pubsub()
             .await
-            .map_err(|_| "no answer within 3 s".to_owned())?
             .map_err(|error| error.to_string())?;
         let (mut sink, stream) = pubsub.split();
         let channels = self.local.names();
