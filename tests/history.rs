@@ -446,6 +446,53 @@ async fn what_pub_sub_loses_is_fetched_from_the_history() {
     );
 }
 
+/// Redis replicates asynchronously: a failover can lose a channel's last
+/// publications after a host delivered them, and the new primary would
+/// give their offsets to other publications. Simulated on one Redis: the
+/// last two entries and the last offset are taken back, and the pub/sub
+/// connections cut. The host that delivered them notices when it catches
+/// up, and the channel starts a new epoch: the next publication arrives
+/// in it (not dropped as an offset already delivered), and a client that
+/// recovers from the old position is told `epoch-changed`.
+#[tokio::test]
+async fn a_history_that_lost_delivered_publications_starts_a_new_epoch() {
+    let (redis, _dir, a, b) = two_redis_hosts();
+    let mut subscriber = b.client().await;
+    let report = subscribe_since(&mut subscriber, "room:w", Value::Null).await;
+    let old = report[0]["data"]["epoch"].clone();
+    let mut publisher = a.client().await;
+    for n in 1..=3 {
+        publish(&mut publisher, "room:w", json!(n)).await;
+    }
+    offsets_and_data(&mut subscriber, "room:w", &old, 3).await;
+
+    redis.cli(&["XDEL", "wasmcluster:hist:{room:w}", "2-0", "3-0"]);
+    redis.cli(&["HSET", "wasmcluster:histmeta:{room:w}", "offset", "1"]);
+    redis.cli(&["CLIENT", "KILL", "TYPE", "pubsub"]);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while b.health().await["broker"]["history_lost"] != 1 {
+        assert!(tokio::time::Instant::now() < deadline, "{}", b.log());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        b.log().contains("history lost publications delivered here"),
+        "{}",
+        b.log()
+    );
+
+    publish(&mut publisher, "room:w", json!("after")).await;
+    let live = subscriber.next_packet().await;
+    assert_eq!(live["data"]["data"], "after", "{live}");
+    assert_eq!(live["data"]["offset"], 1, "{live}");
+    assert_ne!(live["data"]["epoch"], old, "{live}");
+
+    let mut late = a.client().await;
+    let since = json!({ "epoch": old, "offset": 3 });
+    let report = subscribe_since(&mut late, "room:w", since).await;
+    assert_eq!(report[0]["data"]["reason"], "epoch-changed", "{report:?}");
+    assert_eq!(report[0]["data"]["epoch"], live["data"]["epoch"]);
+}
+
 /// Last-value channels and the plugin host function work the same with
 /// history in Redis; while Redis is away, a recovering subscriber is told
 /// the history is unavailable rather than left waiting.

@@ -22,7 +22,6 @@ use futures_util::FutureExt;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig, PubSub};
 use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
 use redis::{Cmd, ErrorKind, Pipeline, RedisFuture, RedisResult, ServerErrorKind, Value};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 use thiserror::Error;
@@ -78,8 +77,9 @@ struct Shared {
     current: RwLock<Primary>,
     /// Asks the sentinels; held while asking, so one asks at a time.
     follower: tokio::sync::Mutex<Follower>,
-    /// Times the primary moved since start.
-    moves: AtomicU64,
+    /// Times the primary moved since start, watched by tasks that wait to
+    /// reconnect.
+    moves: tokio::sync::watch::Sender<u64>,
 }
 
 /// A primary and the connection to it.
@@ -144,7 +144,7 @@ impl RedisLink {
                     sentinels,
                     asked: None,
                 }),
-                moves: AtomicU64::new(0),
+                moves: tokio::sync::watch::Sender::new(0),
             }),
         };
         if let Topology::Sentinel(address) = &link.shared.topology {
@@ -182,7 +182,13 @@ impl RedisLink {
 
     /// How many times the primary moved (a failover followed) since start.
     pub(crate) fn primary_moves(&self) -> u64 {
-        self.shared.moves.load(Ordering::Relaxed)
+        *self.shared.moves.borrow()
+    }
+
+    /// Changes each time the primary moves: a task waiting to reconnect
+    /// can go at once.
+    pub(crate) fn moves(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.shared.moves.subscribe()
     }
 
     fn primary(&self) -> Primary {
@@ -241,7 +247,7 @@ impl RedisLink {
                     .current
                     .write()
                     .unwrap_or_else(|poisoned| poisoned.into_inner()) = primary;
-                self.shared.moves.fetch_add(1, Ordering::Relaxed);
+                self.shared.moves.send_modify(|moves| *moves += 1);
                 tracing::warn!(from = before, to = now, "broker: the Redis primary moved");
             }
             Err(error) => {

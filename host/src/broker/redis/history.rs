@@ -17,7 +17,9 @@
 //! served from Redis too. The epoch is the script's to choose; when the
 //! hash is gone (flushed, evicted, or idle past its time) the next
 //! publication or read starts a new epoch, and clients that stopped in the
-//! old one are told that their history is gone.
+//! old one are told that their history is gone. A host that finds the
+//! history no longer holds what it delivered (a failover lost the last
+//! publications) starts a new epoch itself (`restart.lua`).
 
 use super::super::history::{HistoryRule, Position, Unrecoverable, new_epoch};
 use crate::redis_link::RedisLink;
@@ -32,6 +34,15 @@ static PUBLISH: LazyLock<Script> = LazyLock::new(|| Script::new(PUBLISH_SOURCE))
 /// The read script's source (run with EVAL inside a transaction, where a
 /// missing cached script could not be loaded and retried).
 const READ_SOURCE: &str = concat!(include_str!("epoch.lua"), "\n", include_str!("read.lua"));
+
+/// The restart script (with the epoch function).
+static RESTART: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(concat!(
+        include_str!("epoch.lua"),
+        "\n",
+        include_str!("restart.lua")
+    ))
+});
 
 /// The least time a channel's epoch and last offset are kept after its
 /// last publication or read (longer for a longer TTL).
@@ -174,6 +185,26 @@ pub(crate) async fn read(
     };
     let stands = redis::from_redis_value(replies.pop().ok_or_else(malformed)?)?;
     found(stands, entries, rule, what)
+}
+
+/// Start a new epoch for `channel` (under `rule`) if it is still in
+/// `epoch`, whose history lost publications that were delivered (see
+/// `restart.lua`); the channel's epoch now.
+pub(crate) async fn restart_epoch(
+    connection: &RedisLink,
+    keys: &StreamKeys,
+    channel: &str,
+    rule: HistoryRule,
+    epoch: &str,
+) -> redis::RedisResult<String> {
+    RESTART
+        .key(keys.stream(channel))
+        .key(keys.meta(channel))
+        .arg(epoch)
+        .arg(new_epoch())
+        .arg(meta_ttl_ms(rule) as u64)
+        .invoke_async(&mut connection.clone())
+        .await
 }
 
 /// Where a stream stands, as `read.lua` answers: epoch, last offset, and

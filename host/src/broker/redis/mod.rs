@@ -18,6 +18,7 @@
 //! history what its channels with history missed meanwhile
 //! ([`subscriber`]).
 
+mod catch_up;
 mod history;
 mod subscriber;
 

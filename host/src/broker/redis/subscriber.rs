@@ -7,15 +7,18 @@
 //! connection) is preceded by the skipped ones, read from the history; one
 //! already delivered (read that way before pub/sub brought it) is dropped.
 //! After a reconnect, every such channel is brought up to date the same
-//! way before anything newer is delivered.
+//! way before anything newer is delivered, checking first that the history
+//! still holds what was delivered ([`catch_up`]); when a failover lost it,
+//! the channel starts a new epoch.
 
+use super::catch_up::{self, CatchUp, Delivered};
 use super::history::{self, Read};
 use super::{
     Change, MAX_RECONNECT_DELAY, MIN_RECONNECT_DELAY, Names, State, checked_data,
     valid_publications,
 };
 use crate::broker::LocalChannels;
-use crate::broker::history::{HistoryRules, Position};
+use crate::broker::history::{HistoryRule, HistoryRules, Position};
 use crate::mailbox::NumberedFrame;
 use crate::protocol;
 use crate::redis_link::RedisLink;
@@ -51,8 +54,8 @@ enum Ended {
 struct Listening {
     /// Channels subscribed to on the current connection.
     channels: HashSet<String>,
-    /// The last position delivered here, per channel with history.
-    delivered: HashMap<String, Position>,
+    /// The last publication delivered here, per channel with history.
+    delivered: HashMap<String, Delivered>,
 }
 
 impl Subscriber {
@@ -62,6 +65,7 @@ impl Subscriber {
         let mut delay = MIN_RECONNECT_DELAY;
         let mut connected_before = false;
         let mut listening = Listening::default();
+        let mut primary_moves = self.connection.moves();
         loop {
             let ended = match self.connect(&mut listening).await {
                 Ok((sink, stream)) => {
@@ -88,7 +92,11 @@ impl Subscriber {
                     "broker: Redis connection lost ({reason}); local delivery goes on"
                 ),
             }
-            tokio::time::sleep(delay).await;
+            // Reconnect after the back-off, or as soon as the primary moved.
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                _ = primary_moves.changed() => {}
+            }
             delay = (delay * 2).min(MAX_RECONNECT_DELAY);
         }
     }
@@ -185,7 +193,7 @@ impl Subscriber {
         &self,
         redis_channel: &str,
         payload: &[u8],
-        delivered: &mut HashMap<String, Position>,
+        delivered: &mut HashMap<String, Delivered>,
     ) {
         let Some(channel) = self.names.local_channel(redis_channel) else {
             return;
@@ -223,81 +231,114 @@ impl Subscriber {
         channel: &str,
         at: Position,
         data: Option<&str>,
-        delivered: &mut HashMap<String, Position>,
+        delivered: &mut HashMap<String, Delivered>,
     ) {
-        if let Some(last) = delivered.get(channel).cloned()
-            && last.epoch == at.epoch
-            && at.offset > last.offset + 1
+        if delivered
+            .get(channel)
+            .is_some_and(|last| last.at.epoch == at.epoch && at.offset > last.at.offset + 1)
         {
-            self.catch_up(channel, last, delivered).await;
+            self.catch_up(channel, delivered, false).await;
         }
         if delivered
             .get(channel)
-            .is_some_and(|last| last.epoch == at.epoch && at.offset <= last.offset)
+            .is_some_and(|last| last.at.epoch == at.epoch && at.offset <= last.at.offset)
         {
             return;
         }
         self.state.received.fetch_add(1, Ordering::Relaxed);
         self.local.deliver_numbered(numbered(channel, &at, data));
-        delivered.insert(channel.to_owned(), at);
+        delivered.insert(channel.to_owned(), Delivered::new(at, data));
     }
 
-    /// After a reconnect: deliver what every channel with history here
-    /// missed while pub/sub was away.
-    async fn catch_up_all(&self, delivered: &mut HashMap<String, Position>) {
-        let missed: Vec<(String, Position)> = delivered
-            .iter()
-            .map(|(channel, last)| (channel.clone(), last.clone()))
-            .collect();
-        for (channel, last) in missed {
-            self.catch_up(&channel, last, delivered).await;
+    /// After a reconnect (perhaps to a new primary): deliver what every
+    /// channel with history here missed while pub/sub was away, checking
+    /// that its history still holds what was delivered.
+    async fn catch_up_all(&self, delivered: &mut HashMap<String, Delivered>) {
+        let channels: Vec<String> = delivered.keys().cloned().collect();
+        for channel in channels {
+            self.catch_up(&channel, delivered, true).await;
         }
     }
 
-    /// Deliver the publications of `channel` after `last` from its
-    /// history, and remember the newest.
+    /// Deliver the publications of `channel` after the last delivered from
+    /// its history, and remember the newest; with `check`, only if the
+    /// history still holds the last delivered.
     async fn catch_up(
         &self,
         channel: &str,
-        last: Position,
-        delivered: &mut HashMap<String, Position>,
+        delivered: &mut HashMap<String, Delivered>,
+        check: bool,
     ) {
-        let Some(rule) = self.rules.rule_for(channel) else {
+        let (Some(rule), Some(last)) = (self.rules.rule_for(channel), delivered.get(channel))
+        else {
             return;
         };
-        let read = Read::Since(last.clone());
+        let last = last.clone();
+        let read = Read::Since(last.read_from(check));
         let found =
             history::read(&self.connection, &self.names.streams, channel, rule, &read).await;
-        let found = match found {
-            Ok(found) if found.failure.is_none() => found,
-            outcome => {
-                let reason = match outcome {
-                    Ok(found) => found
-                        .failure
-                        .map_or("", |failure| failure.reason())
-                        .to_owned(),
-                    Err(error) => error.to_string(),
-                };
-                self.state.lost.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(
-                    channel,
-                    after = last.offset,
-                    "broker: publications pub/sub did not bring cannot be read from the \
-                     history ({reason}); subscribers here miss them"
-                );
-                return;
+        let judged = found.map(|found| catch_up::judge(&last, found, check));
+        match judged {
+            Ok(CatchUp::Deliver(epoch, publications)) => {
+                for (offset, data) in valid_publications(channel, &publications) {
+                    let at = Position {
+                        epoch: epoch.clone(),
+                        offset,
+                    };
+                    self.state.refetched.fetch_add(1, Ordering::Relaxed);
+                    self.local.deliver_numbered(numbered(channel, &at, data));
+                    delivered.insert(channel.to_owned(), Delivered::new(at, data));
+                }
             }
-        };
-        let epoch = found.position.epoch;
-        for (offset, data) in valid_publications(channel, &found.publications) {
-            let at = Position {
-                epoch: epoch.clone(),
-                offset,
-            };
-            self.state.refetched.fetch_add(1, Ordering::Relaxed);
-            self.local.deliver_numbered(numbered(channel, &at, data));
-            delivered.insert(channel.to_owned(), at);
+            Ok(CatchUp::Rewritten) => {
+                self.restart_epoch(channel, rule, &last.at).await;
+                delivered.remove(channel);
+            }
+            Ok(CatchUp::Missing(failure)) => self.missed(channel, &last.at, failure.reason()),
+            Err(error) => self.missed(channel, &last.at, &error.to_string()),
         }
+    }
+
+    /// The history of `channel` no longer holds the publication delivered
+    /// at `last`: start a new epoch, so that no position in the old one is
+    /// trusted (clients that recover from one are told `epoch-changed`).
+    async fn restart_epoch(&self, channel: &str, rule: HistoryRule, last: &Position) {
+        self.state.lost.fetch_add(1, Ordering::Relaxed);
+        let restarted = history::restart_epoch(
+            &self.connection,
+            &self.names.streams,
+            channel,
+            rule,
+            &last.epoch,
+        )
+        .await;
+        match restarted {
+            Ok(epoch) => tracing::warn!(
+                channel,
+                delivered = last.offset,
+                epoch,
+                "broker: the channel's history lost publications delivered here (a Redis \
+                 failover); it starts a new epoch"
+            ),
+            Err(error) => tracing::warn!(
+                channel,
+                delivered = last.offset,
+                "broker: the channel's history lost publications delivered here (a Redis \
+                 failover), and a new epoch could not be started: {error}"
+            ),
+        }
+    }
+
+    /// Publications of `channel` after `last` that pub/sub did not bring
+    /// cannot be read from its history.
+    fn missed(&self, channel: &str, last: &Position, reason: &str) {
+        self.state.lost.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(
+            channel,
+            after = last.offset,
+            "broker: publications pub/sub did not bring cannot be read from the history \
+             ({reason}); subscribers here miss them"
+        );
     }
 }
 
