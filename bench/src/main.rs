@@ -99,6 +99,14 @@ enum Command {
         #[command(flatten)]
         args: scenarios::recovery::RecoveryArgs,
     },
+    /// Delivery across two hosts while the broker's primary is killed:
+    /// the failover window (wasmcluster only).
+    Failover {
+        #[command(flatten)]
+        connection: Connection,
+        #[command(flatten)]
+        args: scenarios::failover::FailoverArgs,
+    },
     /// One-shot timers pending at once (RPC `later`), and how late they fire.
     Timers {
         #[command(flatten)]
@@ -163,6 +171,7 @@ fn main() -> Result<()> {
         Command::Fanout { connection, .. } => ("fanout", connection),
         Command::Timers { connection, .. } => ("timers", connection),
         Command::Recovery { connection, .. } => ("recovery", connection),
+        Command::Failover { connection, .. } => ("failover", connection),
         Command::Fetch { connection } => ("fetch", connection),
         Command::HotSwap { connection, .. } => ("hot-swap", connection),
         Command::Idle { connection, .. } => ("idle", connection),
@@ -200,6 +209,7 @@ fn main() -> Result<()> {
             Command::Fanout { args, .. } => scenarios::fanout::run(&common, args).await,
             Command::Timers { args, .. } => scenarios::timers::run(&common, args).await,
             Command::Recovery { args, .. } => scenarios::recovery::run(&common, args).await,
+            Command::Failover { args, .. } => scenarios::failover::run(&common, args).await,
             Command::Fetch { .. } => scenarios::fetch::run(&common).await,
             Command::HotSwap { args, .. } => scenarios::hot_swap::run(&common, args).await,
             Command::Idle { args, .. } => scenarios::idle::run(&common, args).await,

@@ -351,6 +351,7 @@ pub fn run(input: &Path, preamble: Option<&Path>) -> Result<()> {
     }
     out.push_str("\nEach cell: median of the runs (min–max).\n");
     scale_out_table(&mut out, &get);
+    failover_table(&mut out, &get);
     kv_table(&mut out, &get);
     history_table(&mut out, &get);
     std::io::stdout().write_all(out.as_bytes())?;
@@ -428,6 +429,47 @@ fn scale_out_table(out: &mut String, get: &impl Fn(&str, &str, &str) -> Option<S
             cell(one.as_ref()),
             cell(two.as_ref()),
             ratio.map_or("—".into(), |r| format!("{}x", format_number(r)))
+        );
+    }
+}
+
+/// Rows of the failover table: field and title.
+const FAILOVER_ROWS: &[(&str, &str)] = &[
+    (
+        "window_ms",
+        "longest time without a cross-host delivery (ms)",
+    ),
+    (
+        "recovered_ms",
+        "from the kill to the first delivery after that gap (ms)",
+    ),
+    ("published", "publications made (200/s for 10 s)"),
+    ("lost", "publications lost"),
+    ("duplicates", "publications delivered twice"),
+    ("out_of_order", "publications delivered out of order"),
+];
+
+/// The failover table, when the results have a failover run.
+fn failover_table(out: &mut String, get: &impl Fn(&str, &str, &str) -> Option<Summary>) {
+    if get("failover-sentinel", "wasmcluster", "window_ms").is_none() {
+        return;
+    }
+    out.push_str(
+        "\n## Failover: the broker's primary killed under a numbered stream\n\n\
+         Two wasmcluster hosts on a Redis primary with one replica and three sentinels \
+         (`down-after-milliseconds 1000`, so about 1 s of the window is the sentinels \
+         deciding the primary is down), through `--broker redis+sentinel://...`. A client \
+         of one host publishes numbered publications at 200/s; a subscriber on the other \
+         host receives them; after 2 s the primary is killed with SIGKILL. Publications \
+         the publisher's host tried to send to the dead primary are lost (at most once); \
+         those queued behind them reach the new primary once the host moved.\n\n\
+         | figure | Sentinel |\n|---|---|\n",
+    );
+    for (field, title) in FAILOVER_ROWS {
+        let _ = writeln!(
+            out,
+            "| {title} | {} |",
+            cell(get("failover-sentinel", "wasmcluster", field).as_ref())
         );
     }
 }

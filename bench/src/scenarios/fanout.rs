@@ -2,7 +2,7 @@
 //! window of acked publishes each) or at a fixed total rate. Every payload
 //! carries its send time, so subscribers measure end-to-end latency.
 
-use super::{Common, GRACE, add_latency_and_cpu, close_all, histogram, open_many};
+use super::{Common, GRACE, add_latency_and_cpu, close_all, histogram, open_many, subscribe};
 use crate::proc_stats::CpuMeter;
 use anyhow::{Result, bail};
 use hdrhistogram::Histogram;
@@ -59,7 +59,7 @@ struct Shared {
 pub async fn run(common: &Common, args: &FanoutArgs) -> Result<Value> {
     let mut subscribers = open_many(common, args.subscribers).await?;
     for subscriber in &mut subscribers {
-        subscribe(subscriber).await?;
+        subscribe(subscriber, CHANNEL).await?;
     }
     let publishers = match args.publish_to {
         Some(addr) => {
@@ -133,21 +133,6 @@ pub async fn run(common: &Common, args: &FanoutArgs) -> Result<Value> {
         "deliveries_per_server_cpu_s",
     );
     Ok(figures)
-}
-
-async fn subscribe(connection: &mut Connection) -> Result<()> {
-    connection
-        .send(format!(
-            "{{\"event\":\"#subscribe\",\"data\":{{\"channel\":\"{CHANNEL}\"}},\"cid\":2}}"
-        ))
-        .await?;
-    loop {
-        match connection.next().await? {
-            Incoming::Packet(text) if reply_id(&text) == Some(2) => return Ok(()),
-            Incoming::Packet(_) => {}
-            Incoming::Closed(_) => bail!("closed while subscribing"),
-        }
-    }
 }
 
 /// Publish until `end`: with a rate, on a timer; without, keeping `window`

@@ -2,6 +2,7 @@
 //! a bounded window of time, and returns one JSON object of figures.
 
 pub mod connect;
+pub mod failover;
 pub mod fanout;
 pub mod fetch;
 pub mod hostile;
@@ -17,7 +18,7 @@ use hdrhistogram::Histogram;
 use serde_json::{Map, Value, json};
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
-use testkit::Connection;
+use testkit::{Connection, Incoming, reply_id};
 
 /// Where the server is.
 #[derive(Debug, Clone)]
@@ -49,6 +50,22 @@ pub struct Common {
     /// Local addresses connections are made from, in turn (each gives about
     /// 28,000 ports).
     pub sources: Vec<IpAddr>,
+}
+
+/// Subscribe `connection` to `channel` and wait for the answer.
+pub async fn subscribe(connection: &mut Connection, channel: &str) -> Result<()> {
+    connection
+        .send(format!(
+            "{{\"event\":\"#subscribe\",\"data\":{{\"channel\":\"{channel}\"}},\"cid\":2}}"
+        ))
+        .await?;
+    loop {
+        match connection.next().await? {
+            Incoming::Packet(text) if reply_id(&text) == Some(2) => return Ok(()),
+            Incoming::Packet(_) => {}
+            Incoming::Closed(_) => anyhow::bail!("closed while subscribing"),
+        }
+    }
 }
 
 /// How many connections are opened at once while setting up.
