@@ -110,24 +110,7 @@ impl RedisLink {
             url: shown.clone(),
             reason,
         };
-        let mut sentinels = match &topology {
-            Topology::Server(_) => None,
-            Topology::Sentinel(address) => {
-                Some(sentinel_client(address).map_err(|error| RedisError::Url {
-                    url: shown.clone(),
-                    reason: error.to_string(),
-                })?)
-            }
-        };
-        let client = match (&topology, &mut sentinels) {
-            (Topology::Server(info), _) => {
-                redis::Client::open(info.clone()).map_err(|error| unreachable(error.to_string()))?
-            }
-            (Topology::Sentinel(_), Some(sentinels)) => ask(sentinels)
-                .await
-                .map_err(|error| unreachable(format!("the sentinels name no primary: {error}")))?,
-            (Topology::Sentinel(_), None) => unreachable!("a sentinel topology has a client"),
-        };
+        let (client, sentinels) = first_primary(&topology, &shown).await?;
         let mut primary = Primary::connect(client)
             .await
             .map_err(|error| unreachable(error.to_string()))?;
@@ -331,6 +314,35 @@ impl Primary {
         tokio::time::timeout(CONNECT_TIMEOUT, self.client.get_async_pubsub())
             .await
             .unwrap_or_else(|_| Err(timed_out()))
+    }
+}
+
+/// A client for the primary `topology` names at start, and the sentinels'
+/// client when there are sentinels to ask again later.
+async fn first_primary(
+    topology: &Topology,
+    shown: &str,
+) -> Result<(redis::Client, Option<SentinelClient>), RedisError> {
+    let unreachable = |reason: String| RedisError::Unreachable {
+        url: shown.to_owned(),
+        reason,
+    };
+    match topology {
+        Topology::Server(info) => {
+            let client = redis::Client::open(info.clone())
+                .map_err(|error| unreachable(error.to_string()))?;
+            Ok((client, None))
+        }
+        Topology::Sentinel(address) => {
+            let mut sentinels = sentinel_client(address).map_err(|error| RedisError::Url {
+                url: shown.to_owned(),
+                reason: error.to_string(),
+            })?;
+            let client = ask(&mut sentinels)
+                .await
+                .map_err(|error| unreachable(format!("the sentinels name no primary: {error}")))?;
+            Ok((client, Some(sentinels)))
+        }
     }
 }
 
