@@ -349,8 +349,12 @@ pub struct RedisServer {
     args: Vec<String>,
     /// The password clients give (`requirepass`), if any.
     password: Option<String>,
-    /// A sentinel's config file (which it rewrites), in its directory.
-    config: Option<(PathBuf, tempfile::TempDir)>,
+    /// A sentinel's config file (which it rewrites), in `dir`.
+    config: Option<PathBuf>,
+    /// Its working directory: a primary with a replica writes the snapshot
+    /// it syncs from there (even with `--save ""`), and a sentinel its
+    /// config, so nothing lands in the checkout.
+    dir: tempfile::TempDir,
     child: Option<Child>,
 }
 
@@ -380,7 +384,7 @@ impl RedisServer {
         if let Some(password) = password {
             all.extend(["--requirepass", password, "--masterauth", password].map(str::to_owned));
         }
-        Self::spawn(all, password, None)
+        Self::spawn(all, password, tempfile::tempdir().unwrap(), None)
     }
 
     /// Start a replica of `primary` (which clients and the replica reach
@@ -419,20 +423,23 @@ impl RedisServer {
         Self::spawn(
             vec!["--sentinel".to_owned()],
             Some(password),
-            Some((config, dir)),
+            dir,
+            Some(config),
         )
     }
 
     fn spawn(
         args: Vec<String>,
         password: Option<&str>,
-        config: Option<(PathBuf, tempfile::TempDir)>,
+        dir: tempfile::TempDir,
+        config: Option<PathBuf>,
     ) -> RedisServer {
         let mut server = RedisServer {
             port: free_port(),
             args,
             password: password.map(str::to_owned),
             config,
+            dir,
             child: None,
         };
         server.restart();
@@ -471,9 +478,10 @@ impl RedisServer {
     pub fn restart(&mut self) {
         self.kill();
         let mut command = Command::new("redis-server");
-        if let Some((file, _)) = &self.config {
+        if let Some(file) = &self.config {
             command.arg(file);
         }
+        command.current_dir(self.dir.path());
         let child = command
             .args(["--port", &self.port.to_string()])
             .args(&self.args)
