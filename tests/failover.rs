@@ -10,17 +10,14 @@
 mod support;
 
 use serde_json::{Value, json};
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::time::{Duration, Instant};
-use support::{RedisServer, TestServer, plugins_dir};
+use support::{RedisServer, TestServer, failover, plugins_dir};
 
 const MASTER: &str = "wasmcluster-primary";
 const PASSWORD: &str = "redis-secret";
 const SENTINEL_PASSWORD: &str = "sentinel-secret";
 const CONFIG: &str = "[channels.\"hist:*\"]\nhistory-size = 10000\nhistory-ttl-secs = 300\n";
-/// How often the test publishes, and how long it may wait for recovery.
-const PUBLISH_EVERY: Duration = Duration::from_millis(5);
-const RECOVERY_DEADLINE: Duration = Duration::from_secs(40);
 
 /// A primary, its replica, and three sentinels watching them.
 struct SentinelSet {
@@ -129,10 +126,6 @@ async fn healthz(server: &TestServer) -> Value {
     serde_json::from_str(&body).unwrap()
 }
 
-/// What the receiving client saw of one channel: `(position, number,
-/// when)`, the position (epoch, offset) only on the channel with history.
-type Seen = Vec<(Option<(String, u64)>, u64, Instant)>;
-
 #[tokio::test]
 async fn hosts_follow_a_sentinel_failover_without_duplicates() {
     let set = SentinelSet::start().await;
@@ -154,167 +147,17 @@ async fn hosts_follow_a_sentinel_failover_without_duplicates() {
         .await;
     set.wait_until_replicated().await;
 
-    let mut listener = receiver.client().await;
-    listener.subscribe("plain").await;
-    listener.subscribe("hist:numbered").await;
-    let mut publisher = sender.client().await;
-
-    let sent: RefCell<Vec<Instant>> = RefCell::default();
-    let seen: RefCell<[Seen; 2]> = RefCell::default();
-    let readiness: RefCell<Vec<(Instant, bool)>> = RefCell::default();
-    let killed_at: Cell<Option<(Instant, u64)>> = Cell::new(None);
-    let done = Cell::new(false);
-
-    let publish = async {
-        while !done.get() {
-            let number = sent.borrow().len() as u64 + 1;
-            for channel in ["plain", "hist:numbered"] {
-                publisher
-                    .send(
-                        json!({"event": "#publish", "data": {"channel": channel, "data": number}}),
-                    )
-                    .await;
-            }
-            sent.borrow_mut().push(Instant::now());
-            tokio::time::sleep(PUBLISH_EVERY).await;
-        }
-    };
-    let receive = async {
-        while !done.get() {
-            let Ok(packet) =
-                tokio::time::timeout(Duration::from_millis(100), listener.next_packet()).await
-            else {
-                continue;
-            };
-            assert_eq!(packet["event"], "#publish", "{packet}");
-            let data = &packet["data"];
-            let index = usize::from(data["channel"] == "hist:numbered");
-            let number = data["data"].as_u64().unwrap();
-            let position = data["offset"]
-                .as_u64()
-                .map(|offset| (data["epoch"].as_str().unwrap().to_owned(), offset));
-            seen.borrow_mut()[index].push((position, number, Instant::now()));
-        }
-    };
-    let watch_readiness = async {
-        while !done.get() {
-            let (status, _) = receiver.http_get("/readyz", "").await;
-            readiness
-                .borrow_mut()
-                .push((Instant::now(), status == "HTTP/1.1 200 OK"));
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    };
-    let fail_over = async {
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        set.primary.borrow_mut().kill();
-        let at = sent.borrow().len() as u64;
-        killed_at.set(Some((Instant::now(), at)));
-        // Recovered: 200 publications made after the kill arrived on both
-        // channels.
-        let deadline = Instant::now() + RECOVERY_DEADLINE;
-        let recovered = || {
-            seen.borrow()
-                .iter()
-                .all(|seen| seen.iter().filter(|(_, number, _)| *number > at).count() >= 200)
-        };
-        while !recovered() && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        done.set(true);
-    };
-    tokio::join!(publish, receive, watch_readiness, fail_over);
-
-    let (killed, published_before_kill) = killed_at.get().unwrap();
-    let sent = sent.into_inner();
-    let [plain, numbered] = seen.into_inner();
-    let lost_with_history = sent.len() - numbered.len();
-    // The failover window: the longest time without a cross-host delivery.
-    let window = plain
-        .windows(2)
-        .map(|pair| pair[1].2 - pair[0].2)
-        .max()
-        .unwrap();
-    let plain: Vec<u64> = plain.iter().map(|(_, number, _)| *number).collect();
-    assert!(
-        plain
-            .iter()
-            .filter(|number| **number > published_before_kill)
-            .count()
-            >= 200,
-        "the stream did not come back within {RECOVERY_DEADLINE:?}:\n{}",
-        receiver.log()
-    );
-
-    // Plain channel: in order, never twice, and what is missing is one
-    // contiguous run: the failover window.
-    assert!(
-        plain.windows(2).all(|pair| pair[0] < pair[1]),
-        "duplicated or reordered: {plain:?}"
-    );
-    let last = *plain.last().unwrap();
-    let missing: Vec<u64> = (1..=last)
-        .filter(|n| plain.binary_search(n).is_err())
-        .collect();
-    if let (Some(&first), Some(&end)) = (missing.first(), missing.last()) {
-        assert_eq!(
-            end - first + 1,
-            missing.len() as u64,
-            "losses outside one window: {missing:?}"
-        );
-        assert!(
-            first + 20 >= published_before_kill,
-            "lost {first} well before the kill at {published_before_kill}"
-        );
-        let lost_over = sent[end as usize - 1] - sent[first as usize - 1] + PUBLISH_EVERY;
-        eprintln!(
-            "sentinel failover: no cross-host delivery for {:.0} ms; {} publications lost, \
-             made over {:.0} ms from {:.0} ms after the kill ({lost_with_history} on the \
-             channel with history)",
-            window.as_secs_f64() * 1000.0,
-            missing.len(),
-            lost_over.as_secs_f64() * 1000.0,
-            sent[first as usize - 1]
-                .saturating_duration_since(killed)
-                .as_secs_f64()
-                * 1000.0,
-        );
-    }
-
-    // Channel with history: numbers only ever grow, and offsets within an
-    // epoch (a failover that lost publications a host delivered starts a
-    // new one); never a duplicate; delivery came back.
-    let positions: Vec<(String, u64)> = numbered
-        .iter()
-        .map(|(position, _, _)| position.clone().expect("a position"))
-        .collect();
-    assert!(
-        numbered.windows(2).all(|pair| pair[0].1 < pair[1].1),
-        "duplicated or reordered: {numbered:?}"
-    );
-    assert!(
-        positions
-            .windows(2)
-            .all(|pair| pair[0].0 != pair[1].0 || pair[0].1 < pair[1].1),
-        "offsets duplicated or reordered: {positions:?}"
-    );
-    assert!(
-        numbered
-            .iter()
-            .filter(|(_, number, _)| *number > published_before_kill)
-            .count()
-            >= 200,
-        "the channel with history did not come back"
-    );
-
-    // Readiness said so during the window and recovered.
-    let readiness = readiness.into_inner();
-    assert!(
-        readiness.iter().any(|(at, ready)| *at > killed && !*ready),
-        "readiness never reported the failover"
-    );
-    assert!(readiness.last().unwrap().1, "not ready after the failover");
+    let exchange = failover::stream_through(
+        &sender,
+        &receiver,
+        failover::Channels {
+            plain: "plain",
+            numbered: "hist:numbered",
+        },
+        || set.primary.borrow_mut().kill(),
+    )
+    .await;
+    exchange.check("sentinel failover", &receiver.log());
 
     // Both hosts moved to the replica; the KV write is there.
     for server in [&sender, &receiver] {

@@ -172,10 +172,15 @@ fn from_file(matches: &ArgMatches, flag: &str, file: &ConfigFile) -> Option<Stri
         .flatten()
 }
 
-/// Log to stderr, filtered by `RUST_LOG` (default `info`).
+/// What is logged without `RUST_LOG`: `info`, but only errors of the
+/// Redis client, which logs every attempt to repair a cluster connection
+/// (the broker says what it means for delivery itself).
+const DEFAULT_LOG_FILTER: &str = "info,redis=error";
+
+/// Log to stderr, filtered by `RUST_LOG` (default [`DEFAULT_LOG_FILTER`]).
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER));
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

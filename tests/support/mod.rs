@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod failover;
+
 use testkit::{Client, WAIT};
 
 use std::io::{BufRead, BufReader};
@@ -215,8 +217,9 @@ impl TestServer {
             .arg("--cache-dir")
             .arg(cache_dir())
             .args(extra)
+            // The server's own default filter, unless a test sets one.
+            .env_remove("RUST_LOG")
             .envs(env.iter().copied())
-            .env("RUST_LOG", "info")
             .env_remove("RUST_BACKTRACE")
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&stderr).unwrap())
@@ -425,6 +428,28 @@ impl RedisServer {
             Some(password),
             dir,
             Some(config),
+        )
+    }
+
+    /// Start a Redis Cluster node (not yet in a cluster; `redis-cli
+    /// --cluster create` makes one) that clients and the other nodes reach
+    /// with `password`, and that calls a silent node failed after 1 s. Its
+    /// cluster bus listens on a port of its own, rather than the port plus
+    /// 10000, which may not be free.
+    pub fn start_cluster_node(password: &str) -> RedisServer {
+        let bus_port = free_port().to_string();
+        Self::start_with(
+            &[
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+                "--cluster-node-timeout",
+                "1000",
+                "--cluster-port",
+                &bus_port,
+            ],
+            Some(password),
         )
     }
 

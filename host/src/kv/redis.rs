@@ -11,8 +11,13 @@
 //! (keys and bytes, for the quotas). Both scripts first forget up to 100
 //! keys Redis has expired (`sweep.lua`).
 //!
-//! The scripts name keys they are not given in `KEYS`: fine on one Redis
-//! (or a primary with replicas, Sentinel included), not on Redis Cluster.
+//! The scripts name keys they are not given in `KEYS` (the plugin's usage
+//! hash is given, for a cluster to route them by). On a Redis Cluster the
+//! plugin's name in every one of its key names is a hash tag
+//! (`<prefix>kv:{<plugin>}:<key>`, `<prefix>kvmeta:{<plugin>}:`), so that
+//! all of one plugin's keys share a slot and a script may touch any of
+//! them: plugins spread over the shards, and one plugin's entries live on
+//! one shard. (One server keeps the untagged names it always had.)
 
 use super::KvError;
 use super::ops::{KvQuota, Op, OpResult, Outcome, PAGE_MAX_BYTES, Page, Usage};
@@ -46,12 +51,20 @@ pub(crate) struct RedisKv {
     connection: RedisLink,
     /// The deployment's key prefix.
     prefix: String,
+    /// Whether the plugin's name is a hash tag in its key names (on a
+    /// cluster).
+    tagged: bool,
 }
 
 impl RedisKv {
     /// The store under `prefix` through `connection`.
     pub(crate) fn new(connection: RedisLink, prefix: String) -> Self {
-        RedisKv { connection, prefix }
+        let tagged = connection.is_cluster();
+        RedisKv {
+            connection,
+            prefix,
+            tagged,
+        }
     }
 
     /// The deployment's key prefix.
@@ -60,11 +73,24 @@ impl RedisKv {
     }
 
     fn value_prefix(&self, plugin: &str) -> String {
-        format!("{}kv:{plugin}:", self.prefix)
+        format!("{}kv:{}:", self.prefix, self.plugin_part(plugin))
     }
 
     fn meta_prefix(&self, plugin: &str) -> String {
-        format!("{}kvmeta:{plugin}:", self.prefix)
+        format!("{}kvmeta:{}:", self.prefix, self.plugin_part(plugin))
+    }
+
+    /// The key the scripts are routed by: the plugin's usage hash.
+    fn script_key(&self, plugin: &str) -> String {
+        format!("{}usage", self.meta_prefix(plugin))
+    }
+
+    fn plugin_part(&self, plugin: &str) -> String {
+        if self.tagged {
+            format!("{{{plugin}}}")
+        } else {
+            plugin.to_owned()
+        }
     }
 
     /// The live value at `key`.
@@ -84,6 +110,7 @@ impl RedisKv {
         quota: KvQuota,
     ) -> Result<(Outcome, Usage), KvError> {
         let reply: Vec<String> = BATCH
+            .key(self.script_key(plugin))
             .arg(self.value_prefix(plugin))
             .arg(self.meta_prefix(plugin))
             .arg(quota.max_keys)
@@ -114,6 +141,7 @@ impl RedisKv {
         high.extend_from_slice(prefix.as_bytes());
         high.push(0xFF);
         let reply: Vec<String> = LIST
+            .key(self.script_key(plugin))
             .arg(self.value_prefix(plugin))
             .arg(self.meta_prefix(plugin))
             .arg(low)

@@ -7,11 +7,15 @@
 //!   primary that these sentinels (port 26379 by default) name `<master>`.
 //!   The credentials before `@` and the database are the Redis servers';
 //!   the query's are the sentinels' own, when they require them.
+//! - `redis+cluster://[[user]:password@]host:port[,host:port...]`: a Redis
+//!   Cluster, found through any of these nodes (the rest are discovered).
 
 use redis::{ConnectionInfo, IntoConnectionInfo, RedisConnectionInfo};
 
 /// The scheme of a Sentinel URL.
 const SENTINEL_SCHEME: &str = "redis+sentinel://";
+/// The scheme of a Cluster URL.
+const CLUSTER_SCHEME: &str = "redis+cluster://";
 /// The port sentinels listen on when the URL names none.
 const SENTINEL_PORT: u16 = 26379;
 
@@ -22,6 +26,9 @@ pub(crate) enum Topology {
     Server(ConnectionInfo),
     /// The primary a set of sentinels names.
     Sentinel(SentinelAddress),
+    /// A Redis Cluster, through the nodes named (at least one must answer
+    /// at start; the client learns the others from it).
+    Cluster(Vec<ConnectionInfo>),
 }
 
 /// The sentinels and what to ask them, from a `redis+sentinel://` URL.
@@ -38,8 +45,16 @@ pub(crate) struct SentinelAddress {
 impl Topology {
     /// The topology a `--broker` URL names, or why it names none.
     pub(crate) fn parse(url: &str) -> Result<Topology, String> {
+        if let Some(rest) = url.strip_prefix(CLUSTER_SCHEME) {
+            return parse_cluster(rest).map(Topology::Cluster);
+        }
         match url.strip_prefix(SENTINEL_SCHEME) {
             Some(rest) => parse_sentinel(rest).map(Topology::Sentinel),
+            None if url.starts_with("rediss+cluster://") => Err(
+                "TLS to a cluster (rediss+cluster://) is not supported; use redis+cluster:// \
+                 on a private network"
+                    .into(),
+            ),
             None if url.starts_with("rediss+sentinel://") => Err(
                 "TLS to sentinels (rediss+sentinel://) is not supported; use redis+sentinel:// \
                  on a private network"
@@ -57,8 +72,36 @@ impl Topology {
         match self {
             Topology::Server(_) => "server",
             Topology::Sentinel(_) => "sentinel",
+            Topology::Cluster(_) => "cluster",
         }
     }
+}
+
+/// The part of a Cluster URL after its scheme: nodes with their port, and
+/// no database (a cluster has only database 0).
+fn parse_cluster(rest: &str) -> Result<Vec<ConnectionInfo>, String> {
+    let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+    if !path.is_empty() {
+        return Err("a cluster has no database: the URL ends after the nodes".into());
+    }
+    let (userinfo, hosts) = match authority.rsplit_once('@') {
+        Some((userinfo, hosts)) => (format!("{userinfo}@"), hosts),
+        None => (String::new(), authority),
+    };
+    hosts
+        .split(',')
+        .map(|host| {
+            if host.is_empty() {
+                return Err("an empty cluster node address".to_owned());
+            }
+            if !has_port(host) {
+                return Err(format!("cluster node '{host}' needs a port"));
+            }
+            format!("redis://{userinfo}{host}")
+                .into_connection_info()
+                .map_err(|error| format!("cluster node '{host}': {error}"))
+        })
+        .collect()
 }
 
 /// The part of a Sentinel URL after its scheme.
@@ -236,6 +279,26 @@ mod tests {
         assert!(error("redis+sentinel://h1:notaport/m").contains("sentinel 'h1:notaport'"));
         assert!(error("redis+sentinel://h1/m/notadb").contains("database 'notadb'"));
         assert!(error("rediss+sentinel://h1/m").contains("not supported"));
+    }
+
+    #[test]
+    fn cluster_urls_name_nodes_with_the_servers_credentials() {
+        let Topology::Cluster(nodes) =
+            Topology::parse("redis+cluster://:s%40cret@10.0.0.1:7000,[::1]:7001").unwrap()
+        else {
+            panic!("a cluster");
+        };
+        let addresses: Vec<String> = nodes.iter().map(|node| node.addr().to_string()).collect();
+        assert_eq!(addresses, ["10.0.0.1:7000", "::1:7001"]);
+        for node in &nodes {
+            assert_eq!(node.redis_settings().password(), Some("s@cret"));
+        }
+        let error = |url| Topology::parse(url).unwrap_err();
+        assert!(error("redis+cluster://h1").contains("needs a port"));
+        assert!(error("redis+cluster://h1:1,,h2:2").contains("empty cluster node"));
+        assert!(error("redis+cluster://h1:1/0").contains("no database"));
+        assert!(error("redis+cluster://h1:x").contains("cluster node 'h1:x'"));
+        assert!(error("rediss+cluster://h1:1").contains("not supported"));
     }
 
     #[test]

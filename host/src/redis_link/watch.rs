@@ -3,7 +3,8 @@
 //! failover ends, even before a command of its own fails.
 
 use super::address::SentinelAddress;
-use super::{Ask, CONNECT_TIMEOUT, RedisLink, timed_out};
+use super::primary::Ask;
+use super::{CONNECT_TIMEOUT, RedisLink, timed_out};
 use futures_util::StreamExt;
 use std::time::Duration;
 

@@ -106,12 +106,14 @@ fn meta_ttl_ms(rule: HistoryRule) -> u128 {
 }
 
 /// Add to `pipe` the commands that number, keep and publish `data` on
-/// `channel` (under `rule`), publishing on `redis_channel`. The script is
+/// `channel` (under `rule`), publishing with `PUBLISH` or `SPUBLISH` on
+/// the Redis channel (`publish`). The script is
 /// loaded first in the same pipeline, so a Redis that restarted (and lost
 /// its script cache) still runs it; loading a known script costs a hash.
 pub(crate) fn queue_publish(
     pipe: &mut redis::Pipeline,
     keys: &StreamKeys,
+    publish_command: &str,
     redis_channel: &str,
     channel: &str,
     data: Option<&str>,
@@ -128,6 +130,7 @@ pub(crate) fn queue_publish(
         .arg(rule.ttl.as_millis() as u64)
         .arg(meta_ttl_ms(rule) as u64)
         .arg(new_epoch())
+        .arg(publish_command)
         .ignore();
 }
 
@@ -138,6 +141,33 @@ pub(crate) fn queue_script_load(pipe: &mut redis::Pipeline) {
 
 /// Read `channel`'s history (under `rule`).
 pub(crate) async fn read(
+    connection: &RedisLink,
+    keys: &StreamKeys,
+    channel: &str,
+    rule: HistoryRule,
+    what: &Read,
+) -> redis::RedisResult<Found> {
+    let read = read_once(connection, keys, channel, rule, what).await;
+    match read {
+        // On a cluster, a transaction is not redirected when the slot
+        // moved (a shard failed over): a plain command to the key is, and
+        // teaches the client the new slot map; then read again.
+        Err(error)
+            if connection.is_cluster()
+                && error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ExecAbort) =>
+        {
+            let _: redis::RedisResult<bool> = redis::cmd("EXISTS")
+                .arg(keys.stream(channel))
+                .query_async(&mut connection.clone())
+                .await;
+            read_once(connection, keys, channel, rule, what).await
+        }
+        read => read,
+    }
+}
+
+/// Read `channel`'s history in one transaction.
+async fn read_once(
     connection: &RedisLink,
     keys: &StreamKeys,
     channel: &str,

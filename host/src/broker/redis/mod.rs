@@ -29,6 +29,8 @@ use super::{Confirmation, LocalChannels};
 use crate::protocol;
 use crate::redis_link::RedisLink;
 use history::{Found, StreamKeys};
+use redis::cluster_routing::Slot;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -72,29 +74,47 @@ struct State {
 }
 
 /// Names in Redis: channels and keys live under a prefix, so that several
-/// deployments can share one Redis.
+/// deployments can share one Redis. On a cluster, channels are sharded
+/// and carry the channel as a hash tag, like its history keys, so that the
+/// publish script's keys and channel share a slot.
 #[derive(Debug, Clone)]
 struct Names {
     prefix: String,
     streams: StreamKeys,
+    sharded: bool,
 }
 
 impl Names {
-    fn new(prefix: &str) -> Self {
+    fn new(prefix: &str, sharded: bool) -> Self {
         Names {
             prefix: prefix.to_owned(),
             streams: StreamKeys::new(prefix),
+            sharded,
         }
     }
 
     fn channel(&self, channel: &str) -> String {
-        format!("{}ch:{channel}", self.prefix)
+        if self.sharded {
+            format!("{}ch:{{{channel}}}", self.prefix)
+        } else {
+            format!("{}ch:{channel}", self.prefix)
+        }
     }
 
     fn local_channel<'a>(&self, redis_channel: &'a str) -> Option<&'a str> {
-        redis_channel
+        let name = redis_channel
             .strip_prefix(self.prefix.as_str())?
-            .strip_prefix("ch:")
+            .strip_prefix("ch:")?;
+        if self.sharded {
+            name.strip_prefix('{')?.strip_suffix('}')
+        } else {
+            Some(name)
+        }
+    }
+
+    /// The command that publishes on a channel so named.
+    fn publish_command(&self) -> &'static str {
+        if self.sharded { "SPUBLISH" } else { "PUBLISH" }
     }
 }
 
@@ -135,7 +155,7 @@ impl RedisEngine {
     ) -> Self {
         let state = Arc::new(State::default());
         state.publisher_up.store(true, Ordering::Release);
-        let names = Names::new(prefix);
+        let names = Names::new(prefix, connection.is_cluster());
         let host_id = format!("{:016x}", rand::random::<u64>());
         let (changes, change_rx) = mpsc::unbounded_channel();
         let (publications, publication_rx) = mpsc::channel(PUBLISH_QUEUE);
@@ -301,9 +321,10 @@ impl RedisEngine {
     }
 }
 
-/// Send queued publications to Redis, in pipelines. A failed pipeline is
-/// dropped (counted): Redis pub/sub is at most once anyway, and holding
-/// publications during an outage would grow memory without bound.
+/// Send queued publications to Redis, in pipelines (one per hash slot on
+/// a cluster, sent at once). A failed pipeline is dropped (counted): Redis
+/// pub/sub is at most once anyway, and holding publications during an
+/// outage would grow memory without bound.
 async fn publish(
     mut connection: RedisLink,
     names: Names,
@@ -328,68 +349,112 @@ async fn publish(
         if received == 0 {
             return;
         }
-        let count = batch.len() as u64;
-        let pipe = pipeline(&names, batch.drain(..));
-        let mut sent = pipe.query_async::<()>(&mut connection).await;
-        if sent
-            .as_ref()
-            .is_err_and(|error| error.is_connection_dropped() || error.is_io_error())
-        {
-            // The connection broke since the last use (Redis restarted, say):
-            // the manager reconnects on that error, so try once more rather
-            // than drop publications made after Redis came back.
-            tokio::time::sleep(MIN_RECONNECT_DELAY).await;
-            sent = pipe.query_async::<()>(&mut connection).await;
+        let pipelines = pipelines(&names, batch.drain(..));
+        let sent = futures_util::future::join_all(
+            pipelines
+                .iter()
+                .map(|batch| send(&batch.pipe, connection.clone())),
+        )
+        .await;
+        let mut lost = None;
+        for (Batch { count, .. }, sent) in pipelines.iter().zip(sent) {
+            match sent {
+                Ok(()) => {
+                    state.published.fetch_add(*count, Ordering::Relaxed);
+                }
+                Err(error) if error.is_connection_dropped() || error.is_io_error() => {
+                    state.dropped.fetch_add(*count, Ordering::Relaxed);
+                    lost = Some(error);
+                }
+                Err(error) => {
+                    // Redis answered, and refused a command (a key of another
+                    // type in the way, say): the connection is fine.
+                    state.dropped.fetch_add(*count, Ordering::Relaxed);
+                    tracing::warn!("broker: Redis refused {count} publications: {error}");
+                }
+            }
         }
-        match sent {
-            Ok(()) => {
-                state.published.fetch_add(count, Ordering::Relaxed);
-                if !state.publisher_up.swap(true, Ordering::AcqRel) {
-                    tracing::info!("broker: publishing to Redis again");
-                }
+        match lost {
+            None if !state.publisher_up.swap(true, Ordering::AcqRel) => {
+                tracing::info!("broker: publishing to Redis again");
             }
-            Err(error) if error.is_connection_dropped() || error.is_io_error() => {
-                state.dropped.fetch_add(count, Ordering::Relaxed);
-                if state.publisher_up.swap(false, Ordering::AcqRel) {
-                    tracing::warn!(
-                        "broker: cannot publish to Redis ({error}); publications reach this \
-                         host's subscribers only until it is back (none of channels with history)"
-                    );
-                }
+            Some(error) if state.publisher_up.swap(false, Ordering::AcqRel) => {
+                tracing::warn!(
+                    "broker: cannot publish to Redis ({error}); publications reach this \
+                     host's subscribers only until it is back (none of channels with history)"
+                );
             }
-            Err(error) => {
-                // Redis answered, and refused a command (a key of another
-                // type in the way, say): the connection is fine.
-                state.dropped.fetch_add(count, Ordering::Relaxed);
-                tracing::warn!("broker: Redis refused {count} publications: {error}");
-            }
+            _ => {}
         }
     }
 }
 
-/// One pipeline for a batch of publications, in their order.
-fn pipeline(names: &Names, batch: impl Iterator<Item = Outgoing>) -> redis::Pipeline {
-    let mut pipe = redis::pipe();
-    let mut script_loaded = false;
-    for outgoing in batch {
+/// Send one pipeline. When the connection broke since its last use (Redis
+/// restarted, say), the manager reconnects on that error: try once more
+/// rather than drop publications made after Redis came back.
+async fn send(pipe: &redis::Pipeline, mut connection: RedisLink) -> redis::RedisResult<()> {
+    let sent = pipe.query_async::<()>(&mut connection).await;
+    if sent
+        .as_ref()
+        .is_err_and(|error| error.is_connection_dropped() || error.is_io_error())
+    {
+        tokio::time::sleep(MIN_RECONNECT_DELAY).await;
+        return pipe.query_async::<()>(&mut connection).await;
+    }
+    sent
+}
+
+/// Publications for one pipeline.
+#[derive(Default)]
+struct Batch {
+    pipe: redis::Pipeline,
+    /// How many publications it carries.
+    count: u64,
+    /// Whether it loads the publish script (before the first numbered
+    /// publication).
+    script_loaded: bool,
+}
+
+/// The pipelines for a batch of publications, each in their order: one
+/// pipeline, or on a cluster one per hash slot (a pipeline goes to one
+/// shard).
+fn pipelines(names: &Names, outgoing: impl Iterator<Item = Outgoing>) -> Vec<Batch> {
+    let mut by_slot: HashMap<Option<Slot>, Batch> = HashMap::new();
+    for outgoing in outgoing {
+        let slot = names.sharded.then(|| match &outgoing {
+            Outgoing::Plain { channel, .. } => Slot::for_key(channel),
+            Outgoing::Numbered { channel, .. } => Slot::for_key(names.channel(channel)),
+        });
+        by_slot.entry(slot).or_default().queue(names, outgoing);
+    }
+    by_slot.into_values().collect()
+}
+
+impl Batch {
+    fn queue(&mut self, names: &Names, outgoing: Outgoing) {
+        self.count += 1;
         match outgoing {
             Outgoing::Plain { channel, payload } => {
-                pipe.cmd("PUBLISH").arg(channel).arg(payload).ignore();
+                self.pipe
+                    .cmd(names.publish_command())
+                    .arg(channel)
+                    .arg(payload)
+                    .ignore();
             }
             Outgoing::Numbered {
                 channel,
                 data,
                 rule,
             } => {
-                if !script_loaded {
-                    history::queue_script_load(&mut pipe);
-                    script_loaded = true;
+                if !self.script_loaded {
+                    history::queue_script_load(&mut self.pipe);
+                    self.script_loaded = true;
                 }
-                let redis_channel = names.channel(&channel);
                 history::queue_publish(
-                    &mut pipe,
+                    &mut self.pipe,
                     &names.streams,
-                    &redis_channel,
+                    names.publish_command(),
+                    &names.channel(&channel),
                     &channel,
                     data.as_deref(),
                     rule,
@@ -397,7 +462,6 @@ fn pipeline(names: &Names, batch: impl Iterator<Item = Outgoing>) -> redis::Pipe
             }
         }
     }
-    pipe
 }
 
 /// A publication's data from Redis: `Some(None)` for none, `Some(text)`
@@ -438,10 +502,14 @@ mod tests {
 
     #[test]
     fn channel_names_are_prefixed_and_read_back() {
-        let names = Names::new("app:");
+        let names = Names::new("app:", false);
         assert_eq!(names.channel("room:1"), "app:ch:room:1");
         assert_eq!(names.local_channel("app:ch:room:1"), Some("room:1"));
         assert_eq!(names.local_channel("other:ch:room:1"), None);
+        let sharded = Names::new("app:", true);
+        assert_eq!(sharded.channel("room:{1}"), "app:ch:{room:{1}}");
+        assert_eq!(sharded.local_channel("app:ch:{room:{1}}"), Some("room:{1}"));
+        assert_eq!(sharded.local_channel("app:ch:room:1"), None);
     }
 
     #[test]

@@ -10,6 +10,7 @@
 -- ARGV[4]  how long the stream outlives its last publication (ms)
 -- ARGV[5]  how long the meta hash does (ms)
 -- ARGV[6]  the epoch to start with if the channel has none (or lost it)
+-- ARGV[7]  PUBLISH, or SPUBLISH on a cluster (the channel is in KEYS' slot)
 --
 -- Publishes "#<offset>:<epoch>\n<data>" and returns the offset.
 local epoch = current_epoch(ARGV[6])
@@ -19,5 +20,5 @@ local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
 redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[3], offset .. '-0', 't', ms, 'd', ARGV[2])
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
 redis.call('PEXPIRE', KEYS[2], ARGV[5])
-redis.call('PUBLISH', ARGV[1], '#' .. offset .. ':' .. epoch .. '\n' .. ARGV[2])
+redis.call(ARGV[7], ARGV[1], '#' .. offset .. ':' .. epoch .. '\n' .. ARGV[2])
 return offset

@@ -10,6 +10,12 @@
 //! way before anything newer is delivered, checking first that the history
 //! still holds what was delivered ([`catch_up`]); when a failover lost it,
 //! the channel starts a new epoch.
+//!
+//! On a cluster the connection never ends, but a shard's may be lost. The
+//! task then asks the shards of its channels until they answer (which makes
+//! the Redis client learn where a lost shard's slots are now), subscribes
+//! to every channel again (on the shard that has it now), and brings every
+//! channel with history up to date as after a reconnect.
 
 use super::catch_up::{self, CatchUp, Delivered};
 use super::history::{self, Read};
@@ -22,11 +28,11 @@ use crate::broker::history::{HistoryRule, HistoryRules, Position};
 use crate::mailbox::NumberedFrame;
 use crate::protocol;
 use crate::redis_link::RedisLink;
-use futures_util::StreamExt;
-use redis::aio::{PubSubSink, PubSubStream};
+use crate::redis_link::{Heard, Listener};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
@@ -40,6 +46,9 @@ pub(super) struct Subscriber {
     pub(super) rules: HistoryRules,
     pub(super) state: Arc<State>,
 }
+
+/// How often the shards of a cluster are asked after one was lost.
+const SHARD_PROBE: Duration = Duration::from_millis(250);
 
 /// Why a subscriber connection ended.
 enum Ended {
@@ -68,7 +77,7 @@ impl Subscriber {
         let mut primary_moves = self.connection.moves();
         loop {
             let ended = match self.connect(&mut listening).await {
-                Ok((sink, stream)) => {
+                Ok(listener) => {
                     self.state.subscriber_up.store(true, Ordering::Release);
                     if connected_before {
                         self.state.reconnects.fetch_add(1, Ordering::Relaxed);
@@ -80,7 +89,7 @@ impl Subscriber {
                     }
                     connected_before = true;
                     delay = MIN_RECONNECT_DELAY;
-                    self.serve(sink, stream, &mut changes, &mut listening).await
+                    self.serve(listener, &mut changes, &mut listening).await
                 }
                 Err(reason) => Ended::Lost(reason),
             };
@@ -101,25 +110,22 @@ impl Subscriber {
         }
     }
 
-    /// A pub/sub connection subscribed to every channel with local
-    /// subscribers now.
-    async fn connect(
-        &self,
-        listening: &mut Listening,
-    ) -> Result<(PubSubSink, PubSubStream), String> {
-        let pubsub = self
+    /// A connection listening to every channel with local subscribers
+    /// now.
+    async fn connect(&self, listening: &mut Listening) -> Result<Listener, String> {
+        let mut listener = self
             .connection
-            .pubsub()
+            .listen()
             .await
             .map_err(|error| error.to_string())?;
-        let (mut sink, stream) = pubsub.split();
         let channels = self.local.names();
         if !channels.is_empty() {
             let redis_channels: Vec<String> = channels
                 .iter()
                 .map(|name| self.names.channel(name))
                 .collect();
-            sink.subscribe(redis_channels)
+            listener
+                .subscribe(&redis_channels)
                 .await
                 .map_err(|error| error.to_string())?;
         }
@@ -127,7 +133,7 @@ impl Subscriber {
             .delivered
             .retain(|channel, _| channels.contains(channel));
         listening.channels = channels.into_iter().collect();
-        Ok((sink, stream))
+        Ok(listener)
     }
 
     /// Deliver messages and apply subscription changes until the connection
@@ -136,25 +142,35 @@ impl Subscriber {
     /// disconnected cannot leave a stale subscription behind.
     async fn serve(
         &self,
-        mut sink: PubSubSink,
-        mut stream: PubSubStream,
+        mut listener: Listener,
         changes: &mut mpsc::UnboundedReceiver<Change>,
         listening: &mut Listening,
     ) -> Ended {
+        let mut shard_lost = false;
+        let mut probe = tokio::time::interval(SHARD_PROBE);
         loop {
             tokio::select! {
-                message = stream.next() => match message {
-                    Some(message) => {
-                        let (channel, payload) = (message.get_channel_name(), message.get_payload_bytes());
-                        self.deliver(channel, payload, &mut listening.delivered).await;
+                heard = listener.next() => match heard {
+                    Some(Heard::Message { channel, payload }) => {
+                        self.deliver(&channel, &payload, &mut listening.delivered).await;
+                    }
+                    Some(Heard::NodeLost) => {
+                        if !shard_lost {
+                            tracing::warn!("broker: lost a Redis Cluster shard; local delivery goes on");
+                        }
+                        shard_lost = true;
+                        self.state.subscriber_up.store(false, Ordering::Release);
                     }
                     None => return Ended::Lost("the connection closed".into()),
                 },
+                _ = probe.tick(), if shard_lost => {
+                    shard_lost = self.shards_still_lost(&mut listener, listening).await;
+                }
                 change = changes.recv() => {
                     let Some(change) = change else {
                         return Ended::Stopped;
                     };
-                    if let Err(error) = self.apply(change, &mut sink, listening).await {
+                    if let Err(error) = self.apply(change, &mut listener, listening).await {
                         return Ended::Lost(error.to_string());
                     }
                 }
@@ -162,18 +178,46 @@ impl Subscriber {
         }
     }
 
+    /// Ask the shards of every channel listened to; when they all answer,
+    /// the cluster is whole again: subscribe to every channel again (where
+    /// its slot is now; a subscription still in place is kept) and bring
+    /// the channels with history up to date. Whether a shard is still lost.
+    async fn shards_still_lost(&self, listener: &mut Listener, listening: &mut Listening) -> bool {
+        let redis_channels: Vec<String> = listening
+            .channels
+            .iter()
+            .map(|channel| self.names.channel(channel))
+            .collect();
+        let whole = match listener.reach(redis_channels.iter()).await {
+            Ok(()) => listener.subscribe(&redis_channels).await,
+            Err(error) => Err(error),
+        };
+        if let Err(error) = whole {
+            tracing::debug!("broker: a Redis Cluster shard is still away: {error}");
+            return true;
+        }
+        self.state.subscriber_up.store(true, Ordering::Release);
+        self.state.reconnects.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(
+            channels = listening.channels.len(),
+            "broker: every Redis Cluster shard answers again"
+        );
+        self.catch_up_all(&mut listening.delivered).await;
+        false
+    }
+
     /// Subscribe to or unsubscribe from a channel as its local subscribers
     /// now require.
     async fn apply(
         &self,
         change: Change,
-        sink: &mut PubSubSink,
+        listener: &mut Listener,
         listening: &mut Listening,
     ) -> redis::RedisResult<()> {
         match change {
             Change::Opened(channel, confirm) => {
                 if self.local.has(&channel) && !listening.channels.contains(&channel) {
-                    sink.subscribe(self.names.channel(&channel)).await?;
+                    listener.subscribe(&[self.names.channel(&channel)]).await?;
                     listening.channels.insert(channel);
                 }
                 let _ = confirm.send(());
@@ -181,7 +225,7 @@ impl Subscriber {
             Change::Closed(channel) => {
                 if !self.local.has(&channel) && listening.channels.remove(&channel) {
                     listening.delivered.remove(&channel);
-                    sink.unsubscribe(self.names.channel(&channel)).await?;
+                    listener.unsubscribe(&self.names.channel(&channel)).await?;
                 }
             }
         }

@@ -1,0 +1,168 @@
+//! Listening to channels: `SUBSCRIBE` on a pub/sub connection to the
+//! primary, or `SSUBSCRIBE` (sharded pub/sub, Redis 7) on a cluster, where
+//! a channel is heard from the shard that owns its hash slot.
+
+use futures_util::StreamExt;
+use redis::aio::{PubSub, PubSubSink, PubSubStream};
+use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::Slot;
+use redis::{PushInfo, PushKind, RedisResult, Value};
+use std::collections::HashSet;
+use tokio::sync::mpsc;
+
+/// What a listener heard.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Heard {
+    /// A message published on `channel`.
+    Message {
+        /// The Redis channel.
+        channel: String,
+        /// What was published.
+        payload: Vec<u8>,
+    },
+    /// The cluster client lost a node's connection. It reconnects and
+    /// learns the slot map again when a command fails; the subscriptions
+    /// that node had must be made again where their slots are now.
+    NodeLost,
+}
+
+/// A connection that listens to channels.
+pub(crate) enum Listener {
+    /// A pub/sub connection to one primary; when it ends, make another.
+    Primary {
+        sink: PubSubSink,
+        stream: PubSubStream,
+    },
+    /// A cluster connection whose subscriptions the Redis client keeps
+    /// across lost connections and failovers.
+    Cluster {
+        connection: ClusterConnection,
+        pushes: mpsc::UnboundedReceiver<PushInfo>,
+    },
+}
+
+impl Listener {
+    pub(super) fn primary(pubsub: PubSub) -> Listener {
+        let (sink, stream) = pubsub.split();
+        Listener::Primary { sink, stream }
+    }
+
+    /// Listen to `channels`.
+    pub(crate) async fn subscribe(&mut self, channels: &[String]) -> RedisResult<()> {
+        match self {
+            Listener::Primary { sink, .. } => sink.subscribe(channels).await,
+            // A sharded subscription names channels of one slot only.
+            Listener::Cluster { connection, .. } => {
+                for channel in channels {
+                    connection.ssubscribe(channel).await?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Stop listening to `channel`.
+    pub(crate) async fn unsubscribe(&mut self, channel: &str) -> RedisResult<()> {
+        match self {
+            Listener::Primary { sink, .. } => sink.unsubscribe(channel).await,
+            Listener::Cluster { connection, .. } => connection.sunsubscribe(channel).await,
+        }
+    }
+
+    /// The next thing heard; `None` when the connection is gone (a
+    /// primary's: make another).
+    pub(crate) async fn next(&mut self) -> Option<Heard> {
+        match self {
+            Listener::Primary { stream, .. } => {
+                let message = stream.next().await?;
+                Some(Heard::Message {
+                    channel: message.get_channel_name().to_owned(),
+                    payload: message.get_payload_bytes().to_vec(),
+                })
+            }
+            Listener::Cluster { pushes, .. } => loop {
+                if let Some(heard) = heard(pushes.recv().await?) {
+                    return Some(heard);
+                }
+            },
+        }
+    }
+
+    /// Whether the shards of `channels` answer: asked once per hash slot,
+    /// a question the client routes to the slot's shard, so that a lost
+    /// shard makes it learn the slot map again (and renew the
+    /// subscriptions on the shard's new primary). Always fine on a primary.
+    pub(crate) async fn reach<'a>(
+        &mut self,
+        channels: impl Iterator<Item = &'a String>,
+    ) -> RedisResult<()> {
+        let Listener::Cluster { connection, .. } = self else {
+            return Ok(());
+        };
+        let mut slots = HashSet::new();
+        for channel in channels {
+            if slots.insert(Slot::for_key(channel)) {
+                let _: i64 = redis::cmd("EXISTS")
+                    .arg(channel)
+                    .query_async(connection)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What a push from the cluster client stands for, if anything.
+fn heard(push: PushInfo) -> Option<Heard> {
+    let text = |value: &Value| match value {
+        Value::BulkString(bytes) => Some(bytes.clone()),
+        Value::SimpleString(text) => Some(text.clone().into_bytes()),
+        _ => None,
+    };
+    match push.kind {
+        PushKind::SMessage => {
+            let [channel, payload] = push.data.as_slice() else {
+                return None;
+            };
+            Some(Heard::Message {
+                channel: String::from_utf8(text(channel)?).ok()?,
+                payload: text(payload)?,
+            })
+        }
+        PushKind::Disconnection => Some(Heard::NodeLost),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn push(kind: PushKind, data: &[&str]) -> PushInfo {
+        PushInfo {
+            kind,
+            data: data
+                .iter()
+                .map(|item| Value::BulkString(item.as_bytes().to_vec()))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn pushes_become_what_was_heard() {
+        assert_eq!(
+            heard(push(PushKind::SMessage, &["app:ch:{a}", "x\n1"])),
+            Some(Heard::Message {
+                channel: "app:ch:{a}".into(),
+                payload: b"x\n1".to_vec()
+            })
+        );
+        assert_eq!(heard(push(PushKind::SSubscribe, &["app:ch:{a}"])), None);
+        assert_eq!(
+            heard(push(PushKind::Disconnection, &[])),
+            Some(Heard::NodeLost)
+        );
+        assert_eq!(heard(push(PushKind::SMessage, &["only a channel"])), None);
+        assert_eq!(heard(push(PushKind::Message, &["c", "p"])), None);
+    }
+}
