@@ -449,27 +449,32 @@ const FAILOVER_ROWS: &[(&str, &str)] = &[
     ("out_of_order", "publications delivered out of order"),
 ];
 
-/// The failover table, when the results have a failover run.
+/// The failover table, when the results have a failover run: one column
+/// per topology.
 fn failover_table(out: &mut String, get: &impl Fn(&str, &str, &str) -> Option<Summary>) {
     if get("failover-sentinel", "wasmcluster", "window_ms").is_none() {
         return;
     }
     out.push_str(
         "\n## Failover: the broker's primary killed under a numbered stream\n\n\
-         Two wasmcluster hosts on a Redis primary with one replica and three sentinels \
-         (`down-after-milliseconds 1000`, so about 1 s of the window is the sentinels \
-         deciding the primary is down), through `--broker redis+sentinel://...`. A client \
-         of one host publishes numbered publications at 200/s; a subscriber on the other \
-         host receives them; after 2 s the primary is killed with SIGKILL. Publications \
+         Two wasmcluster hosts; a client of one host publishes numbered publications at \
+         200/s on one channel, a subscriber on the other host receives them, and after 2 s \
+         the primary behind that channel is killed with SIGKILL. **Sentinel**: a Redis \
+         primary with one replica and three sentinels (`down-after-milliseconds 1000`), \
+         through `--broker redis+sentinel://...`. **Cluster**: three primaries with a \
+         replica each (`cluster-node-timeout 1000`), through `--broker \
+         redis+cluster://...`; the primary killed is the one of the channel's shard. In \
+         both about 1 s of the window is Redis deciding the primary is down. Publications \
          the publisher's host tried to send to the dead primary are lost (at most once); \
          those queued behind them reach the new primary once the host moved.\n\n\
-         | figure | Sentinel |\n|---|---|\n",
+         | figure | Sentinel | Cluster |\n|---|---|---|\n",
     );
     for (field, title) in FAILOVER_ROWS {
         let _ = writeln!(
             out,
-            "| {title} | {} |",
-            cell(get("failover-sentinel", "wasmcluster", field).as_ref())
+            "| {title} | {} | {} |",
+            cell(get("failover-sentinel", "wasmcluster", field).as_ref()),
+            cell(get("failover-cluster", "wasmcluster", field).as_ref())
         );
     }
 }
