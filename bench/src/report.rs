@@ -351,6 +351,7 @@ pub fn run(input: &Path, preamble: Option<&Path>) -> Result<()> {
     }
     out.push_str("\nEach cell: median of the runs (min–max).\n");
     scale_out_table(&mut out, &get);
+    shards_table(&mut out, &get);
     failover_table(&mut out, &get);
     kv_table(&mut out, &get);
     history_table(&mut out, &get);
@@ -428,6 +429,54 @@ fn scale_out_table(out: &mut String, get: &impl Fn(&str, &str, &str) -> Option<S
             "| {title} | {} | {} | {} |",
             cell(one.as_ref()),
             cell(two.as_ref()),
+            ratio.map_or("—".into(), |r| format!("{}x", format_number(r)))
+        );
+    }
+}
+
+/// Rows of the shards table: field, title, and whether higher is better.
+const SHARDS_ROWS: &[(&str, &str, bool)] = &[
+    ("deliveries_per_s", "deliveries/s", true),
+    ("p99_ms", "end-to-end p99 (ms)", false),
+    ("lost", "publications not delivered", false),
+];
+
+/// Cross-host fan-out over many channels through one Redis against a
+/// three-shard Redis Cluster, when the results have both.
+fn shards_table(out: &mut String, get: &impl Fn(&str, &str, &str) -> Option<Summary>) {
+    let one = "fanout-channels-cross-host";
+    let three = "fanout-channels-cross-host-cluster";
+    if get(three, "wasmcluster", "deliveries_per_s").is_none() {
+        return;
+    }
+    out.push_str(
+        "\n## Across hosts: one Redis against a three-shard Redis Cluster\n\n\
+         The cross-host fan-out (full speed, 1,000 subscribers on one host, the publisher \
+         on another) with the subscribers spread over 30 channels, which the publisher \
+         takes in turn: through one `redis-server`, and through a Redis Cluster of three \
+         primaries with a replica each (`--broker redis+cluster://...`), where the \
+         channels spread over the shards (sharded pub/sub). Every process, the six Redis \
+         nodes included, shares the machine's cores.\n\n\
+         | figure | 1 Redis | 3 shards | 3 shards vs 1 |\n|---|---|---|---|\n",
+    );
+    for (field, title, higher_is_better) in SHARDS_ROWS {
+        let single = get(one, "wasmcluster", field);
+        let sharded = get(three, "wasmcluster", field);
+        let ratio = match (&single, &sharded) {
+            (Some(single), Some(sharded)) if single.median > 0.0 && sharded.median > 0.0 => {
+                Some(if *higher_is_better {
+                    sharded.median / single.median
+                } else {
+                    single.median / sharded.median
+                })
+            }
+            _ => None,
+        };
+        let _ = writeln!(
+            out,
+            "| {title} | {} | {} | {} |",
+            cell(single.as_ref()),
+            cell(sharded.as_ref()),
             ratio.map_or("—".into(), |r| format!("{}x", format_number(r)))
         );
     }

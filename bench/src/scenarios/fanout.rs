@@ -1,6 +1,7 @@
-//! `fanout`: many subscribers on one channel, publishers at full speed (a
-//! window of acked publishes each) or at a fixed total rate. Every payload
-//! carries its send time, so subscribers measure end-to-end latency.
+//! `fanout`: many subscribers on one channel (or spread over `--channels`),
+//! publishers at full speed (a window of acked publishes each) or at a
+//! fixed total rate, taking the channels in turn. Every payload carries its
+//! send time, so subscribers measure end-to-end latency.
 
 use super::{Common, GRACE, add_latency_and_cpu, close_all, histogram, open_many, subscribe};
 use crate::proc_stats::CpuMeter;
@@ -13,8 +14,18 @@ use std::time::Duration;
 use testkit::{Connection, Incoming, integer_field, reply_id};
 use tokio::time::{Instant, MissedTickBehavior};
 
-/// The channel every subscriber listens on.
+/// The channel every subscriber listens on, or the stem of the channels'
+/// names (`bench-0`, `bench-1`, ...) with `--channels` above 1.
 const CHANNEL: &str = "bench";
+
+/// The name of channel `index` of `channels`.
+fn channel_name(index: usize, channels: usize) -> String {
+    if channels == 1 {
+        CHANNEL.to_owned()
+    } else {
+        format!("{CHANNEL}-{index}")
+    }
+}
 
 /// Parameters of the fan-out scenario.
 #[derive(Debug, Clone, clap::Args)]
@@ -34,6 +45,10 @@ pub struct FanoutArgs {
     /// Approximate size of each publication's data.
     #[arg(long, default_value_t = 64)]
     pub payload_bytes: usize,
+    /// Channels the subscribers are spread over (subscriber `i` on channel
+    /// `i % channels`); on a Redis Cluster they spread over the shards.
+    #[arg(long, default_value_t = 1)]
+    pub channels: usize,
     /// Connect the publishers to this other host (same path) instead of
     /// `--addr`: publications then cross hosts through the broker.
     #[arg(long)]
@@ -48,8 +63,8 @@ const BROKER_SETTLE: Duration = Duration::from_millis(500);
 struct Shared {
     /// Send times are microseconds since this instant.
     base: Instant,
-    /// Publications sent so far.
-    published: AtomicU64,
+    /// Publications sent so far, per channel.
+    published: Vec<AtomicU64>,
     /// Set when every publisher has stopped.
     publishing_done: AtomicBool,
     pad: String,
@@ -57,9 +72,16 @@ struct Shared {
 
 /// Run the scenario and return its figures.
 pub async fn run(common: &Common, args: &FanoutArgs) -> Result<Value> {
+    if args.channels == 0 {
+        bail!("--channels must be at least 1");
+    }
     let mut subscribers = open_many(common, args.subscribers).await?;
-    for subscriber in &mut subscribers {
-        subscribe(subscriber, CHANNEL).await?;
+    for (index, subscriber) in subscribers.iter_mut().enumerate() {
+        subscribe(
+            subscriber,
+            &channel_name(index % args.channels, args.channels),
+        )
+        .await?;
     }
     let publishers = match args.publish_to {
         Some(addr) => {
@@ -72,7 +94,7 @@ pub async fn run(common: &Common, args: &FanoutArgs) -> Result<Value> {
     };
     let shared = Arc::new(Shared {
         base: Instant::now(),
-        published: AtomicU64::new(0),
+        published: (0..args.channels).map(|_| AtomicU64::new(0)).collect(),
         publishing_done: AtomicBool::new(false),
         pad: "x".repeat(args.payload_bytes.saturating_sub(24)),
     });
@@ -80,17 +102,25 @@ pub async fn run(common: &Common, args: &FanoutArgs) -> Result<Value> {
     let end = Instant::now() + common.duration;
     let readers: Vec<_> = subscribers
         .into_iter()
-        .map(|subscriber| tokio::spawn(receive(subscriber, shared.clone(), end)))
+        .enumerate()
+        .map(|(index, subscriber)| {
+            let channel = index % args.channels;
+            tokio::spawn(receive(subscriber, shared.clone(), channel, end))
+        })
         .collect();
     let per_publisher_rate = (args.rate > 0).then(|| args.rate as f64 / args.publishers as f64);
     let writers: Vec<_> = publishers
         .into_iter()
-        .map(|publisher| {
+        .enumerate()
+        .map(|(index, publisher)| {
             tokio::spawn(publish(
                 publisher,
                 shared.clone(),
-                per_publisher_rate,
-                args.window,
+                Pace {
+                    rate: per_publisher_rate,
+                    window: args.window,
+                    first_channel: index % args.channels,
+                },
                 end,
             ))
         })
@@ -111,14 +141,18 @@ pub async fn run(common: &Common, args: &FanoutArgs) -> Result<Value> {
     let cpu = meter.stop()?;
     close_all(open).await;
 
-    let published = shared.published.load(Ordering::Acquire);
-    let expected = published * args.subscribers as u64;
+    let published_on = |channel: usize| shared.published[channel].load(Ordering::Acquire);
+    let published: u64 = (0..args.channels).map(published_on).sum();
+    let expected: u64 = (0..args.subscribers)
+        .map(|index| published_on(index % args.channels))
+        .sum();
     let seconds = common.duration.as_secs_f64();
     let mut figures = json!({
         "subscribers": args.subscribers,
         "publishers": args.publishers,
         "rate": args.rate,
         "payload_bytes": args.payload_bytes,
+        "channels": args.channels,
         "cross_host": args.publish_to.is_some(),
         "published": published,
         "delivered": delivered,
@@ -135,20 +169,40 @@ pub async fn run(common: &Common, args: &FanoutArgs) -> Result<Value> {
     Ok(figures)
 }
 
+/// How one publisher publishes.
+struct Pace {
+    /// Publications per second, or full speed.
+    rate: Option<f64>,
+    /// Acked publishes in flight at full speed.
+    window: usize,
+    /// The channel it starts with (then the next, in turn).
+    first_channel: usize,
+}
+
 /// Publish until `end`: with a rate, on a timer; without, keeping `window`
 /// acked publishes in flight.
 async fn publish(
     mut connection: Connection,
     shared: Arc<Shared>,
-    rate: Option<f64>,
-    window: usize,
+    Pace {
+        rate,
+        window,
+        first_channel,
+    }: Pace,
     end: Instant,
 ) -> Result<Connection> {
     let mut cid = 2u64;
-    let frame = |cid: u64| {
+    let channels = shared.published.len();
+    let mut next_channel = first_channel;
+    // The next publication's frame, counted on its channel.
+    let mut frame = |cid: u64| {
+        let channel = next_channel;
+        next_channel = (next_channel + 1) % channels;
+        shared.published[channel].fetch_add(1, Ordering::Relaxed);
         let t = shared.base.elapsed().as_micros();
         format!(
-            "{{\"event\":\"#publish\",\"data\":{{\"channel\":\"{CHANNEL}\",\"data\":{{\"t\":{t},\"pad\":\"{}\"}}}},\"cid\":{cid}}}",
+            "{{\"event\":\"#publish\",\"data\":{{\"channel\":\"{}\",\"data\":{{\"t\":{t},\"pad\":\"{}\"}}}},\"cid\":{cid}}}",
+            channel_name(channel, channels),
             shared.pad
         )
     };
@@ -162,7 +216,6 @@ async fn publish(
                 _ = ticks.tick() => {
                     if Instant::now() >= end { break; }
                     connection.send(frame(cid)).await?;
-                    shared.published.fetch_add(1, Ordering::Relaxed);
                     cid += 1;
                     in_flight += 1;
                 }
@@ -176,7 +229,6 @@ async fn publish(
     } else {
         for _ in 0..window {
             connection.send(frame(cid)).await?;
-            shared.published.fetch_add(1, Ordering::Relaxed);
             cid += 1;
             in_flight += 1;
         }
@@ -193,7 +245,6 @@ async fn publish(
             in_flight -= 1;
             if full_speed && Instant::now() < end {
                 connection.send(frame(cid)).await?;
-                shared.published.fetch_add(1, Ordering::Relaxed);
                 cid += 1;
                 in_flight += 1;
             }
@@ -207,6 +258,7 @@ async fn publish(
 async fn receive(
     mut connection: Connection,
     shared: Arc<Shared>,
+    channel: usize,
     end: Instant,
 ) -> Result<(Connection, u64, Histogram<u64>)> {
     let mut latency = histogram();
@@ -214,7 +266,7 @@ async fn receive(
     let deadline = end + GRACE;
     loop {
         let done = shared.publishing_done.load(Ordering::Acquire);
-        if done && received >= shared.published.load(Ordering::Acquire) {
+        if done && received >= shared.published[channel].load(Ordering::Acquire) {
             break;
         }
         let wait = if done {
