@@ -290,3 +290,88 @@ fn an_unreachable_broker_is_a_clear_start_up_error() {
         .unwrap();
     assert!(log.contains("invalid --broker URL"), "{log}");
 }
+
+/// A publication that reached Redis twice (a command sent again after its
+/// answer was lost with the connection) reaches each subscriber once:
+/// plain ones by the sending host's number, those of a channel with history
+/// because the publish script numbers them once. Sent here as another host
+/// would send them.
+#[tokio::test]
+async fn a_publication_redis_got_twice_is_delivered_once() {
+    let redis = RedisServer::start();
+    let dir = plugins_dir(&["echo"]);
+    let config = dir.path().join("wasmcluster.toml");
+    std::fs::write(
+        &config,
+        "[channels.\"hist:*\"]\nhistory-size = 100\nhistory-ttl-secs = 60\n",
+    )
+    .unwrap();
+    let server = TestServer::start(
+        dir.path(),
+        &[
+            "--broker",
+            &redis.url(),
+            "--config",
+            config.to_str().unwrap(),
+        ],
+    );
+    let mut client = server.client().await;
+    client.subscribe("room").await;
+    client.subscribe("hist:room").await;
+
+    let other_host = "0123456789abcdef";
+    let publish_script = concat!(
+        include_str!("../host/src/broker/redis/epoch.lua"),
+        "\n",
+        include_str!("../host/src/broker/redis/publish.lua")
+    );
+    for (number, n) in [(7, 1), (7, 1), (8, 2), (8, 2)] {
+        let data = format!("{{\"n\":{n}}}");
+        redis.cli(&[
+            "PUBLISH",
+            "wasmcluster:ch:room",
+            &format!("{other_host}:{number}\n{data}"),
+        ]);
+        redis.cli(&[
+            "EVAL",
+            publish_script,
+            "2",
+            "wasmcluster:hist:{hist:room}",
+            "wasmcluster:histmeta:{hist:room}",
+            "wasmcluster:ch:hist:room",
+            &data,
+            "100",
+            "60000",
+            "86400000",
+            "e1",
+            "PUBLISH",
+            other_host,
+            &number.to_string(),
+        ]);
+    }
+
+    let mut seen = Vec::new();
+    while let Ok(packet) =
+        tokio::time::timeout(Duration::from_millis(500), client.next_packet()).await
+    {
+        let data = &packet["data"];
+        seen.push((
+            data["channel"].as_str().unwrap().to_owned(),
+            data["data"]["n"].as_u64().unwrap(),
+            data["offset"].as_u64(),
+        ));
+    }
+    assert_eq!(
+        seen,
+        [
+            ("room".to_owned(), 1, None),
+            ("hist:room".to_owned(), 1, Some(1)),
+            ("room".to_owned(), 2, None),
+            ("hist:room".to_owned(), 2, Some(2)),
+        ]
+    );
+    assert_eq!(
+        redis.cli(&["XLEN", "wasmcluster:hist:{hist:room}"]).trim(),
+        "2"
+    );
+}

@@ -105,20 +105,37 @@ fn meta_ttl_ms(rule: HistoryRule) -> u128 {
     rule.ttl.max(META_TTL).as_millis()
 }
 
-/// Add to `pipe` the commands that number, keep and publish `data` on
-/// `channel` (under `rule`), publishing with `PUBLISH` or `SPUBLISH` on
-/// the Redis channel (`publish`). The script is
-/// loaded first in the same pipeline, so a Redis that restarted (and lost
-/// its script cache) still runs it; loading a known script costs a hash.
+/// A publication of a channel with history, for [`queue_publish`].
+pub(crate) struct Publication<'a> {
+    pub(crate) channel: &'a str,
+    /// The Redis channel it is published on.
+    pub(crate) redis_channel: &'a str,
+    /// `PUBLISH`, or `SPUBLISH` on a cluster.
+    pub(crate) publish_command: &'a str,
+    pub(crate) data: Option<&'a str>,
+    pub(crate) rule: HistoryRule,
+    /// The sending host's id and the publication's number (see
+    /// `sender.rs`): the script numbers a publication sent twice once.
+    pub(crate) sender: (&'a str, u64),
+}
+
+/// Add to `pipe` the commands that number, keep and publish `publication`.
+/// The script is loaded first in the same pipeline, so a Redis that
+/// restarted (and lost its script cache) still runs it; loading a known
+/// script costs a hash.
 pub(crate) fn queue_publish(
     pipe: &mut redis::Pipeline,
     keys: &StreamKeys,
-    publish_command: &str,
-    redis_channel: &str,
-    channel: &str,
-    data: Option<&str>,
-    rule: HistoryRule,
+    publication: &Publication,
 ) {
+    let Publication {
+        channel,
+        redis_channel,
+        publish_command,
+        data,
+        rule,
+        sender: (host_id, number),
+    } = publication;
     pipe.cmd("EVALSHA")
         .arg(PUBLISH.get_hash())
         .arg(2)
@@ -128,9 +145,11 @@ pub(crate) fn queue_publish(
         .arg(data.unwrap_or_default())
         .arg(rule.size)
         .arg(rule.ttl.as_millis() as u64)
-        .arg(meta_ttl_ms(rule) as u64)
+        .arg(meta_ttl_ms(*rule) as u64)
         .arg(new_epoch())
         .arg(publish_command)
+        .arg(host_id)
+        .arg(number)
         .ignore();
 }
 

@@ -4,9 +4,10 @@
 //! that needs it, not once per subscriber.
 //!
 //! A publication of a channel without history is delivered to local
-//! subscribers at once and published in Redis with this host's id; every
-//! other host delivers it to its own subscribers, and this host ignores its
-//! own copy, so each subscriber receives it exactly once. A publication of
+//! subscribers at once and published in Redis with this host's id and a
+//! number ([`sender`]); every other host delivers it to its own
+//! subscribers, and this host ignores its own copy, so each subscriber
+//! receives it exactly once, even when Redis got it twice. A publication of
 //! a channel with history is numbered in Redis instead ([`history`]) and
 //! delivered from there to every host, this one included, in offset order.
 //!
@@ -20,6 +21,7 @@
 
 mod catch_up;
 mod history;
+mod sender;
 mod subscriber;
 
 pub(crate) use history::Read;
@@ -120,9 +122,10 @@ impl Names {
 
 /// What the publisher task sends to Redis.
 enum Outgoing {
-    /// A publication already delivered here, for the other hosts:
-    /// `PUBLISH <channel> <host id>\n<data>`.
-    Plain { channel: String, payload: Vec<u8> },
+    /// A publication already delivered here, for the other hosts, on a
+    /// Redis channel: `PUBLISH <channel> <host id>:<number>\n<data>`
+    /// ([`sender`]).
+    Plain { channel: String, data: String },
     /// A publication of a channel with history: numbered and kept in
     /// Redis, and delivered from there to every host.
     Numbered {
@@ -138,7 +141,6 @@ pub(crate) struct RedisEngine {
     changes: mpsc::UnboundedSender<Change>,
     publications: mpsc::Sender<Outgoing>,
     state: Arc<State>,
-    host_id: String,
     names: Names,
     connection: RedisLink,
 }
@@ -172,7 +174,11 @@ impl RedisEngine {
         );
         tokio::spawn(publish(
             connection.clone(),
-            names.clone(),
+            Publisher {
+                names: names.clone(),
+                host_id: host_id.clone(),
+                sent: 0,
+            },
             publication_rx,
             state.clone(),
         ));
@@ -186,7 +192,6 @@ impl RedisEngine {
             changes,
             publications,
             state,
-            host_id,
             names,
             connection,
         }
@@ -212,14 +217,9 @@ impl RedisEngine {
     /// `data` was published on `channel` (which has no history) here, and
     /// delivered locally already: pass it on to the other hosts.
     pub(crate) fn published(&self, channel: &str, data: Option<&str>) {
-        let data = data.unwrap_or_default();
-        let mut payload = Vec::with_capacity(self.host_id.len() + 1 + data.len());
-        payload.extend_from_slice(self.host_id.as_bytes());
-        payload.push(b'\n');
-        payload.extend_from_slice(data.as_bytes());
         self.send(Outgoing::Plain {
             channel: self.names.channel(channel),
-            payload,
+            data: data.unwrap_or_default().to_owned(),
         });
     }
 
@@ -327,7 +327,7 @@ impl RedisEngine {
 /// outage would grow memory without bound.
 async fn publish(
     mut connection: RedisLink,
-    names: Names,
+    mut publisher: Publisher,
     mut queue: mpsc::Receiver<Outgoing>,
     state: Arc<State>,
 ) {
@@ -349,7 +349,7 @@ async fn publish(
         if received == 0 {
             return;
         }
-        let pipelines = pipelines(&names, batch.drain(..));
+        let pipelines = publisher.pipelines(batch.drain(..));
         let sent = futures_util::future::join_all(
             pipelines
                 .iter()
@@ -415,30 +415,47 @@ struct Batch {
     script_loaded: bool,
 }
 
-/// The pipelines for a batch of publications, each in their order: one
-/// pipeline, or on a cluster one per hash slot (a pipeline goes to one
-/// shard).
-fn pipelines(names: &Names, outgoing: impl Iterator<Item = Outgoing>) -> Vec<Batch> {
-    let mut by_slot: HashMap<Option<Slot>, Batch> = HashMap::new();
-    for outgoing in outgoing {
-        let slot = names.sharded.then(|| match &outgoing {
-            Outgoing::Plain { channel, .. } => Slot::for_key(channel),
-            Outgoing::Numbered { channel, .. } => Slot::for_key(names.channel(channel)),
-        });
-        by_slot.entry(slot).or_default().queue(names, outgoing);
+/// What the publisher task knows: names, and who it is to receivers.
+struct Publisher {
+    names: Names,
+    host_id: String,
+    /// Publications sent so far: the last one's number ([`sender`]).
+    sent: u64,
+}
+
+impl Publisher {
+    /// The pipelines for a batch of publications, each in their order: one
+    /// pipeline, or on a cluster one per hash slot (a pipeline goes to one
+    /// shard). Every publication gets the next number.
+    fn pipelines(&mut self, outgoing: impl Iterator<Item = Outgoing>) -> Vec<Batch> {
+        let names = &self.names;
+        let mut by_slot: HashMap<Option<Slot>, Batch> = HashMap::new();
+        for outgoing in outgoing {
+            let slot = names.sharded.then(|| match &outgoing {
+                Outgoing::Plain { channel, .. } => Slot::for_key(channel),
+                Outgoing::Numbered { channel, .. } => Slot::for_key(names.channel(channel)),
+            });
+            self.sent += 1;
+            let sender = (self.host_id.as_str(), self.sent);
+            by_slot
+                .entry(slot)
+                .or_default()
+                .queue(names, sender, outgoing);
+        }
+        by_slot.into_values().collect()
     }
-    by_slot.into_values().collect()
 }
 
 impl Batch {
-    fn queue(&mut self, names: &Names, outgoing: Outgoing) {
+    /// Add `outgoing`, sent by `(host id, number)`.
+    fn queue(&mut self, names: &Names, (host_id, number): (&str, u64), outgoing: Outgoing) {
         self.count += 1;
         match outgoing {
-            Outgoing::Plain { channel, payload } => {
+            Outgoing::Plain { channel, data } => {
                 self.pipe
                     .cmd(names.publish_command())
                     .arg(channel)
-                    .arg(payload)
+                    .arg(format!("{host_id}:{number}\n{data}"))
                     .ignore();
             }
             Outgoing::Numbered {
@@ -453,11 +470,14 @@ impl Batch {
                 history::queue_publish(
                     &mut self.pipe,
                     &names.streams,
-                    names.publish_command(),
-                    &names.channel(&channel),
-                    &channel,
-                    data.as_deref(),
-                    rule,
+                    &history::Publication {
+                        channel: &channel,
+                        redis_channel: &names.channel(&channel),
+                        publish_command: names.publish_command(),
+                        data: data.as_deref(),
+                        rule,
+                        sender: (host_id, number),
+                    },
                 );
             }
         }

@@ -19,6 +19,7 @@
 
 use super::catch_up::{self, CatchUp, Delivered};
 use super::history::{self, Read};
+use super::sender::{Seen, Sender};
 use super::{
     Change, MAX_RECONNECT_DELAY, MIN_RECONNECT_DELAY, Names, State, checked_data,
     valid_publications,
@@ -65,6 +66,8 @@ struct Listening {
     channels: HashSet<String>,
     /// The last publication delivered here, per channel with history.
     delivered: HashMap<String, Delivered>,
+    /// The last plain publication delivered per channel and sending host.
+    seen: Seen,
 }
 
 impl Subscriber {
@@ -132,6 +135,9 @@ impl Subscriber {
         listening
             .delivered
             .retain(|channel, _| channels.contains(channel));
+        listening
+            .seen
+            .retain(|channel| channels.iter().any(|name| name == channel));
         listening.channels = channels.into_iter().collect();
         Ok(listener)
     }
@@ -152,7 +158,7 @@ impl Subscriber {
             tokio::select! {
                 heard = listener.next() => match heard {
                     Some(Heard::Message { channel, payload }) => {
-                        self.deliver(&channel, &payload, &mut listening.delivered).await;
+                        self.deliver(&channel, &payload, listening).await;
                     }
                     Some(Heard::NodeLost) => {
                         if !shard_lost {
@@ -225,6 +231,7 @@ impl Subscriber {
             Change::Closed(channel) => {
                 if !self.local.has(&channel) && listening.channels.remove(&channel) {
                     listening.delivered.remove(&channel);
+                    listening.seen.forget(&channel);
                     listener.unsubscribe(&self.names.channel(&channel)).await?;
                 }
             }
@@ -233,12 +240,7 @@ impl Subscriber {
     }
 
     /// Deliver a message from Redis to the local subscribers.
-    async fn deliver(
-        &self,
-        redis_channel: &str,
-        payload: &[u8],
-        delivered: &mut HashMap<String, Delivered>,
-    ) {
+    async fn deliver(&self, redis_channel: &str, payload: &[u8], listening: &mut Listening) {
         let Some(channel) = self.names.local_channel(redis_channel) else {
             return;
         };
@@ -250,7 +252,9 @@ impl Subscriber {
                 epoch: epoch.to_owned(),
                 offset,
             };
-            return self.deliver_numbered(channel, at, data, delivered).await;
+            return self
+                .deliver_numbered(channel, at, data, &mut listening.delivered)
+                .await;
         }
         let Some((origin, data)) = split_payload(payload) else {
             tracing::warn!(
@@ -259,7 +263,8 @@ impl Subscriber {
             );
             return;
         };
-        if origin == self.host_id.as_bytes() {
+        let sender = Sender::parse(origin);
+        if sender.host == self.host_id.as_bytes() || !listening.seen.first_time(channel, &sender) {
             return;
         }
         if let Some(data) = checked_data(channel, data) {
@@ -397,7 +402,7 @@ fn numbered(channel: &str, at: &Position, data: Option<&str>) -> Arc<NumberedFra
     })
 }
 
-/// `<host id>\n<data>` into its parts.
+/// `<sender>\n<data>` into its parts.
 fn split_payload(payload: &[u8]) -> Option<(&[u8], &[u8])> {
     let newline = payload.iter().position(|&byte| byte == b'\n')?;
     Some((&payload[..newline], &payload[newline + 1..]))
