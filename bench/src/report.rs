@@ -514,8 +514,10 @@ fn failover_table(out: &mut String, get: &impl Fn(&str, &str, &str) -> Option<Su
          replica each (`cluster-node-timeout 1000`), through `--broker \
          redis+cluster://...`; the primary killed is the one of the channel's shard. In \
          both about 1 s of the window is Redis deciding the primary is down. Publications \
-         the publisher's host tried to send to the dead primary are lost (at most once); \
-         those queued behind them reach the new primary once the host moved.\n\n\
+         the publisher's host tried to send to the dead primary are lost (at most once). \
+         With Sentinel, those queued behind them reach the new primary once the host \
+         moved; with Cluster, the Redis client gives up on each publication for the lost \
+         shard after its retries, so most of those made inside the window are lost.\n\n\
          | figure | Sentinel | Cluster |\n|---|---|---|\n",
     );
     for (field, title) in FAILOVER_ROWS {

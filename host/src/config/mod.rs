@@ -61,9 +61,11 @@ pub struct ServeArgs {
     pub tls_key: Option<PathBuf>,
 
     /// Scale out through Redis: `redis://[:password@]host:port/db` (or
-    /// `rediss://` for TLS). Publications reach subscribers on every host,
-    /// and the plugins' KV store is shared. Without it, one host with an
-    /// in-process broker.
+    /// `rediss://` for TLS), `redis+sentinel://[:password@]host:26379,.../<master>`
+    /// (the primary those sentinels name, followed through a failover), or
+    /// `redis+cluster://[:password@]host:port,...` (a Redis Cluster).
+    /// Publications reach subscribers on every host, and the plugins' KV
+    /// store is shared. Without it, one host with an in-process broker.
     #[arg(long, env = "WASMCLUSTER_BROKER", value_name = "URL")]
     pub broker: Option<String>,
 
