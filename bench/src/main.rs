@@ -5,6 +5,7 @@
 //! scenario against wasmcluster and SocketCluster with the same sizes and
 //! feeds the lines to `loadgen report`.
 
+mod plot;
 mod proc_stats;
 mod report;
 mod scenarios;
@@ -150,6 +151,26 @@ enum Command {
         #[command(flatten)]
         args: HostileArgs,
     },
+    /// Mixed churn across two hosts for `bench/soak`: sessions that
+    /// connect, subscribe, call (1% faulting), publish and leave.
+    Soak {
+        #[command(flatten)]
+        connection: Connection,
+        #[command(flatten)]
+        args: scenarios::soak::SoakArgs,
+    },
+    /// Draw `bench/soak`'s samples (memory and descriptors over time) as SVG.
+    Plot {
+        /// The samples (CSV) written by bench/soak.
+        #[arg(long)]
+        input: PathBuf,
+        /// Where the SVG goes.
+        #[arg(long)]
+        output: PathBuf,
+        /// The chart's title.
+        #[arg(long, default_value = "soak")]
+        title: String,
+    },
     /// Turn result lines (JSON Lines) into the BENCHMARKS.md tables.
     Report {
         /// The results file written by bench/run.
@@ -165,6 +186,11 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     let (scenario, connection) = match &cli.command {
         Command::Report { input, preamble } => return report::run(input, preamble.as_deref()),
+        Command::Plot {
+            input,
+            output,
+            title,
+        } => return plot::run(input, output, title),
         Command::Rpc { connection, .. } => ("rpc", connection),
         Command::Transmit { connection, .. } => ("transmit", connection),
         Command::Kv { connection, .. } => ("kv", connection),
@@ -177,6 +203,7 @@ fn main() -> Result<()> {
         Command::Idle { connection, .. } => ("idle", connection),
         Command::Connect { connection, .. } => ("connect", connection),
         Command::Hostile { connection, .. } => ("hostile", connection),
+        Command::Soak { connection, .. } => ("soak", connection),
     };
     anyhow::ensure!(
         connection.duration_secs > 0.0 && connection.duration_secs <= 600.0,
@@ -215,7 +242,8 @@ fn main() -> Result<()> {
             Command::Idle { args, .. } => scenarios::idle::run(&common, args).await,
             Command::Connect { args, .. } => scenarios::connect::run(&common, args).await,
             Command::Hostile { args, .. } => scenarios::hostile::run(&common, args).await,
-            Command::Report { .. } => unreachable!("handled above"),
+            Command::Soak { args, .. } => scenarios::soak::run(&common, args).await,
+            Command::Report { .. } | Command::Plot { .. } => unreachable!("handled above"),
         }
     })?;
     tag.entry("scenario").or_insert(scenario.into());

@@ -137,6 +137,13 @@ fn every_scenario_runs_against_the_server() {
         "{full}"
     );
 
+    let spread = loadgen(
+        &server,
+        &["fanout", "--subscribers", "20", "--channels", "4"],
+    );
+    assert!(spread["published"].as_u64().unwrap() > 0, "{spread}");
+    assert_eq!(spread["lost"], 0, "{spread}");
+
     let paced = loadgen(&server, &["fanout", "--subscribers", "20", "--rate", "100"]);
     assert!(paced["published"].as_u64().unwrap() > 0, "{paced}");
     assert_eq!(paced["lost"], 0, "{paced}");
@@ -186,6 +193,27 @@ fn every_scenario_runs_against_the_server() {
     );
     assert_eq!(recovery["rounds"], 3, "{recovery}");
     assert!(recovery["p50_ms"].as_f64().unwrap() > 0.0, "{recovery}");
+
+    // Both "hosts" are this server here.
+    let soak = loadgen_for(
+        &server,
+        "1",
+        &[
+            "soak",
+            "--other",
+            &server.addr,
+            "--clients",
+            "8",
+            "--calls",
+            "5",
+            "--pause-ms",
+            "5",
+        ],
+    );
+    assert!(soak["sessions"].as_u64().unwrap() > 0, "{soak}");
+    assert!(soak["calls"].as_u64().unwrap() > 0, "{soak}");
+    assert_eq!(soak["errors"], 0, "{soak}");
+    assert_eq!(soak["failed_sessions"], 0, "{soak}");
 
     let fetch = loadgen(&server, &["fetch"]);
     assert!(fetch["fetch_requests"].as_u64().unwrap() > 0, "{fetch}");

@@ -10,6 +10,7 @@ pub mod hot_swap;
 pub mod idle;
 pub mod recovery;
 pub mod requests;
+pub mod soak;
 pub mod timers;
 
 use anyhow::Result;
