@@ -228,30 +228,12 @@ async fn hosts_follow_a_cluster_shard_failover_without_duplicates() {
         status["broker"]["reconnects"].as_u64().unwrap() >= 1,
         "{status}"
     );
-    let mut bob = receiver.client().await;
-    let members = bob
-        .call("presence.join", json!({"room": "lobby", "name": "bob"}))
-        .await;
-    let names: Vec<&str> = members
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|member| member["name"].as_str().unwrap())
-        .collect();
-    assert!(
-        names.contains(&"alice") && names.contains(&"bob"),
-        "{members}"
-    );
+    failover::check_presence_kept(&receiver).await;
 }
 
 #[test]
 fn cluster_urls_that_lead_nowhere_are_clear_start_up_errors() {
-    let dir = plugins_dir(&["echo"]);
-    let start = |url: &str| {
-        TestServer::try_start(dir.path(), &["--broker", url])
-            .err()
-            .expect("started without Redis")
-    };
+    let start = failover::start_error;
     let log = start("redis+cluster://127.0.0.1");
     assert!(
         log.contains("invalid --broker URL 'redis+cluster://127.0.0.1'")

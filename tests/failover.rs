@@ -172,30 +172,12 @@ async fn hosts_follow_a_sentinel_failover_without_duplicates() {
             "{metrics}"
         );
     }
-    let mut bob = receiver.client().await;
-    let members = bob
-        .call("presence.join", json!({"room": "lobby", "name": "bob"}))
-        .await;
-    let names: Vec<&str> = members
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|member| member["name"].as_str().unwrap())
-        .collect();
-    assert!(
-        names.contains(&"alice") && names.contains(&"bob"),
-        "{members}"
-    );
+    failover::check_presence_kept(&receiver).await;
 }
 
 #[test]
 fn sentinel_urls_that_lead_nowhere_are_clear_start_up_errors() {
-    let dir = plugins_dir(&["echo"]);
-    let start = |url: &str| {
-        TestServer::try_start(dir.path(), &["--broker", url])
-            .err()
-            .expect("started without Redis")
-    };
+    let start = failover::start_error;
     let log = start("redis+sentinel://127.0.0.1:1");
     assert!(
         log.contains("invalid --broker URL 'redis+sentinel://127.0.0.1:1'")

@@ -20,7 +20,7 @@ const WIDTH: f64 = 900.0;
 const PANEL_HEIGHT: f64 = 220.0;
 const LEFT: f64 = 70.0;
 const RIGHT: f64 = 20.0;
-const TOP: f64 = 40.0;
+const TOP: f64 = 56.0;
 const GAP: f64 = 60.0;
 const COLORS: [&str; 2] = ["#1f77b4", "#d62728"];
 

@@ -414,24 +414,36 @@ fn scale_out_table(out: &mut String, get: &impl Fn(&str, &str, &str) -> Option<S
     for (case, field, title, higher_is_better) in SCALE_OUT {
         let one = get(case, "wasmcluster", field);
         let two = get(&format!("{case}-cross-host"), "wasmcluster", field);
-        let ratio = match (&one, &two) {
-            (Some(one), Some(two)) if one.median > 0.0 && two.median > 0.0 => {
-                Some(if *higher_is_better {
-                    two.median / one.median
-                } else {
-                    one.median / two.median
-                })
-            }
-            _ => None,
-        };
-        let _ = writeln!(
-            out,
-            "| {title} | {} | {} | {} |",
-            cell(one.as_ref()),
-            cell(two.as_ref()),
-            ratio.map_or("—".into(), |r| format!("{}x", format_number(r)))
-        );
+        comparison_row(out, title, one, two, *higher_is_better);
     }
+}
+
+/// A row of a two-column comparison: both figures, and how many times
+/// better the second is (by `higher_is_better`).
+fn comparison_row(
+    out: &mut String,
+    title: &str,
+    first: Option<Summary>,
+    second: Option<Summary>,
+    higher_is_better: bool,
+) {
+    let ratio = match (&first, &second) {
+        (Some(first), Some(second)) if first.median > 0.0 && second.median > 0.0 => {
+            Some(if higher_is_better {
+                second.median / first.median
+            } else {
+                first.median / second.median
+            })
+        }
+        _ => None,
+    };
+    let _ = writeln!(
+        out,
+        "| {title} | {} | {} | {} |",
+        cell(first.as_ref()),
+        cell(second.as_ref()),
+        ratio.map_or("—".into(), |r| format!("{}x", format_number(r)))
+    );
 }
 
 /// Rows of the shards table: field, title, and whether higher is better.
@@ -462,23 +474,7 @@ fn shards_table(out: &mut String, get: &impl Fn(&str, &str, &str) -> Option<Summ
     for (field, title, higher_is_better) in SHARDS_ROWS {
         let single = get(one, "wasmcluster", field);
         let sharded = get(three, "wasmcluster", field);
-        let ratio = match (&single, &sharded) {
-            (Some(single), Some(sharded)) if single.median > 0.0 && sharded.median > 0.0 => {
-                Some(if *higher_is_better {
-                    sharded.median / single.median
-                } else {
-                    single.median / sharded.median
-                })
-            }
-            _ => None,
-        };
-        let _ = writeln!(
-            out,
-            "| {title} | {} | {} | {} |",
-            cell(single.as_ref()),
-            cell(sharded.as_ref()),
-            ratio.map_or("—".into(), |r| format!("{}x", format_number(r)))
-        );
+        comparison_row(out, title, single, sharded, *higher_is_better);
     }
 }
 

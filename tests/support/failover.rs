@@ -4,7 +4,7 @@
 //! history while the other host's client receives, `/readyz` is watched,
 //! and the primary is killed; then what arrived is checked.
 
-use super::TestServer;
+use super::{TestServer, plugins_dir};
 use serde_json::json;
 use std::cell::{Cell, RefCell};
 use std::time::{Duration, Instant};
@@ -225,4 +225,32 @@ impl Exchange {
             sent.len() - self.numbered.len(),
         );
     }
+}
+
+/// Check that the KV write made before the failover is there: `alice`
+/// joined the `lobby` through `presence`, and `bob` joining on `server`
+/// sees both.
+pub async fn check_presence_kept(server: &TestServer) {
+    let mut bob = server.client().await;
+    let members = bob
+        .call("presence.join", json!({"room": "lobby", "name": "bob"}))
+        .await;
+    let names: Vec<&str> = members
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|member| member["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        names.contains(&"alice") && names.contains(&"bob"),
+        "{members}"
+    );
+}
+
+/// What a server given `--broker url` logs when it refuses to start.
+pub fn start_error(url: &str) -> String {
+    let dir = plugins_dir(&["echo"]);
+    TestServer::try_start(dir.path(), &["--broker", url])
+        .err()
+        .expect("started without Redis")
 }
