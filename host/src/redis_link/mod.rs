@@ -255,6 +255,13 @@ impl std::fmt::Debug for RedisLink {
     }
 }
 
+/// Whether `error` says Redis was away or moving (a lost connection, a
+/// failover under way, a slot without its primary yet) rather than that
+/// it refused the command: the same command may succeed a moment later.
+pub(crate) fn is_transient(error: &redis::RedisError) -> bool {
+    primary::may_have_moved(error) || error.is_cluster_error()
+}
+
 fn timed_out() -> redis::RedisError {
     redis::RedisError::from(std::io::Error::new(
         std::io::ErrorKind::TimedOut,

@@ -13,8 +13,9 @@
 //!
 //! While Redis is unreachable, local delivery of channels without history
 //! goes on; publications for other hosts (and every publication of a
-//! channel with history) are dropped (at most once, as SocketCluster with
-//! SCC), counted, and the engine reconnects with a back-off and subscribes
+//! channel with history) wait up to `PUBLISH_PATIENCE` (a failover usually
+//! ends within it) and are then dropped (at most once, as SocketCluster
+//! with SCC) and counted, and the engine reconnects with a back-off and subscribes
 //! again to every channel with local subscribers, then fetches from the
 //! history what its channels with history missed meanwhile
 //! ([`subscriber`]).
@@ -29,7 +30,7 @@ pub(crate) use history::Read;
 use super::history::{Catchup, HistoryRule, HistoryRules, Since, Unrecoverable};
 use super::{Confirmation, LocalChannels};
 use crate::protocol;
-use crate::redis_link::RedisLink;
+use crate::redis_link::{self, RedisLink};
 use history::{Found, StreamKeys};
 use redis::cluster_routing::Slot;
 use std::collections::HashMap;
@@ -46,6 +47,11 @@ const PUBLISH_QUEUE: usize = 65_536;
 const PUBLISH_BATCH: usize = 256;
 /// How often a publisher that lost Redis checks whether it is back.
 const PUBLISHER_PROBE: Duration = Duration::from_secs(1);
+/// How long the publisher keeps sending a batch again while Redis is away
+/// or failing over, before dropping it: publications made during a
+/// failover wait for the new primary rather than being lost, and a batch
+/// Redis ran before its answer was lost is not delivered twice ([`sender`]).
+const PUBLISH_PATIENCE: Duration = Duration::from_secs(5);
 /// First and longest wait between two reconnection attempts.
 const MIN_RECONNECT_DELAY: Duration = Duration::from_millis(100);
 const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(1);
@@ -322,9 +328,11 @@ impl RedisEngine {
 }
 
 /// Send queued publications to Redis, in pipelines (one per hash slot on
-/// a cluster, sent at once). A failed pipeline is dropped (counted): Redis
-/// pub/sub is at most once anyway, and holding publications during an
-/// outage would grow memory without bound.
+/// a cluster, sent at once). A pipeline that still fails after
+/// [`PUBLISH_PATIENCE`] is dropped (counted): Redis pub/sub is at most
+/// once anyway, and holding publications through a long outage would grow
+/// memory without bound (while a batch waits, later publications wait in
+/// the bounded queue, and past it are dropped).
 async fn publish(
     mut connection: RedisLink,
     mut publisher: Publisher,
@@ -362,7 +370,7 @@ async fn publish(
                 Ok(()) => {
                     state.published.fetch_add(*count, Ordering::Relaxed);
                 }
-                Err(error) if error.is_connection_dropped() || error.is_io_error() => {
+                Err(error) if redis_link::is_transient(&error) => {
                     state.dropped.fetch_add(*count, Ordering::Relaxed);
                     lost = Some(error);
                 }
@@ -389,19 +397,23 @@ async fn publish(
     }
 }
 
-/// Send one pipeline. When the connection broke since its last use (Redis
-/// restarted, say), the manager reconnects on that error: try once more
-/// rather than drop publications made after Redis came back.
+/// Send one pipeline, again every [`MIN_RECONNECT_DELAY`] while Redis is
+/// away or failing over, for at most [`PUBLISH_PATIENCE`]. (A connection
+/// that broke since its last use, Redis restarted say, fails the first
+/// try: the manager reconnects on that error.)
 async fn send(pipe: &redis::Pipeline, mut connection: RedisLink) -> redis::RedisResult<()> {
-    let sent = pipe.query_async::<()>(&mut connection).await;
-    if sent
-        .as_ref()
-        .is_err_and(|error| error.is_connection_dropped() || error.is_io_error())
-    {
-        tokio::time::sleep(MIN_RECONNECT_DELAY).await;
-        return pipe.query_async::<()>(&mut connection).await;
+    let deadline = tokio::time::Instant::now() + PUBLISH_PATIENCE;
+    loop {
+        match pipe.query_async::<()>(&mut connection).await {
+            Err(error)
+                if redis_link::is_transient(&error)
+                    && tokio::time::Instant::now() + MIN_RECONNECT_DELAY < deadline =>
+            {
+                tokio::time::sleep(MIN_RECONNECT_DELAY).await;
+            }
+            sent => return sent,
+        }
     }
-    sent
 }
 
 /// Publications for one pipeline.
