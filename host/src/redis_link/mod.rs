@@ -259,7 +259,9 @@ impl std::fmt::Debug for RedisLink {
 /// failover under way, a slot without its primary yet) rather than that
 /// it refused the command: the same command may succeed a moment later.
 pub(crate) fn is_transient(error: &redis::RedisError) -> bool {
-    primary::may_have_moved(error) || error.is_cluster_error()
+    primary::may_have_moved(error)
+        || error.is_cluster_error()
+        || error.kind() == redis::ErrorKind::ClusterConnectionNotFound
 }
 
 fn timed_out() -> redis::RedisError {

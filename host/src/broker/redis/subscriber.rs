@@ -154,6 +154,8 @@ impl Subscriber {
     ) -> Ended {
         let mut shard_lost = false;
         let mut probe = tokio::time::interval(SHARD_PROBE);
+        // Ticks missed while no shard was lost are not made up in a burst.
+        probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 heard = listener.next() => match heard {
@@ -194,9 +196,18 @@ impl Subscriber {
             .iter()
             .map(|channel| self.names.channel(channel))
             .collect();
-        let whole = match listener.reach(redis_channels.iter()).await {
-            Ok(()) => listener.subscribe(&redis_channels).await,
-            Err(error) => Err(error),
+        // A probe does not wait out the client's retries: the sooner one
+        // reaches a shard's new primary, the fewer publications made there
+        // before this host listens again are missed.
+        let reached =
+            tokio::time::timeout(SHARD_PROBE, listener.reach(redis_channels.iter())).await;
+        let whole = match reached {
+            Ok(Ok(())) => listener
+                .subscribe(&redis_channels)
+                .await
+                .map_err(|e| e.to_string()),
+            Ok(Err(error)) => Err(error.to_string()),
+            Err(_) => Err(format!("no answer within {SHARD_PROBE:?}")),
         };
         if let Err(error) = whole {
             tracing::debug!("broker: a Redis Cluster shard is still away: {error}");
