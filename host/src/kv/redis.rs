@@ -51,20 +51,12 @@ pub(crate) struct RedisKv {
     connection: RedisLink,
     /// The deployment's key prefix.
     prefix: String,
-    /// Whether the plugin's name is a hash tag in its key names (on a
-    /// cluster).
-    tagged: bool,
 }
 
 impl RedisKv {
     /// The store under `prefix` through `connection`.
     pub(crate) fn new(connection: RedisLink, prefix: String) -> Self {
-        let tagged = connection.is_cluster();
-        RedisKv {
-            connection,
-            prefix,
-            tagged,
-        }
+        RedisKv { connection, prefix }
     }
 
     /// The deployment's key prefix.
@@ -85,8 +77,9 @@ impl RedisKv {
         format!("{}usage", self.meta_prefix(plugin))
     }
 
+    /// The plugin's name in its key names: a hash tag on a cluster.
     fn plugin_part(&self, plugin: &str) -> String {
-        if self.tagged {
+        if self.connection.is_cluster() {
             format!("{{{plugin}}}")
         } else {
             plugin.to_owned()

@@ -6,20 +6,16 @@ use futures_util::StreamExt;
 use redis::aio::{PubSub, PubSubSink, PubSubStream};
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::Slot;
-use redis::{PushInfo, PushKind, RedisResult, Value};
+use redis::{Msg, PushInfo, PushKind, RedisResult};
 use std::collections::HashSet;
 use tokio::sync::mpsc;
 
 /// What a listener heard.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub(crate) enum Heard {
-    /// A message published on `channel`.
-    Message {
-        /// The Redis channel.
-        channel: String,
-        /// What was published.
-        payload: Vec<u8>,
-    },
+    /// A message published on a channel (as the Redis client gives it, so
+    /// that its channel and payload are read in place).
+    Message(Msg),
     /// The cluster client lost a node's connection. It reconnects and
     /// learns the slot map again when a command fails; the subscriptions
     /// that node had must be made again where their slots are now.
@@ -73,13 +69,7 @@ impl Listener {
     /// primary's: make another).
     pub(crate) async fn next(&mut self) -> Option<Heard> {
         match self {
-            Listener::Primary { stream, .. } => {
-                let message = stream.next().await?;
-                Some(Heard::Message {
-                    channel: message.get_channel_name().to_owned(),
-                    payload: message.get_payload_bytes().to_vec(),
-                })
-            }
+            Listener::Primary { stream, .. } => stream.next().await.map(Heard::Message),
             Listener::Cluster { pushes, .. } => loop {
                 if let Some(heard) = heard(pushes.recv().await?) {
                     return Some(heard);
@@ -114,21 +104,8 @@ impl Listener {
 
 /// What a push from the cluster client stands for, if anything.
 fn heard(push: PushInfo) -> Option<Heard> {
-    let text = |value: &Value| match value {
-        Value::BulkString(bytes) => Some(bytes.clone()),
-        Value::SimpleString(text) => Some(text.clone().into_bytes()),
-        _ => None,
-    };
     match push.kind {
-        PushKind::SMessage => {
-            let [channel, payload] = push.data.as_slice() else {
-                return None;
-            };
-            Some(Heard::Message {
-                channel: String::from_utf8(text(channel)?).ok()?,
-                payload: text(payload)?,
-            })
-        }
+        PushKind::SMessage => Msg::from_push_info(push).map(Heard::Message),
         PushKind::Disconnection => Some(Heard::NodeLost),
         _ => None,
     }
@@ -137,6 +114,7 @@ fn heard(push: PushInfo) -> Option<Heard> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use redis::Value;
 
     fn push(kind: PushKind, data: &[&str]) -> PushInfo {
         PushInfo {
@@ -150,19 +128,19 @@ mod tests {
 
     #[test]
     fn pushes_become_what_was_heard() {
-        assert_eq!(
-            heard(push(PushKind::SMessage, &["app:ch:{a}", "x\n1"])),
-            Some(Heard::Message {
-                channel: "app:ch:{a}".into(),
-                payload: b"x\n1".to_vec()
-            })
-        );
-        assert_eq!(heard(push(PushKind::SSubscribe, &["app:ch:{a}"])), None);
-        assert_eq!(
+        let Some(Heard::Message(message)) =
+            heard(push(PushKind::SMessage, &["app:ch:{a}", "x\n1"]))
+        else {
+            panic!("a sharded message is a message");
+        };
+        assert_eq!(message.get_channel_name(), "app:ch:{a}");
+        assert_eq!(message.get_payload_bytes(), b"x\n1");
+        assert!(matches!(
             heard(push(PushKind::Disconnection, &[])),
             Some(Heard::NodeLost)
-        );
-        assert_eq!(heard(push(PushKind::SMessage, &["only a channel"])), None);
-        assert_eq!(heard(push(PushKind::Message, &["c", "p"])), None);
+        ));
+        assert!(heard(push(PushKind::SMessage, &["only a channel"])).is_none());
+        assert!(heard(push(PushKind::SSubscribe, &["app:ch:{a}"])).is_none());
+        assert!(heard(push(PushKind::Message, &["c", "p"])).is_none());
     }
 }

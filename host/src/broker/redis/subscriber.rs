@@ -159,8 +159,9 @@ impl Subscriber {
         loop {
             tokio::select! {
                 heard = listener.next() => match heard {
-                    Some(Heard::Message { channel, payload }) => {
-                        self.deliver(&channel, &payload, listening).await;
+                    Some(Heard::Message(message)) => {
+                        let (channel, payload) = (message.get_channel_name(), message.get_payload_bytes());
+                        self.deliver(channel, payload, listening).await;
                     }
                     Some(Heard::NodeLost) => {
                         if !shard_lost {
