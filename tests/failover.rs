@@ -177,18 +177,18 @@ async fn hosts_follow_a_sentinel_failover_without_duplicates() {
 
 #[test]
 fn sentinel_urls_that_lead_nowhere_are_clear_start_up_errors() {
-    let start = failover::start_error;
-    let log = start("redis+sentinel://127.0.0.1:1");
-    assert!(
-        log.contains("invalid --broker URL 'redis+sentinel://127.0.0.1:1'")
-            && log.contains("name the primary"),
-        "{log}"
+    failover::check_start_error(
+        "redis+sentinel://127.0.0.1:1",
+        &[
+            "invalid --broker URL 'redis+sentinel://127.0.0.1:1'",
+            "name the primary",
+        ],
     );
-    let log = start("redis+sentinel://:secret@127.0.0.1:1/mymaster");
-    assert!(
-        log.contains("cannot reach the broker at redis+sentinel://:***@127.0.0.1:1/mymaster")
-            && log.contains("the sentinels name no primary"),
-        "{log}"
+    failover::check_start_error(
+        "redis+sentinel://:secret@127.0.0.1:1/mymaster",
+        &[
+            "cannot reach the broker at redis+sentinel://:***@127.0.0.1:1/mymaster",
+            "the sentinels name no primary",
+        ],
     );
-    assert!(!log.contains("secret"), "{log}");
 }

@@ -247,10 +247,15 @@ pub async fn check_presence_kept(server: &TestServer) {
     );
 }
 
-/// What a server given `--broker url` logs when it refuses to start.
-pub fn start_error(url: &str) -> String {
+/// Check that a server given `--broker url` refuses to start with a log
+/// that says each of `expected`, and never shows the password `secret`.
+pub fn check_start_error(url: &str, expected: &[&str]) {
     let dir = plugins_dir(&["echo"]);
-    TestServer::try_start(dir.path(), &["--broker", url])
+    let log = TestServer::try_start(dir.path(), &["--broker", url])
         .err()
-        .expect("started without Redis")
+        .expect("started without Redis");
+    for text in expected {
+        assert!(log.contains(text), "no '{text}' in:\n{log}");
+    }
+    assert!(!log.contains("secret"), "{log}");
 }
