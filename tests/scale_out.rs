@@ -236,7 +236,19 @@ async fn a_redis_outage_interrupts_only_cross_host_delivery() {
     let mut publisher = second.client().await;
     publish(&mut publisher, "news", json!("after the outage")).await;
     assert_eq!(near.publication().await.1, json!("after the outage"));
-    assert_eq!(far.publication().await.1, json!("after the outage"));
+    // The first host sends what failed again for a few seconds, so the
+    // publication made during the outage may reach the other host once
+    // Redis is back, if that host listens again first: at most once, and
+    // before the later one.
+    let mut arrived = vec![far.publication().await.1];
+    if arrived[0] == json!("during the outage") {
+        arrived.push(far.publication().await.1);
+    }
+    assert_eq!(
+        arrived.last(),
+        Some(&json!("after the outage")),
+        "{arrived:?}"
+    );
     assert!(
         first.log().contains("reconnected to Redis"),
         "{}",
