@@ -8,6 +8,8 @@
 //! arrives without a duplicate or a reordering, losing only a contiguous
 //! run inside the failover window, which is measured and printed.
 //! Readiness says so during the window; the KV of the shard survives.
+//! A channel's slot moved to another shard under a subscriber (resharding)
+//! is followed too.
 
 mod support;
 
@@ -18,8 +20,6 @@ use support::{RedisServer, TestServer, failover, plugins_dir};
 
 const PASSWORD: &str = "cluster-secret";
 const CONFIG: &str = "[channels.\"hist:*\"]\nhistory-size = 10000\nhistory-ttl-secs = 300\n";
-/// Three primaries and a replica each.
-const NODES: usize = 6;
 
 /// The cluster's nodes; a killed one stays in the list, dead.
 struct Cluster {
@@ -27,13 +27,15 @@ struct Cluster {
 }
 
 impl Cluster {
-    async fn start() -> Cluster {
-        let nodes: Vec<RedisServer> = (0..NODES)
+    /// Three primaries with `replicas` replicas each.
+    async fn start(replicas: usize) -> Cluster {
+        let nodes: Vec<RedisServer> = (0..3 * (1 + replicas))
             .map(|_| RedisServer::start_cluster_node(PASSWORD))
             .collect();
         let mut create = vec!["--cluster".to_owned(), "create".to_owned()];
         create.extend(nodes.iter().map(|node| format!("127.0.0.1:{}", node.port)));
-        create.extend(["--cluster-replicas", "1", "--cluster-yes"].map(str::to_owned));
+        create.extend(["--cluster-replicas".to_owned(), replicas.to_string()]);
+        create.push("--cluster-yes".to_owned());
         let create: Vec<&str> = create.iter().map(String::as_str).collect();
         nodes[0].cli(&create);
         let cluster = Cluster {
@@ -100,6 +102,29 @@ impl Cluster {
             })
             .map(|node| node.port)
             .expect("a replica")
+    }
+
+    /// Move `key`'s slot from its primary to node `to`, as resharding
+    /// does (`CLUSTER SETSLOT`: importing, migrating, then the new owner);
+    /// the slot must hold no keys.
+    fn move_slot(&self, key: &str, to: usize) {
+        let from = self.primary_for(key);
+        let nodes = self.nodes.borrow();
+        let slot = nodes[0].cli(&["CLUSTER", "KEYSLOT", key]);
+        let slot = slot.trim();
+        let id = |node: usize| nodes[node].cli(&["CLUSTER", "MYID"]).trim().to_owned();
+        let (from_id, to_id) = (id(from), id(to));
+        assert_eq!(
+            nodes[from]
+                .cli(&["CLUSTER", "COUNTKEYSINSLOT", slot])
+                .trim(),
+            "0"
+        );
+        nodes[to].cli(&["CLUSTER", "SETSLOT", slot, "IMPORTING", &from_id]);
+        nodes[from].cli(&["CLUSTER", "SETSLOT", slot, "MIGRATING", &to_id]);
+        for node in nodes.iter() {
+            node.cli(&["CLUSTER", "SETSLOT", slot, "NODE", &to_id]);
+        }
     }
 
     /// Until node `primary`'s replica has every write it has.
@@ -175,7 +200,7 @@ fn channel_on(cluster: &Cluster, node: usize, stem: &str) -> String {
 
 #[tokio::test]
 async fn hosts_follow_a_cluster_shard_failover_without_duplicates() {
-    let cluster = Cluster::start().await;
+    let cluster = Cluster::start(1).await;
     let dir = plugins_dir(&["echo", "presence"]);
     let sender = host(&cluster.url(), &dir);
     let receiver = host(&cluster.url(), &dir);
@@ -209,17 +234,20 @@ async fn hosts_follow_a_cluster_shard_failover_without_duplicates() {
     // The replica is the shard's primary now; the hosts said what
     // happened; the KV write is there.
     assert_eq!(
-        primaries(&cluster.nodes.borrow()[(shard + 1) % NODES].cli(&["CLUSTER", "NODES"]))
-            .iter()
-            .filter(|(port, slots)| *port == replica && !slots.is_empty())
-            .count(),
+        primaries(
+            &cluster.nodes.borrow()[(shard + 1) % cluster.nodes.borrow().len()]
+                .cli(&["CLUSTER", "NODES"])
+        )
+        .iter()
+        .filter(|(port, slots)| *port == replica && !slots.is_empty())
+        .count(),
         1,
         "the replica did not take over"
     );
     assert!(
         receiver
             .log()
-            .contains("every Redis Cluster shard answers again"),
+            .contains("listening again where the Redis Cluster has every channel"),
         "{}",
         receiver.log()
     );
@@ -229,6 +257,58 @@ async fn hosts_follow_a_cluster_shard_failover_without_duplicates() {
         "{status}"
     );
     failover::check_presence_kept(&receiver).await;
+}
+
+#[tokio::test]
+async fn hosts_follow_a_channel_whose_slot_moved_to_another_shard() {
+    let cluster = Cluster::start(0).await;
+    let dir = plugins_dir(&["echo"]);
+    let sender = host(&cluster.url(), &dir);
+    let receiver = host(&cluster.url(), &dir);
+    let channel = "moving-channel";
+    let from = cluster.primary_for(channel);
+    let mut listener = receiver.client().await;
+    listener.subscribe(channel).await;
+    let mut publisher = sender.client().await;
+    let mut publish = async |number: u64| {
+        publisher
+            .send(json!({"event": "#publish", "data": {"channel": channel, "data": number}}))
+            .await;
+    };
+    publish(1).await;
+    assert_eq!(listener.publication().await, (channel.to_owned(), json!(1)));
+
+    let to = (from + 1) % 3;
+    cluster.move_slot(channel, to);
+    assert_eq!(cluster.primary_for(channel), to);
+    // The old shard unsubscribed the receiving host; publications reach
+    // it again once it listens on the new one. Publish until one arrives.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut number = 1;
+    let arrived = loop {
+        number += 1;
+        publish(number).await;
+        match tokio::time::timeout(Duration::from_millis(100), listener.publication()).await {
+            Ok(publication) => break publication,
+            Err(_) if Instant::now() < deadline => continue,
+            Err(_) => panic!("nothing arrived after the slot moved\n{}", receiver.log()),
+        }
+    };
+    assert_eq!(arrived.0, channel);
+    let log = receiver.log();
+    assert!(
+        log.contains("moved the channel's slot to another shard"),
+        "{log}"
+    );
+    // From now on every publication arrives, in order.
+    let first = arrived.1.as_u64().unwrap();
+    for expected in first + 1..=number {
+        assert_eq!(listener.publication().await.1, json!(expected));
+    }
+    for next in number + 1..number + 20 {
+        publish(next).await;
+        assert_eq!(listener.publication().await.1, json!(next));
+    }
 }
 
 #[test]

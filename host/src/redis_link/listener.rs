@@ -6,7 +6,7 @@ use futures_util::StreamExt;
 use redis::aio::{PubSub, PubSubSink, PubSubStream};
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::Slot;
-use redis::{Msg, PushInfo, PushKind, RedisResult};
+use redis::{Msg, PushInfo, PushKind, RedisResult, Value};
 use std::collections::HashSet;
 use tokio::sync::mpsc;
 
@@ -20,6 +20,11 @@ pub(crate) enum Heard {
     /// learns the slot map again when a command fails; the subscriptions
     /// that node had must be made again where their slots are now.
     NodeLost,
+    /// A shard stopped serving a channel: the confirmation of our own
+    /// `SUNSUBSCRIBE`, or, for a channel still listened to, its slot
+    /// moved to another shard (resharding), whose subscription must be
+    /// made again there.
+    Unsubscribed(String),
 }
 
 /// A connection that listens to channels.
@@ -107,6 +112,12 @@ fn heard(push: PushInfo) -> Option<Heard> {
     match push.kind {
         PushKind::SMessage => Msg::from_push_info(push).map(Heard::Message),
         PushKind::Disconnection => Some(Heard::NodeLost),
+        PushKind::SUnsubscribe => match push.data.first()? {
+            Value::BulkString(channel) => String::from_utf8(channel.clone())
+                .ok()
+                .map(Heard::Unsubscribed),
+            _ => None,
+        },
         _ => None,
     }
 }
@@ -114,7 +125,6 @@ fn heard(push: PushInfo) -> Option<Heard> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use redis::Value;
 
     fn push(kind: PushKind, data: &[&str]) -> PushInfo {
         PushInfo {
@@ -140,6 +150,10 @@ mod tests {
             Some(Heard::NodeLost)
         ));
         assert!(heard(push(PushKind::SMessage, &["only a channel"])).is_none());
+        assert!(matches!(
+            heard(push(PushKind::SUnsubscribe, &["app:ch:{a}"])),
+            Some(Heard::Unsubscribed(channel)) if channel == "app:ch:{a}"
+        ));
         assert!(heard(push(PushKind::SSubscribe, &["app:ch:{a}"])).is_none());
         assert!(heard(push(PushKind::Message, &["c", "p"])).is_none());
     }

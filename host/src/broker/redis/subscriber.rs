@@ -15,7 +15,9 @@
 //! task then asks the shards of its channels until they answer (which makes
 //! the Redis client learn where a lost shard's slots are now), subscribes
 //! to every channel again (on the shard that has it now), and brings every
-//! channel with history up to date as after a reconnect.
+//! channel with history up to date as after a reconnect. A channel whose
+//! slot moved to another shard (resharding: the old shard unsubscribes it)
+//! is followed the same way.
 
 use super::catch_up::{self, CatchUp, Delivered};
 use super::history::{self, Read};
@@ -170,6 +172,12 @@ impl Subscriber {
                         shard_lost = true;
                         self.state.subscriber_up.store(false, Ordering::Release);
                     }
+                    Some(Heard::Unsubscribed(redis_channel)) => {
+                        if self.moved_away(&redis_channel, listening) {
+                            shard_lost = true;
+                            self.state.subscriber_up.store(false, Ordering::Release);
+                        }
+                    }
                     None => return Ended::Lost("the connection closed".into()),
                 },
                 _ = probe.tick(), if shard_lost => {
@@ -185,6 +193,23 @@ impl Subscriber {
                 }
             }
         }
+    }
+
+    /// Whether a shard's `SUNSUBSCRIBE` of `redis_channel` took away a
+    /// channel still listened to (its slot moved to another shard), rather
+    /// than confirming one this task gave up.
+    fn moved_away(&self, redis_channel: &str, listening: &Listening) -> bool {
+        let Some(channel) = self.names.local_channel(redis_channel) else {
+            return false;
+        };
+        if !listening.channels.contains(channel) {
+            return false;
+        }
+        tracing::info!(
+            channel,
+            "broker: Redis Cluster moved the channel's slot to another shard; subscribing there"
+        );
+        true
     }
 
     /// Ask the shards of every channel listened to; when they all answer,
@@ -218,7 +243,7 @@ impl Subscriber {
         self.state.reconnects.fetch_add(1, Ordering::Relaxed);
         tracing::info!(
             channels = listening.channels.len(),
-            "broker: every Redis Cluster shard answers again"
+            "broker: listening again where the Redis Cluster has every channel"
         );
         self.catch_up_all(&mut listening.delivered).await;
         false
