@@ -9,6 +9,7 @@ use serde_json::{Value, json};
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::time::Duration;
+use support::gate::Gate;
 use support::{RedisServer, TestServer, plugins_dir};
 use testkit::Client;
 
@@ -254,6 +255,35 @@ async fn a_redis_outage_interrupts_only_cross_host_delivery() {
         "{}",
         first.log()
     );
+}
+
+#[tokio::test]
+async fn a_publication_made_while_its_host_lost_redis_arrives_once_it_is_back() {
+    let redis = RedisServer::start();
+    // Only the publishing host's connections go through the gate: the
+    // other host listens all along.
+    let gate = Gate::start(redis.port);
+    let dir = plugins_dir(&["echo"]);
+    let gated_url = format!("redis://127.0.0.1:{}/0", gate.port);
+    let sender = TestServer::start(dir.path(), &["--broker", &gated_url, "--auth-key", KEY]);
+    let receiver = host(&redis, &dir);
+    let mut listener = receiver.client().await;
+    listener.subscribe("resend").await;
+    let mut publisher = sender.client().await;
+    publish(&mut publisher, "resend", json!(1)).await;
+    assert_eq!(listener.publication().await.1, json!(1));
+
+    gate.close();
+    wait_ready(&sender, false).await;
+    publish(&mut publisher, "resend", json!(2)).await;
+    listener.expect_silence(Duration::from_secs(1)).await;
+    // Within the publisher's patience (5 s) the failed batch is sent again
+    // and arrives, once.
+    gate.open();
+    assert_eq!(listener.publication().await.1, json!(2));
+    wait_ready(&sender, true).await;
+    publish(&mut publisher, "resend", json!(3)).await;
+    assert_eq!(listener.publication().await.1, json!(3));
 }
 
 #[tokio::test]

@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod failover;
+pub mod gate;
 
 use testkit::{Client, WAIT};
 
