@@ -13,6 +13,13 @@ use wasmcluster::server::Server;
 
 mod new;
 
+/// jemalloc, with its background thread purging freed pages a few seconds
+/// after they fall idle: with glibc's malloc a server that once held many
+/// connections, or swapped plugins under load, kept that memory after the
+/// clients left (measured in the soak, see BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// A SocketCluster-compatible real-time server whose application logic runs
 /// as sandboxed WebAssembly plugins.
 #[derive(Parser)]
