@@ -26,9 +26,6 @@ const CHANNELS_PER_SESSION: usize = 3;
 /// How long one step (a call, a subscription) may take before the
 /// session is counted as failed and started again.
 const STEP_TIMEOUT: Duration = Duration::from_secs(5);
-/// One call in this many is to `crash`.
-const FAULT_EVERY: u32 = 100;
-
 /// Parameters of the soak scenario.
 #[derive(Debug, Clone, clap::Args)]
 pub struct SoakArgs {
@@ -45,6 +42,10 @@ pub struct SoakArgs {
     /// stays ordinary rather than saturating).
     #[arg(long, default_value_t = 50)]
     pub pause_ms: u64,
+    /// One call in this many is to `crash`, which panics in the plugin;
+    /// 0 for none.
+    #[arg(long, default_value_t = 100)]
+    pub fault_every: u32,
 }
 
 /// What the sessions did.
@@ -129,7 +130,7 @@ async fn session(
     }
     let mut cid = 10;
     for _ in 0..args.calls {
-        let crash = rand::rng().random_range(0..FAULT_EVERY) == 0;
+        let crash = args.fault_every > 0 && rand::rng().random_range(0..args.fault_every) == 0;
         let event = if crash { "crash" } else { "echo" };
         cid += 1;
         let frame = format!(r#"{{"event":"{event}","data":{{"n":{cid}}},"cid":{cid}}}"#);
