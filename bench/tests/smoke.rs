@@ -128,6 +128,27 @@ fn every_scenario_runs_against_the_server() {
         assert!(result["server_cpu_s"].as_f64().is_some(), "{result}");
     }
 
+    // At a fixed rate: about what was offered is answered, each request
+    // timed from when it was due.
+    let paced_rpc = loadgen(
+        &server,
+        &[
+            "rpc",
+            "--connections",
+            "4",
+            "--window",
+            "4",
+            "--rate",
+            "400",
+        ],
+    );
+    let duration = paced_rpc["duration_s"].as_f64().unwrap();
+    let offered = 400.0 * duration;
+    let answered = paced_rpc["ops"].as_u64().unwrap() as f64;
+    assert!((answered - offered).abs() <= offered * 0.1, "{paced_rpc}");
+    assert_eq!(paced_rpc["errors"], 0, "{paced_rpc}");
+    assert_eq!(paced_rpc["rate"], 400, "{paced_rpc}");
+
     let full = loadgen(&server, &["fanout", "--subscribers", "20"]);
     assert!(full["published"].as_u64().unwrap() > 0, "{full}");
     assert_eq!(full["lost"], 0, "{full}");

@@ -14,8 +14,9 @@ use hdrhistogram::Histogram;
 use serde_json::{Value, json};
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::time::Duration;
 use testkit::{Connection, Incoming, is_error_reply, reply_id};
-use tokio::time::Instant;
+use tokio::time::{Instant, MissedTickBehavior};
 
 /// Which kind of request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,13 +56,50 @@ pub struct RequestArgs {
     /// Approximate size of the JSON data of each request.
     #[arg(long, default_value_t = 64)]
     pub payload_bytes: usize,
+    /// Requests per second over all connections, sent when due whether or
+    /// not answers came (latency counts from when a request was due, so a
+    /// server that falls behind shows it), with at most `window` in flight
+    /// per connection: one due beyond that is counted `late`, not sent.
+    /// 0: each answer sends the next request, as fast as the server goes.
+    #[arg(long, default_value_t = 0)]
+    pub rate: u64,
 }
 
 /// What one connection counted.
 struct Tally {
     ops: u64,
     errors: u64,
+    /// Requests due at a fixed rate while the window was full.
+    late: u64,
     latency: Histogram<u64>,
+}
+
+impl Tally {
+    fn new() -> Tally {
+        Tally {
+            ops: 0,
+            errors: 0,
+            late: 0,
+            latency: histogram(),
+        }
+    }
+
+    /// Count an answer to a request due (or sent) at `since`.
+    fn answered(&mut self, failed: bool, since: Instant, now: Instant) {
+        self.ops += 1;
+        self.errors += u64::from(failed);
+        self.latency
+            .saturating_record(now.duration_since(since).as_micros() as u64);
+    }
+}
+
+/// How a connection paces its requests.
+#[derive(Clone, Copy)]
+enum Pace {
+    /// Keep the window full: each answer sends the next.
+    FullSpeed,
+    /// One request every `period`, the first at `first`.
+    Every { period: Duration, first: Instant },
 }
 
 /// Run the scenario and return its figures.
@@ -72,22 +110,37 @@ pub async fn run(common: &Common, kind: Kind, args: &RequestArgs) -> Result<Valu
         preload(&mut connections, &data).await?;
     }
     let meter = CpuMeter::start(common.server_pid)?;
-    let end = Instant::now() + common.duration;
+    let start = Instant::now();
+    let end = start + common.duration;
+    let count = connections.len();
     let tasks: Vec<_> = connections
         .into_iter()
         .enumerate()
         .map(|(id, connection)| {
-            tokio::spawn(drive(connection, id, kind, args.window, data.clone(), end))
+            // At a rate, the connections take turns rather than all sending
+            // at each tick.
+            let pace = match args.rate {
+                0 => Pace::FullSpeed,
+                rate => {
+                    let period = Duration::from_secs_f64(count as f64 / rate as f64);
+                    let first = start + period.mul_f64(id as f64 / count as f64);
+                    Pace::Every { period, first }
+                }
+            };
+            let data = data.clone();
+            tokio::spawn(drive(connection, id, kind, args.window, data, end, pace))
         })
         .collect();
     let mut ops = 0;
     let mut errors = 0;
+    let mut late = 0;
     let mut latency = histogram();
     let mut open = Vec::new();
     for task in tasks {
         let (connection, tally) = task.await??;
         ops += tally.ops;
         errors += tally.errors;
+        late += tally.late;
         latency.add(&tally.latency)?;
         open.push(connection);
     }
@@ -99,8 +152,10 @@ pub async fn run(common: &Common, kind: Kind, args: &RequestArgs) -> Result<Valu
         "connections": args.connections,
         "window": args.window,
         "payload_bytes": args.payload_bytes,
+        "rate": args.rate,
         "ops": ops,
         "errors": errors,
+        "late": late,
         "ops_per_s": ops as f64 / seconds,
     });
     add_latency_and_cpu(&mut figures, &latency, &cpu, ops, "ops_per_server_cpu_s");
@@ -166,7 +221,8 @@ fn answer(kind: Kind, text: &str, oldest: u64) -> Option<bool> {
     }
 }
 
-/// Keep `window` requests in flight until `end`, then collect the stragglers.
+/// Send requests until `end` as `pace` says, keeping at most `window` in
+/// flight, then collect the stragglers.
 async fn drive(
     mut connection: Connection,
     id: usize,
@@ -174,20 +230,56 @@ async fn drive(
     window: usize,
     data: Arc<str>,
     end: Instant,
+    pace: Pace,
 ) -> Result<(Connection, Tally)> {
-    let mut tally = Tally {
-        ops: 0,
-        errors: 0,
-        latency: histogram(),
-    };
+    let mut tally = Tally::new();
+    // Each request's cid and the instant it was due (at a rate) or sent.
     let mut in_flight: VecDeque<(u64, Instant)> = VecDeque::with_capacity(window);
     let mut next_cid = KEYS_PER_CONNECTION + 2;
-    for _ in 0..window {
+    let mut send = async |connection: &mut Connection, in_flight: &mut VecDeque<_>, since| {
         connection.send(request(kind, id, &data, next_cid)).await?;
-        in_flight.push_back((next_cid, Instant::now()));
+        in_flight.push_back((next_cid, since));
         next_cid += 1;
+        anyhow::Ok(())
+    };
+    match pace {
+        Pace::FullSpeed => {
+            for _ in 0..window {
+                send(&mut connection, &mut in_flight, Instant::now()).await?;
+            }
+        }
+        Pace::Every { period, first } => {
+            let mut ticks = tokio::time::interval_at(first, period);
+            ticks.set_missed_tick_behavior(MissedTickBehavior::Burst);
+            loop {
+                tokio::select! {
+                    due = ticks.tick() => {
+                        if due >= end {
+                            break;
+                        }
+                        if in_flight.len() >= window {
+                            tally.late += 1;
+                        } else {
+                            send(&mut connection, &mut in_flight, due).await?;
+                        }
+                    }
+                    incoming = connection.next() => {
+                        let text = match incoming? {
+                            Incoming::Packet(text) => text,
+                            Incoming::Closed(_) => bail!("the server closed a connection"),
+                        };
+                        if let Some(&(oldest, due)) = in_flight.front()
+                            && let Some(failed) = answer(kind, &text, oldest)
+                        {
+                            in_flight.pop_front();
+                            tally.answered(failed, due, Instant::now());
+                        }
+                    }
+                }
+            }
+        }
     }
-    while let Some(&(oldest, sent)) = in_flight.front() {
+    while let Some(&(oldest, since)) = in_flight.front() {
         let incoming = match tokio::time::timeout_at(end + GRACE, connection.next()).await {
             Ok(incoming) => incoming?,
             Err(_) => {
@@ -204,15 +296,14 @@ async fn drive(
         };
         in_flight.pop_front();
         let now = Instant::now();
-        if now <= end {
-            tally.ops += 1;
-            tally.errors += u64::from(failed);
-            tally
-                .latency
-                .saturating_record(now.duration_since(sent).as_micros() as u64);
-            connection.send(request(kind, id, &data, next_cid)).await?;
-            in_flight.push_back((next_cid, now));
-            next_cid += 1;
+        match pace {
+            // Requests at a rate were all due before `end`: each counts.
+            Pace::Every { .. } => tally.answered(failed, since, now),
+            Pace::FullSpeed if now <= end => {
+                tally.answered(failed, since, now);
+                send(&mut connection, &mut in_flight, now).await?;
+            }
+            Pace::FullSpeed => {}
         }
     }
     Ok((connection, tally))
