@@ -57,10 +57,12 @@ pub struct RequestArgs {
     #[arg(long, default_value_t = 64)]
     pub payload_bytes: usize,
     /// Requests per second over all connections, sent when due whether or
-    /// not answers came (latency counts from when a request was due, so a
-    /// server that falls behind shows it), with at most `window` in flight
-    /// per connection: one due beyond that is counted `late`, not sent.
-    /// 0: each answer sends the next request, as fast as the server goes.
+    /// not answers came, with at most `window` in flight per connection:
+    /// one due beyond that is counted `late`, not sent (a server that falls
+    /// behind shows there). Latency counts from the send, not from when the
+    /// request was due: the load generator's timer is late by up to a
+    /// millisecond, which would swamp the round trip. 0: each answer sends
+    /// the next request, as fast as the server goes.
     #[arg(long, default_value_t = 0)]
     pub rate: u64,
 }
@@ -84,7 +86,7 @@ impl Tally {
         }
     }
 
-    /// Count an answer to a request due (or sent) at `since`.
+    /// Count an answer to a request sent at `since`.
     fn answered(&mut self, failed: bool, since: Instant, now: Instant) {
         self.ops += 1;
         self.errors += u64::from(failed);
@@ -233,7 +235,7 @@ async fn drive(
     pace: Pace,
 ) -> Result<(Connection, Tally)> {
     let mut tally = Tally::new();
-    // Each request's cid and the instant it was due (at a rate) or sent.
+    // Each request's cid and when it was sent.
     let mut in_flight: VecDeque<(u64, Instant)> = VecDeque::with_capacity(window);
     let mut next_cid = KEYS_PER_CONNECTION + 2;
     let mut send = async |connection: &mut Connection, in_flight: &mut VecDeque<_>, since| {
@@ -260,7 +262,7 @@ async fn drive(
                         if in_flight.len() >= window {
                             tally.late += 1;
                         } else {
-                            send(&mut connection, &mut in_flight, due).await?;
+                            send(&mut connection, &mut in_flight, Instant::now()).await?;
                         }
                     }
                     incoming = connection.next() => {
@@ -268,11 +270,11 @@ async fn drive(
                             Incoming::Packet(text) => text,
                             Incoming::Closed(_) => bail!("the server closed a connection"),
                         };
-                        if let Some(&(oldest, due)) = in_flight.front()
+                        if let Some(&(oldest, sent)) = in_flight.front()
                             && let Some(failed) = answer(kind, &text, oldest)
                         {
                             in_flight.pop_front();
-                            tally.answered(failed, due, Instant::now());
+                            tally.answered(failed, sent, Instant::now());
                         }
                     }
                 }
@@ -297,7 +299,7 @@ async fn drive(
         in_flight.pop_front();
         let now = Instant::now();
         match pace {
-            // Requests at a rate were all due before `end`: each counts.
+            // Requests at a rate were all sent before `end`: each counts.
             Pace::Every { .. } => tally.answered(failed, since, now),
             Pace::FullSpeed if now <= end => {
                 tally.answered(failed, since, now);
