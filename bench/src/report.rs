@@ -551,11 +551,11 @@ fn failover_table(out: &mut String, get: &impl Fn(&str, &str, &str) -> Option<Su
          through `--broker redis+sentinel://...`. **Cluster**: three primaries with a \
          replica each (`cluster-node-timeout 1000`), through `--broker \
          redis+cluster://...`; the primary killed is the one of the channel's shard. In \
-         both about 1 s of the window is Redis deciding the primary is down. Publications \
-         the publisher's host tried to send to the dead primary are lost (at most once). \
-         With Sentinel, those queued behind them reach the new primary once the host \
-         moved; with Cluster, the Redis client gives up on each publication for the lost \
-         shard after its retries, so most of those made inside the window are lost.\n\n\
+         both about 1 s of the window is Redis deciding the primary is down. The \
+         publisher's host sends a batch that failed again every 100 ms for up to 5 s, so \
+         publications made in the window reach the new primary; they are lost (at most \
+         once) if the dead primary took them without passing them to its replica, or if \
+         they get there before the subscribers' host listens there again.\n\n\
          | figure | Sentinel | Cluster |\n|---|---|---|\n",
     );
     for (field, title) in FAILOVER_ROWS {
