@@ -112,10 +112,8 @@ fn heard(push: PushInfo) -> Option<Heard> {
     match push.kind {
         PushKind::SMessage => Msg::from_push_info(push).map(Heard::Message),
         PushKind::Disconnection => Some(Heard::NodeLost),
-        PushKind::SUnsubscribe => match push.data.first()? {
-            Value::BulkString(channel) => String::from_utf8(channel.clone())
-                .ok()
-                .map(Heard::Unsubscribed),
+        PushKind::SUnsubscribe => match push.data.into_iter().next()? {
+            Value::BulkString(channel) => String::from_utf8(channel).ok().map(Heard::Unsubscribed),
             _ => None,
         },
         _ => None,
