@@ -255,7 +255,6 @@ async fn watch_reloads_when_a_new_build_is_renamed_into_place() {
     std::fs::copy(fixture_plugin("flaky"), dir.path().join(".flaky.wasm")).unwrap();
     install(&fixture_plugin("echo-v2"), dir.path(), "echo.wasm");
     wait_for_watch_reload(&server, &mut client).await;
-    assert!(server.log().contains("reload done"));
     assert_eq!(
         client.invoke("flaky-ok", json!(null)).await["error"]["name"],
         "UnknownEventError"
@@ -308,10 +307,14 @@ async fn a_plugin_built_without_the_state_exports_loads_and_swaps() {
     assert_eq!(client.call("plain-ping", json!(null)).await, json!("pong"));
 }
 
-/// Wait until `--watch` has loaded echo 0.2.0 by itself.
+/// Wait until `--watch` has loaded echo 0.2.0 by itself: the new build
+/// answers and the server logged the reload (a worker may serve the new
+/// build a moment before the reload's log line is written).
 async fn wait_for_watch_reload(server: &TestServer, client: &mut Client) {
     let deadline = Instant::now() + Duration::from_secs(20);
-    while client.call("version", json!(null)).await["version"] != "0.2.0" {
+    while client.call("version", json!(null)).await["version"] != "0.2.0"
+        || !server.log().contains("reload done")
+    {
         assert!(
             Instant::now() < deadline,
             "--watch did not reload:\n{}",
