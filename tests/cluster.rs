@@ -256,7 +256,7 @@ async fn hosts_follow_a_cluster_shard_failover_without_duplicates() {
         status["broker"]["reconnects"].as_u64().unwrap() >= 1,
         "{status}"
     );
-    failover::check_presence_kept(&receiver).await;
+    support::check_presence_kept(&receiver).await;
 }
 
 #[tokio::test]

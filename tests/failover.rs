@@ -172,7 +172,7 @@ async fn hosts_follow_a_sentinel_failover_without_duplicates() {
             "{metrics}"
         );
     }
-    failover::check_presence_kept(&receiver).await;
+    support::check_presence_kept(&receiver).await;
 }
 
 #[test]

@@ -227,26 +227,6 @@ impl Exchange {
     }
 }
 
-/// Check that the KV write made before the failover is there: `alice`
-/// joined the `lobby` through `presence`, and `bob` joining on `server`
-/// sees both.
-pub async fn check_presence_kept(server: &TestServer) {
-    let mut bob = server.client().await;
-    let members = bob
-        .call("presence.join", json!({"room": "lobby", "name": "bob"}))
-        .await;
-    let names: Vec<&str> = members
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|member| member["name"].as_str().unwrap())
-        .collect();
-    assert!(
-        names.contains(&"alice") && names.contains(&"bob"),
-        "{members}"
-    );
-}
-
 /// Check that a server given `--broker url` refuses to start with a log
 /// that says each of `expected`, and never shows the password `secret`.
 pub fn check_start_error(url: &str, expected: &[&str]) {

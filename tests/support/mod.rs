@@ -7,6 +7,8 @@
 pub mod failover;
 pub mod gate;
 
+use serde_json::json;
+use std::collections::BTreeSet;
 use testkit::{Client, WAIT};
 
 use std::io::{BufRead, BufReader};
@@ -579,4 +581,21 @@ pub async fn reload_with(server: &TestServer, trigger: impl FnOnce()) -> String 
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Check that `alice`'s join of the `lobby` through `presence` (made
+/// before, on any host) is in the shared KV: `bob` joining on `server`
+/// sees exactly the two of them.
+pub async fn check_presence_kept(server: &TestServer) {
+    let mut bob = server.client().await;
+    let members = bob
+        .call("presence.join", json!({"room": "lobby", "name": "bob"}))
+        .await;
+    let names: BTreeSet<&str> = members
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|member| member["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, BTreeSet::from(["alice", "bob"]), "{members}");
 }
