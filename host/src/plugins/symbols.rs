@@ -18,8 +18,9 @@ type Reader = EndianArcSlice<LittleEndian>;
 
 /// One core module of the component that carries DWARF.
 struct DebugModule {
-    /// Where its code section's contents start: DWARF addresses count from
-    /// there, wasmtime's module offsets from the module's first byte.
+    /// Where its code section's contents start in the component: DWARF
+    /// addresses count from there, wasmtime's frame offsets from the
+    /// component's first byte (not the core module's).
     code_start: u64,
     lines: Mutex<addr2line::Context<Reader>>,
 }
@@ -47,7 +48,9 @@ impl Symbols {
             if let Ok(Payload::ModuleSection {
                 unchecked_range, ..
             }) = payload
-                && let Some(module) = bytes.get(unchecked_range).and_then(debug_module)
+                && let Some(module) = bytes
+                    .get(unchecked_range.clone())
+                    .and_then(|module| debug_module(module, unchecked_range.start))
             {
                 modules.push(module);
             }
@@ -105,11 +108,12 @@ pub(super) fn describe(backtrace: &wasmtime::WasmBacktrace, symbols: Option<&Sym
     out
 }
 
-/// The DWARF index of one core module, if it has debug sections.
-fn debug_module(module: &[u8]) -> Option<DebugModule> {
+/// The DWARF index of one core module, if it has debug sections; `start`
+/// is where the module begins in its component.
+fn debug_module(module: &[u8], start: usize) -> Option<DebugModule> {
     let mut sections: Vec<(String, Arc<[u8]>)> = Vec::new();
     let mut code_start = None;
-    for payload in Parser::new(0).parse_all(module) {
+    for payload in Parser::new(start as u64).parse_all(module) {
         match payload.ok()? {
             Payload::CodeSectionStart { range, .. } => code_start = Some(range.start as u64),
             Payload::CustomSection(section) if section.name().starts_with(".debug_") => {
