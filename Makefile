@@ -13,7 +13,7 @@ EXAMPLES := echo chat presence auth fetch
 FIXTURES := flaky init-trap bad-import not-a-plugin echo-v2 chat-v2 plain-world tokens control guard guard-low store
 BIN := $(CARGO_TARGET_DIR)/release/wasmcluster
 
-.PHONY: run test setup test-deps plugins fixtures build lint test-rust test-compat test-js js-deps fuzz-smoke clean
+.PHONY: run test setup test-deps plugins fixtures host build dist lint test-rust test-compat test-js js-deps fuzz-smoke clean
 
 ## Install what is missing: the wasm32-wasip2 Rust target.
 setup:
@@ -24,22 +24,38 @@ setup:
 test-deps:
 	@scripts/install-test-deps
 
-## Build the example plugins into plugins/.
-plugins: setup
-	$(CARGO) build --release --target $(WASM_TARGET) $(addprefix -p ,$(EXAMPLES))
+## Build the example plugins into plugins/ (the `plugin` profile of
+## Cargo.toml, then `wasmcluster strip`: small, and fault reports still name
+## functions and lines).
+plugins: setup host
+	$(CARGO) build --profile plugin --target $(WASM_TARGET) $(addprefix -p ,$(EXAMPLES))
 	@mkdir -p plugins
-	@for p in $(EXAMPLES); do cp $(CARGO_TARGET_DIR)/$(WASM_TARGET)/release/$$p.wasm plugins/$$p.wasm; done
-	@echo "plugins: $$(ls plugins)"
+	@for p in $(EXAMPLES); do $(BIN) strip $(CARGO_TARGET_DIR)/$(WASM_TARGET)/plugin/$$p.wasm -o plugins/$$p.wasm || exit 1; done
 
-## Build the test-only plugins (misbehaving on purpose) into tests/fixtures/wasm/.
-fixtures: setup
-	$(CARGO) build --release --target $(WASM_TARGET) $(addprefix -p fixture-,$(FIXTURES))
+## Build the test-only plugins (misbehaving on purpose) into tests/fixtures/wasm/,
+## the way the examples are built.
+fixtures: setup host
+	$(CARGO) build --profile plugin --target $(WASM_TARGET) $(addprefix -p fixture-,$(FIXTURES))
 	@mkdir -p tests/fixtures/wasm
-	@for p in $(FIXTURES); do cp $(CARGO_TARGET_DIR)/$(WASM_TARGET)/release/fixture_$$(echo $$p | tr - _).wasm tests/fixtures/wasm/$$p.wasm; done
+	@for p in $(FIXTURES); do $(BIN) strip $(CARGO_TARGET_DIR)/$(WASM_TARGET)/plugin/fixture_$$(echo $$p | tr - _).wasm -o tests/fixtures/wasm/$$p.wasm >/dev/null || exit 1; done
+
+## Build the server (`make plugins` strips the plugins with it).
+host:
+	$(CARGO) build --release -p wasmcluster
 
 ## Build the server and the load generator.
 build:
 	$(CARGO) build --release -p wasmcluster -p wasmcluster-bench
+
+## What ships, in $(DIST): the server without debug info but with its function
+## names, its line tables beside it in wasmcluster.debug (scripts/ship-binary),
+## and the example plugins as `make plugins` builds them.
+DIST ?= dist
+dist: plugins host
+	@scripts/ship-binary $(abspath $(BIN)) $(DIST)
+	@mkdir -p $(DIST)/plugins
+	@cp $(addprefix plugins/,$(addsuffix .wasm,$(EXAMPLES))) $(DIST)/plugins/
+	@ls -l $(DIST)/wasmcluster $(DIST)/wasmcluster.debug $(DIST)/plugins
 
 ## Serve the example plugins on 127.0.0.1:$(PORT).
 run: plugins build

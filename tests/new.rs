@@ -121,6 +121,7 @@ async fn a_new_plugin_builds_checks_and_serves() {
     );
     let readme = std::fs::read_to_string(dir.join("README.md")).unwrap();
     assert!(readme.contains("cargo build --release --target wasm32-wasip2"));
+    assert!(readme.contains("wasmcluster strip target/wasm32-wasip2/release/demo_plugin.wasm"));
     assert!(readme.contains("wasmcluster check target/wasm32-wasip2/release/demo_plugin.wasm"));
     let gitignore = std::fs::read_to_string(dir.join(".gitignore")).unwrap();
     assert!(gitignore.lines().any(|line| line == "/target"));
@@ -129,6 +130,11 @@ async fn a_new_plugin_builds_checks_and_serves() {
 
     build_plugin(&dir);
     let wasm = target_dir().join("wasm32-wasip2/release/demo_plugin.wasm");
+    let built = std::fs::metadata(&wasm).unwrap().len();
+    let strip = wasmcluster(&["strip", wasm.to_str().unwrap()], tmp.path());
+    assert!(strip.status.success(), "strip failed: {}", stderr(&strip));
+    let stripped = std::fs::metadata(&wasm).unwrap().len();
+    assert!(stripped < built / 3 * 2, "{stripped} of {built} bytes");
 
     let check = wasmcluster(&["check", wasm.to_str().unwrap()], tmp.path());
     assert!(check.status.success(), "check failed: {}", stderr(&check));

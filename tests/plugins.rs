@@ -200,6 +200,72 @@ async fn check_prints_the_manifest_or_the_reason_for_refusal() {
     );
 }
 
+/// `strip` writes a plugin the server still loads, never larger, in place
+/// without leaving a temporary file; what is not WebAssembly is refused
+/// with the file's name and nothing is written. (That a stripped plugin's
+/// fault reports still name the faulting line is `faults.rs`'s test: the
+/// examples are stripped when built.)
+#[test]
+fn strip_keeps_a_plugin_loadable_and_refuses_what_is_not_webassembly() {
+    let dir = tempfile::tempdir().unwrap();
+    let original = example_plugin("echo");
+    let copy = dir.path().join("echo.wasm");
+    std::fs::copy(&original, &copy).unwrap();
+    let strip = wasmcluster(&["strip", copy.to_str().unwrap()]);
+    assert!(strip.status.success(), "{strip:?}");
+    let before = std::fs::metadata(&original).unwrap().len();
+    let after = std::fs::metadata(&copy).unwrap().len();
+    assert!(after <= before, "{after} > {before}");
+    let out = String::from_utf8(strip.stdout).unwrap();
+    assert!(
+        out.contains(&format!("{after} bytes (was {before})")),
+        "{out}"
+    );
+    let files: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    let check = wasmcluster(&["check", copy.to_str().unwrap()]);
+    assert!(check.status.success(), "{check:?}");
+    let report = String::from_utf8(check.stdout).unwrap();
+    assert!(
+        report.contains(&format!("size       {after} bytes, loaded in")),
+        "{report}"
+    );
+
+    let text = dir.path().join("notes.wasm");
+    std::fs::write(&text, "not wasm").unwrap();
+    let truncated = dir.path().join("truncated.wasm");
+    let bytes = std::fs::read(&copy).unwrap();
+    std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
+    for (input, reason) in [
+        (&text, "not a WebAssembly component or module"),
+        (&truncated, "not valid WebAssembly"),
+    ] {
+        let output = dir.path().join("out.wasm");
+        let refused = wasmcluster(&[
+            "strip",
+            input.to_str().unwrap(),
+            "-o",
+            output.to_str().unwrap(),
+        ]);
+        assert!(!refused.status.success());
+        let err = String::from_utf8(refused.stderr).unwrap();
+        assert!(
+            err.starts_with(&format!("error: {}: {reason}", input.display())),
+            "{err}"
+        );
+        assert!(!output.exists());
+    }
+}
+
+/// The `wasmcluster` binary with `args`, run to the end.
+fn wasmcluster(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_wasmcluster"))
+        .args(args)
+        .env_remove("RUST_BACKTRACE")
+        .output()
+        .unwrap()
+}
+
 #[tokio::test]
 async fn json_logs_are_one_object_per_line() {
     let dir = plugins_dir(&["echo"]);

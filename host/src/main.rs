@@ -12,6 +12,7 @@ use wasmcluster::config::{ConfigFile, ServeArgs, ServerConfig};
 use wasmcluster::server::Server;
 
 mod new;
+mod strip;
 
 /// jemalloc, with its background thread purging freed pages a few seconds
 /// after they fall idle: with glibc's malloc a server that once held many
@@ -75,6 +76,16 @@ enum Command {
     /// Create a plugin crate (Cargo.toml, src/lib.rs, README.md) that builds
     /// to a wasm component at once.
     New(new::NewArgs),
+    /// Make a plugin build small to ship: keep its code, its function names
+    /// and the line tables its fault reports read; drop the rest of its
+    /// debug info.
+    Strip {
+        /// The plugin component (`.wasm`), as cargo built it.
+        file: PathBuf,
+        /// Where to write the stripped plugin; the file itself by default.
+        #[arg(short, long, value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
     /// Help with the config file of `serve --config`.
     Config {
         /// Print a commented config file with every option and its default.
@@ -128,6 +139,7 @@ fn run() -> anyhow::Result<()> {
             timeout_secs,
         } => reload(&pid_file, Duration::from_secs(timeout_secs)),
         Command::New(args) => new_plugin(&args),
+        Command::Strip { file, output } => strip_plugin(&file, output.as_deref()),
         Command::Config { .. } => {
             let example = wasmcluster::config::example_file(serve_command());
             std::io::stdout().write_all(example.as_bytes())?;
@@ -239,6 +251,12 @@ fn check(file: &Path, plugins_dir: Option<&Path>) -> anyhow::Result<()> {
         (false, false) => "no (it does not export snapshot/restore)",
     };
     writeln!(out, "  hot-swap state hand-off  {state}")?;
+    let size = std::fs::metadata(file).map_or(0, |metadata| metadata.len());
+    writeln!(
+        out,
+        "  size       {size} bytes, loaded in {} ms (compiled without the cache)",
+        checked.load_time.as_millis()
+    )?;
     if let (Some(dir), Some(count)) = (plugins_dir, checked.checked_against) {
         writeln!(
             out,
@@ -246,6 +264,20 @@ fn check(file: &Path, plugins_dir: Option<&Path>) -> anyhow::Result<()> {
             dir.display()
         )?;
     }
+    Ok(())
+}
+
+/// `wasmcluster strip FILE`: strip a plugin and say what it saved.
+fn strip_plugin(file: &Path, output: Option<&Path>) -> anyhow::Result<()> {
+    let output = output.unwrap_or(file);
+    let stripped = strip::strip_file(file, output)?;
+    writeln!(
+        std::io::stdout(),
+        "{}: {} bytes (was {})",
+        output.display(),
+        stripped.after,
+        stripped.before
+    )?;
     Ok(())
 }
 
@@ -262,6 +294,7 @@ fn new_plugin(args: &new::NewArgs) -> anyhow::Result<()> {
     writeln!(out, "  cd {dir}")?;
     writeln!(out, "  rustup target add wasm32-wasip2   # once")?;
     writeln!(out, "  cargo build --release --target wasm32-wasip2")?;
+    writeln!(out, "  wasmcluster strip {wasm}")?;
     writeln!(out, "  wasmcluster check {wasm}")?;
     writeln!(out, "Then copy {wasm} into the server's plugins directory.")?;
     Ok(())

@@ -102,6 +102,10 @@ pub struct Checked {
     pub hands_over_state: bool,
     /// How many plugins of the directory it was checked against, if any.
     pub checked_against: Option<usize>,
+    /// How long loading took: reading, compiling (without the cache),
+    /// linking, and the instance that answered the manifest. A cold hot
+    /// swap pays about this per build.
+    pub load_time: std::time::Duration,
 }
 
 /// Load one plugin file exactly as the server would (default limits, no
@@ -117,7 +121,9 @@ pub async fn check_file(path: &Path, dir: Option<&Path>) -> Result<Checked, Load
     let defaults = PluginLimits::default();
     let options = PluginOptions::new(defaults);
     let services = Arc::new(HostServices::new(Arc::new(AuthEngine::with_random_key(0))));
+    let started = std::time::Instant::now();
     let plugin = load_file(&engine, path, &options, &services).await?;
+    let load_time = started.elapsed();
     let checked_against = match dir {
         Some(dir) => {
             let others = others_in(&engine, dir, path, &options, &services).await?;
@@ -134,6 +140,7 @@ pub async fn check_file(path: &Path, dir: Option<&Path>) -> Result<Checked, Load
         plugin,
         hands_over_state,
         checked_against,
+        load_time,
     })
 }
 
