@@ -13,7 +13,7 @@ EXAMPLES := echo chat presence auth fetch
 FIXTURES := flaky init-trap bad-import not-a-plugin echo-v2 chat-v2 plain-world tokens control guard guard-low store
 BIN := $(CARGO_TARGET_DIR)/release/wasmcluster
 
-.PHONY: run test setup test-deps plugins fixtures host build dist lint test-rust test-compat test-js js-deps fuzz-smoke clean
+.PHONY: run test setup test-deps plugins fixtures build dist lint test-rust test-compat test-js js-deps fuzz-smoke clean
 
 ## Install what is missing: the wasm32-wasip2 Rust target.
 setup:
@@ -27,23 +27,21 @@ test-deps:
 ## Build the example plugins into plugins/ (the `plugin` profile of
 ## Cargo.toml, then `wasmcluster strip`: small, and fault reports still name
 ## functions and lines).
-plugins: setup host
+plugins: setup build
 	$(CARGO) build --profile plugin --target $(WASM_TARGET) $(addprefix -p ,$(EXAMPLES))
 	@mkdir -p plugins
 	@for p in $(EXAMPLES); do $(BIN) strip $(CARGO_TARGET_DIR)/$(WASM_TARGET)/plugin/$$p.wasm -o plugins/$$p.wasm || exit 1; done
 
 ## Build the test-only plugins (misbehaving on purpose) into tests/fixtures/wasm/,
 ## the way the examples are built.
-fixtures: setup host
+fixtures: setup build
 	$(CARGO) build --profile plugin --target $(WASM_TARGET) $(addprefix -p fixture-,$(FIXTURES))
 	@mkdir -p tests/fixtures/wasm
 	@for p in $(FIXTURES); do $(BIN) strip $(CARGO_TARGET_DIR)/$(WASM_TARGET)/plugin/fixture_$$(echo $$p | tr - _).wasm -o tests/fixtures/wasm/$$p.wasm >/dev/null || exit 1; done
 
-## Build the server (`make plugins` strips the plugins with it).
-host:
-	$(CARGO) build --release -p wasmcluster
-
-## Build the server and the load generator.
+## Build the server and the load generator (`make plugins` strips the
+## plugins with the server; the two are built together because building one
+## alone would unify dependency features differently and rebuild both).
 build:
 	$(CARGO) build --release -p wasmcluster -p wasmcluster-bench
 
@@ -51,7 +49,7 @@ build:
 ## names, its line tables beside it in wasmcluster.debug (scripts/ship-binary),
 ## and the example plugins as `make plugins` builds them.
 DIST ?= dist
-dist: plugins host
+dist: plugins
 	@scripts/ship-binary $(abspath $(BIN)) $(DIST)
 	@mkdir -p $(DIST)/plugins
 	@cp $(addprefix plugins/,$(addsuffix .wasm,$(EXAMPLES))) $(DIST)/plugins/
