@@ -42,6 +42,12 @@ impl<S: Transport> Session<S> {
             settings.ping_interval,
         );
         pings.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        // One timer for the pong and handshake deadlines, armed at the
+        // earlier of them and re-armed only when it fires early: the pong
+        // deadline moves with every message, and a timer made or moved per
+        // message is a timer-wheel update per request.
+        let watchdog = sleep_until(self.pong_deadline.min(handshake_deadline));
+        tokio::pin!(watchdog);
         loop {
             // Frames that arrived while a plugin call waited come first.
             if let Some(message) = self.next_deferred() {
@@ -55,13 +61,10 @@ impl<S: Transport> Session<S> {
                 // the largest part of the session's state, and an idle
                 // connection should not hold room for it.
                 frame = self.ws.next() => Box::pin(self.on_frames(frame)).await,
-                Some(frame) = self.inbox.recv() => self.write_queued(frame).await,
+                frame = self.inbox.recv() => self.write_queued(frame).await,
                 () = self.overflow.wait() => Err(Ending::queue_full()),
                 _ = pings.tick() => self.ping().await,
-                () = sleep_until(self.pong_deadline) => Err(Ending::close(close_code::PONG_TIMEOUT, "")),
-                () = sleep_until(handshake_deadline), if self.state == State::Connecting => {
-                    Err(Ending::close(close_code::HANDSHAKE_TIMEOUT, ""))
-                }
+                () = &mut watchdog => self.deadline_passed(handshake_deadline, watchdog.as_mut()),
                 _ = shutdown.wait_for(|&stop| stop) => Err(Ending::close(close_code::GOING_AWAY, "Server is shutting down")),
             };
             // An ending met while a plugin call waited counts once the
@@ -70,6 +73,31 @@ impl<S: Transport> Session<S> {
                 return ending;
             }
         }
+    }
+
+    /// The watchdog fired: close if the pong deadline (or, before the
+    /// handshake, the handshake deadline) has passed, else re-arm it for
+    /// the deadline that is next now.
+    fn deadline_passed(
+        &self,
+        handshake_deadline: Instant,
+        watchdog: std::pin::Pin<&mut tokio::time::Sleep>,
+    ) -> Result<(), Ending> {
+        let now = Instant::now();
+        let connecting = self.state == State::Connecting;
+        if connecting && now >= handshake_deadline {
+            return Err(Ending::close(close_code::HANDSHAKE_TIMEOUT, ""));
+        }
+        if now >= self.pong_deadline {
+            return Err(Ending::close(close_code::PONG_TIMEOUT, ""));
+        }
+        let next = if connecting {
+            self.pong_deadline.min(handshake_deadline)
+        } else {
+            self.pong_deadline
+        };
+        watchdog.reset(next);
+        Ok(())
     }
 
     /// Handle a frame and every frame already received after it, then write

@@ -98,7 +98,7 @@ impl<S: Transport> Session<S> {
             deferred.frames.len() < MAX_DEFERRED_FRAMES && deferred.bytes < MAX_DEFERRED_BYTES
         });
         tokio::select! {
-            Some(queued) = self.inbox.recv() => self.write_queued(queued).await,
+            queued = self.inbox.recv() => self.write_queued(queued).await,
             frame = self.ws.next(), if reading => self.on_frame_while_waiting(frame).await,
             () = self.overflow.wait() => Err(Ending::queue_full()),
             _ = pings.tick() => self.ping().await,
