@@ -463,12 +463,18 @@ async fn fault_reports_name_files_and_lines() {
         .find("plugin fault")
         .unwrap_or_else(|| panic!("no fault logged:\n{log}"))..];
     assert!(fault.contains("echo crashed on purpose"), "{fault}");
+    assert!(!log.contains("RUST_BACKTRACE"), "{log}");
     // "panicked at examples/echo/src/lib.rs:145:24:" in the guest's stderr
     let panicked_at = fault
         .split("panicked at ")
         .nth(1)
         .and_then(|rest| rest.split(": ").next())
         .unwrap_or_else(|| panic!("no panic location: {fault}"));
+    // The builds kept in tests/fixtures/v0.1.0 were stripped of names and
+    // DWARF: their backtraces have neither to show.
+    if std::env::var_os("WASMCLUSTER_TEST_PLUGINS").is_some() {
+        return;
+    }
     let backtrace = &fault[..fault.find("guest_stderr").unwrap()];
     assert!(
         backtrace
@@ -476,7 +482,6 @@ async fn fault_reports_name_files_and_lines() {
             .any(|word| word.ends_with(&format!("/{panicked_at}"))),
         "the backtrace does not name {panicked_at}: {fault}"
     );
-    assert!(!log.contains("RUST_BACKTRACE"), "{log}");
 }
 
 /// What clients and operators read about faults and refusals is plain
