@@ -367,8 +367,9 @@ test('Dockerfile: builder stage, separate non-root runtime with VOLUME /plugins'
   assert.ok(build, 'no rust:* build stage');
   const buildRuns = build.instructions.filter((i) => i.op === 'RUN').map((i) => i.args).join('\n');
   assert.match(buildRuns, /rustup target add wasm32-wasip2/);
-  assert.match(buildRuns, /cargo build[^\n]*--release[^\n]*-p wasmcluster/);
-  assert.match(buildRuns, /--target wasm32-wasip2[^\n]*-p echo[^\n]*-p chat|-p echo -p chat[^\n]*--target wasm32-wasip2/);
+  // `make dist`: the server as shipped (scripts/ship-binary) and the
+  // example plugins, built and stripped as `make plugins` does.
+  assert.match(buildRuns, /make dist [^\n]*DIST=\/out[^\n]*EXAMPLES="echo chat"/);
 
   const of = (op) => runtime.instructions.filter((i) => i.op === op).map((i) => i.args);
   const user = of('USER').at(-1);
@@ -396,7 +397,7 @@ test('Dockerfile.dockerignore keeps build output and node_modules out of the con
     assert.ok(ignore.includes(pattern), `${pattern} is not ignored`);
   }
   // cargo loads every workspace member: their sources must stay in the context.
-  for (const needed of ['tests', 'bench', 'wit', 'host', 'examples', 'Cargo.lock']) {
+  for (const needed of ['tests', 'bench', 'wit', 'host', 'examples', 'Cargo.lock', 'Makefile', 'scripts']) {
     assert.ok(!ignore.includes(needed) && !ignore.includes(`${needed}/`), `${needed} must not be ignored`);
   }
 });
