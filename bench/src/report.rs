@@ -113,7 +113,7 @@ const METRICS: &[Metric] = &[
         "deliveries_per_s",
         "fanout (full speed): deliveries/s",
         true,
-        Some(10.0),
+        Some(15.0),
     ),
     metric(
         "fanout",
@@ -191,7 +191,7 @@ const METRICS: &[Metric] = &[
         "connects_per_s",
         "connect: handshakes/s",
         true,
-        None,
+        Some(10.0),
     ),
     metric(
         "connect",

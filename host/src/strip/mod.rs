@@ -20,10 +20,11 @@ use std::path::Path;
 use wasm_encoder::{CustomSection, RawSection, Section};
 use wasmparser::{BinaryReader, Parser};
 
-/// The section ids that hold a nested core module or component in a
-/// component's binary format.
+/// A component's section holding a nested core module.
 const CORE_MODULE_SECTION: u8 = 1;
+/// A component's section holding a nested component.
 const COMPONENT_SECTION: u8 = 4;
+/// A custom section (name, then contents), in modules and components.
 const CUSTOM_SECTION: u8 = 0;
 
 /// The sizes before and after, for the command's report.
@@ -45,8 +46,10 @@ pub(crate) fn strip_file(input: &Path, output: &Path) -> anyhow::Result<Stripped
     let temporary = output.with_file_name(format!(".{}.strip-tmp", name.to_string_lossy()));
     std::fs::write(&temporary, &stripped)
         .with_context(|| format!("cannot write {}", temporary.display()))?;
-    std::fs::rename(&temporary, output)
-        .with_context(|| format!("cannot write {}", output.display()))?;
+    if let Err(error) = std::fs::rename(&temporary, output) {
+        let _ = std::fs::remove_file(&temporary);
+        return Err(error).with_context(|| format!("cannot write {}", output.display()));
+    }
     Ok(Stripped {
         before: bytes.len(),
         after: stripped.len(),
