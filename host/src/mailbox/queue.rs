@@ -29,6 +29,7 @@ pub(crate) struct Gone;
 /// What the senders and the session share.
 #[derive(Debug, Default)]
 struct Shared {
+    /// The frames waiting for the session.
     queue: Mutex<Queued>,
     /// The session waiting for a frame.
     waker: AtomicWaker,
@@ -36,6 +37,7 @@ struct Shared {
     closed: AtomicBool,
     /// Set once, by the first sender that finds the queue full.
     overflowed: AtomicBool,
+    /// Wakes the session when `overflowed` is set.
     overflow: Notify,
     /// The most messages the queue may hold.
     max_messages: usize,
