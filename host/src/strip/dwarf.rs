@@ -42,32 +42,7 @@ pub(super) fn fault_report_dwarf(
     let mut dwarf = write::Dwarf::new();
     let mut convert = dwarf.convert_with_filter(entries_with_code(&read)?)?;
     while let Some((mut unit, root)) = convert.read_unit()? {
-        let mut encoding = unit.unit.encoding();
-        encoding.version = DWARF_VERSION;
-        unit.unit.set_encoding(encoding);
-        if let Some(program) = unit.read_line_program(Some(encoding), None)? {
-            let (program, files) = live_sequences(program)?;
-            unit.set_line_program(program, files);
-        }
-        let root_id = unit.unit.root();
-        copy_attributes(&mut unit, root_id, &root, is_unit_attribute)?;
-        // The filter also keeps what a kept DIE refers to and its parents
-        // (namespaces, the abstract functions inlined calls point at); only
-        // frames are written, each under its nearest written ancestor.
-        let mut written_parent = HashMap::new();
-        let mut entry = root;
-        while let Some(reserved) = unit.read_entry(&mut entry)? {
-            let Some(id) = reserved else { continue };
-            let parent = entry.parent.map_or(root_id, |parent| {
-                *written_parent.get(&parent).unwrap_or(&parent)
-            });
-            if is_frame_with_code(&entry) {
-                unit.unit.add_reserved(id, parent, entry.tag);
-                copy_attributes(&mut unit, id, &entry, is_frame_attribute)?;
-            } else {
-                written_parent.insert(id, parent);
-            }
-        }
+        convert_unit(&mut unit, root)?;
     }
     let mut out = write::Sections::new(EndianVec::new(LittleEndian));
     dwarf.write(&mut out).context("writing DWARF")?;
@@ -79,6 +54,40 @@ pub(super) fn fault_report_dwarf(
         Ok::<_, gimli::Error>(())
     })?;
     Ok(written)
+}
+
+/// One compile unit as DWARF 5: its live line sequences, its file and
+/// ranges, and its frames. The filter also keeps what a kept DIE refers to
+/// and its parents (namespaces, the abstract functions inlined calls point
+/// at); only frames are written, each under its nearest written ancestor.
+fn convert_unit<'u, 'a>(
+    unit: &mut ConvertUnit<'u, Reader<'a>>,
+    root: write::ConvertUnitEntry<'u, Reader<'a>>,
+) -> anyhow::Result<()> {
+    let mut encoding = unit.unit.encoding();
+    encoding.version = DWARF_VERSION;
+    unit.unit.set_encoding(encoding);
+    if let Some(program) = unit.read_line_program(Some(encoding), None)? {
+        let (program, files) = live_sequences(program)?;
+        unit.set_line_program(program, files);
+    }
+    let root_id = unit.unit.root();
+    copy_attributes(unit, root_id, &root, is_unit_attribute)?;
+    let mut written_parent = HashMap::new();
+    let mut entry = root;
+    while let Some(reserved) = unit.read_entry(&mut entry)? {
+        let Some(id) = reserved else { continue };
+        let parent = entry.parent.map_or(root_id, |parent| {
+            *written_parent.get(&parent).unwrap_or(&parent)
+        });
+        if is_frame_with_code(&entry) {
+            unit.unit.add_reserved(id, parent, entry.tag);
+            copy_attributes(unit, id, &entry, is_frame_attribute)?;
+        } else {
+            written_parent.insert(id, parent);
+        }
+    }
+    Ok(())
 }
 
 /// wasm-ld marks the DWARF of code it dropped with these addresses.
