@@ -46,7 +46,7 @@ impl<S: Transport> Session<S> {
         // earlier of them and re-armed only when it fires early: the pong
         // deadline moves with every message, and a timer made or moved per
         // message is a timer-wheel update per request.
-        let watchdog = sleep_until(self.pong_deadline.min(handshake_deadline));
+        let watchdog = sleep_until(self.next_deadline(handshake_deadline));
         tokio::pin!(watchdog);
         loop {
             // Frames that arrived while a plugin call waited come first.
@@ -84,20 +84,25 @@ impl<S: Transport> Session<S> {
         watchdog: std::pin::Pin<&mut tokio::time::Sleep>,
     ) -> Result<(), Ending> {
         let now = Instant::now();
-        let connecting = self.state == State::Connecting;
-        if connecting && now >= handshake_deadline {
+        if self.state == State::Connecting && now >= handshake_deadline {
             return Err(Ending::close(close_code::HANDSHAKE_TIMEOUT, ""));
         }
         if now >= self.pong_deadline {
             return Err(Ending::close(close_code::PONG_TIMEOUT, ""));
         }
-        let next = if connecting {
+        watchdog.reset(self.next_deadline(handshake_deadline));
+        Ok(())
+    }
+
+    /// The deadline the watchdog waits for: the pong deadline, or the
+    /// handshake deadline when that comes first and the handshake is not
+    /// done.
+    fn next_deadline(&self, handshake_deadline: Instant) -> Instant {
+        if self.state == State::Connecting {
             self.pong_deadline.min(handshake_deadline)
         } else {
             self.pong_deadline
-        };
-        watchdog.reset(next);
-        Ok(())
+        }
     }
 
     /// Handle a frame and every frame already received after it, then write

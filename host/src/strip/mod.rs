@@ -73,13 +73,14 @@ fn strip(bytes: &[u8]) -> anyhow::Result<Vec<u8>> {
 }
 
 /// Copy `bytes` section by section: nested modules and components are
-/// stripped in turn, a core module's `.debug_*` sections are replaced by
-/// the DWARF fault reports read.
+/// stripped in turn, a core module's `.debug_*` sections are set aside as
+/// they go by and replaced at the end by the DWARF fault reports read.
 fn strip_unchecked(bytes: &[u8]) -> anyhow::Result<Vec<u8>> {
     let component = Parser::is_component(bytes);
     // The 8-byte header: magic and version (or layer).
     let (header, body) = bytes.split_at(8);
     let mut out = header.to_vec();
+    let mut debug_sections = Vec::new();
     let mut reader = BinaryReader::new(body, header.len());
     while !reader.eof() {
         let id = reader.read_u8()?;
@@ -87,13 +88,19 @@ fn strip_unchecked(bytes: &[u8]) -> anyhow::Result<Vec<u8>> {
         let data = reader.read_bytes(size)?;
         let data: Cow<[u8]> = match id {
             CORE_MODULE_SECTION | COMPONENT_SECTION if component => strip_unchecked(data)?.into(),
-            CUSTOM_SECTION if !component && is_debug_section(data)? => continue,
+            CUSTOM_SECTION if !component => match debug_section(data)? {
+                Some(section) => {
+                    debug_sections.push(section);
+                    continue;
+                }
+                None => data.into(),
+            },
             _ => data.into(),
         };
         RawSection { id, data: &data }.append_to(&mut out);
     }
     if !component {
-        for (name, data) in dwarf::fault_report_dwarf(&debug_sections(bytes)?)? {
+        for (name, data) in dwarf::fault_report_dwarf(&debug_sections)? {
             CustomSection {
                 name: name.into(),
                 data: data.into(),
@@ -104,21 +111,11 @@ fn strip_unchecked(bytes: &[u8]) -> anyhow::Result<Vec<u8>> {
     Ok(out)
 }
 
-/// Whether a custom section's contents are DWARF (`.debug_info`, ...).
-fn is_debug_section(custom: &[u8]) -> anyhow::Result<bool> {
-    let name = BinaryReader::new(custom, 0).read_string()?;
-    Ok(name.starts_with(".debug_"))
-}
-
-/// The `.debug_*` custom sections of a core module: (name, contents).
-fn debug_sections(module: &[u8]) -> anyhow::Result<Vec<(&str, &[u8])>> {
-    let mut found = Vec::new();
-    for payload in Parser::new(0).parse_all(module) {
-        if let wasmparser::Payload::CustomSection(section) = payload?
-            && section.name().starts_with(".debug_")
-        {
-            found.push((section.name(), section.data()));
-        }
-    }
-    Ok(found)
+/// A custom section's name and contents when it is DWARF (`.debug_info`,
+/// ...).
+fn debug_section(custom: &[u8]) -> anyhow::Result<Option<(&str, &[u8])>> {
+    let mut reader = BinaryReader::new(custom, 0);
+    let name = reader.read_string()?;
+    let contents = &custom[reader.original_position()..];
+    Ok(name.starts_with(".debug_").then_some((name, contents)))
 }
